@@ -1,0 +1,1 @@
+//! (module under construction: did_doc)

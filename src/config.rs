@@ -1,0 +1,1 @@
+//! The one configuration struct (module under construction).

@@ -1,0 +1,1 @@
+//! HTTP surfaces (module under construction).

@@ -1,0 +1,7 @@
+//! Storage: the durable event log (files under the data dir) and Postgres
+//! (connection pool, migrations, the managed embedded cluster).
+
+pub mod event_log;
+pub mod managed_postgres;
+pub mod migrations;
+pub mod postgres;
