@@ -61,13 +61,28 @@ pub struct StorageArgs {
     #[arg(long, env = "ROOKERY_POSTGRES_BIN_DIR")]
     pub postgres_bin_dir: Option<PathBuf>,
     /// Maximum number of pooled Postgres connections.
-    #[arg(long, env = "ROOKERY_DB_POOL_SIZE", default_value = "16")]
+    #[arg(
+        long,
+        env = "ROOKERY_DB_POOL_SIZE",
+        allow_hyphen_values = true,
+        default_value = "16"
+    )]
     pub db_pool_size: String,
     /// Timeout for opening one Postgres connection (humantime, e.g. 5s).
-    #[arg(long, env = "ROOKERY_DB_CONNECT_TIMEOUT", default_value = "5s")]
+    #[arg(
+        long,
+        env = "ROOKERY_DB_CONNECT_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "5s"
+    )]
     pub db_connect_timeout: String,
     /// Server-side statement timeout for every query (humantime, e.g. 30s).
-    #[arg(long, env = "ROOKERY_DB_STATEMENT_TIMEOUT", default_value = "30s")]
+    #[arg(
+        long,
+        env = "ROOKERY_DB_STATEMENT_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
     pub db_statement_timeout: String,
     /// Log format: text or json. The level comes from ROOKERY_LOG or RUST_LOG (default info).
     #[arg(long, env = "ROOKERY_LOG_FORMAT", default_value = "text")]
@@ -97,13 +112,28 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOKERY_PLC_URL", default_value = DEFAULT_PLC_URL)]
     pub plc_url: String,
     /// How long events stay replayable from the event log (humantime, e.g. 72h).
-    #[arg(long, env = "ROOKERY_REPLAY_WINDOW", default_value = "72h")]
+    #[arg(
+        long,
+        env = "ROOKERY_REPLAY_WINDOW",
+        allow_hyphen_values = true,
+        default_value = "72h"
+    )]
     pub replay_window: String,
     /// Number of HTTP worker threads for the public API.
-    #[arg(long, env = "ROOKERY_HTTP_WORKERS", default_value = "2")]
+    #[arg(
+        long,
+        env = "ROOKERY_HTTP_WORKERS",
+        allow_hyphen_values = true,
+        default_value = "2"
+    )]
     pub http_workers: String,
     /// How long a graceful shutdown may wait for open HTTP connections (humantime).
-    #[arg(long, env = "ROOKERY_SHUTDOWN_TIMEOUT", default_value = "5s")]
+    #[arg(
+        long,
+        env = "ROOKERY_SHUTDOWN_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "5s"
+    )]
     pub shutdown_timeout: String,
 }
 

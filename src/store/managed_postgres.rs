@@ -840,7 +840,11 @@ mod tests {
     fn long_paths_get_a_short_socket_dir() {
         let long = PathBuf::from(format!("/tmp/{}/pg", "d".repeat(120)));
         let dir = prepare_socket_dir(&long, &RunAs::CurrentUser).unwrap();
-        assert!(dir.to_string_lossy().starts_with("/tmp/rookery-pg-"), "{}", dir.display());
+        assert!(
+            dir.to_string_lossy().starts_with("/tmp/rookery-pg-"),
+            "{}",
+            dir.display()
+        );
         assert!(dir.join(".s.PGSQL.5432").as_os_str().len() < 107);
         // Stable: the same cluster path maps to the same socket dir.
         assert_eq!(prepare_socket_dir(&long, &RunAs::CurrentUser).unwrap(), dir);
