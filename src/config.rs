@@ -910,4 +910,35 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parsers_never_panic(input in any::<String>()) {
+                let _ = redact_database_url(&input);
+                let _ = DatabaseUrl::parse(&input);
+                let _ = parse_socket_addr("bind", &input);
+                let _ = parse_duration("replay-window", &input);
+                let _ = parse_http_url("plc-url", &input);
+                let _ = parse_log_format(&input);
+            }
+
+            #[test]
+            fn passwords_never_survive_redaction(
+                password in "[A-Za-z0-9]{12,24}",
+                user in "[a-z]{1,8}",
+                host in "[a-z]{1,8}",
+            ) {
+                let url = format!("postgres://{user}:{password}@{host}/db");
+                prop_assert!(!redact_database_url(&url).contains(&password));
+                let kv = format!("host={host} user={user} password={password} dbname=db");
+                prop_assert!(!redact_database_url(&kv).contains(&password));
+                let quoted = format!("host={host} password='{password} x' dbname=db");
+                prop_assert!(!redact_database_url(&quoted).contains(&password));
+            }
+        }
+    }
 }

@@ -227,6 +227,7 @@ fn serve_with_an_external_database_and_json_logs_stops_on_sigint() {
         .env("DATABASE_URL", &url)
         .env("ROOKERY_BIND", format!("127.0.0.1:{port}"))
         .env("ROOKERY_METRICS_BIND", format!("127.0.0.1:{metrics_port}"))
+        .env("ROOKERY_ADMIN_PASSWORDS", "pw-one-secret,pw-two-secret")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -244,6 +245,11 @@ fn serve_with_an_external_database_and_json_logs_stops_on_sigint() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("db-secret-pw"), "{stderr}");
     assert!(stderr.contains("password=REDACTED"), "{stderr}");
+    assert!(!stderr.contains("pw-one-secret") && !stderr.contains("pw-two-secret"));
+    assert!(
+        stderr.contains("2 configured"),
+        "comma-separated list: {stderr}"
+    );
     // JSON lines.
     let first = stderr.lines().next().unwrap_or_default();
     let parsed: serde_json::Value = serde_json::from_str(first).expect("json log line");
