@@ -704,7 +704,9 @@ mod tests {
     use clap::Parser;
 
     fn serve(args: &[&str]) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("rookery-config-test-{}", std::process::id()));
+        // Removed when this returns; the config was validated against it already.
+        let temp = tempfile::tempdir().map_err(|e| ConfigError::new("test", "", e.to_string()))?;
+        let dir = temp.path().join("data");
         let mut argv = vec!["rookery", "serve", "--data-dir"];
         let dir_str = dir.to_string_lossy().into_owned();
         argv.push(&dir_str);
