@@ -1,1 +1,266 @@
-fn main() {}
+//! The `rookery` binary: `serve` runs the relay, `migrate` applies the schema and exits.
+//!
+//! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown; 2 for invalid
+//! configuration (one sentence on stderr naming the option); 1 when something fails at run
+//! time (database unreachable, port taken...). Nothing here panics on operator input.
+//!
+//! Shutdown order matters: HTTP servers stop first (no new work), then the connection pool
+//! closes, then the embedded Postgres stops, so no part outlives what it depends on.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use rookery::config::{
+    Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
+};
+use rookery::http::{self, ListenerSettings, metrics::Metrics};
+use rookery::store::managed_postgres::{ManagedPostgres, ManagedPostgresError, StartOptions};
+use rookery::store::migrations;
+use rookery::store::postgres::{Db, DbError};
+
+/// Failures after configuration was accepted.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    ManagedPostgres(#[from] ManagedPostgresError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("could not listen on --{option} {addr}: {source}")]
+    Listen {
+        option: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("could not set up the metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("could not install the {0} signal handler: {1}")]
+    Signal(&'static str, std::io::Error),
+    #[error("could not start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the {0} HTTP server stopped unexpectedly: {1}")]
+    ServerExited(&'static str, String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    let (storage, serve_config) = match &cli.command {
+        Command::Serve(args) => match Config::from_serve_args(args) {
+            Ok(config) => (config.storage.clone(), Some(config)),
+            Err(e) => return config_error(&e),
+        },
+        Command::Migrate(args) => match StorageConfig::from_args(&args.storage) {
+            Ok(storage) => (storage, None),
+            Err(e) => return config_error(&e),
+        },
+    };
+    if let Err(sentence) = init_logging(storage.log_format) {
+        eprintln!("rookery: {sentence}");
+        return ExitCode::from(2);
+    }
+    let result = match serve_config {
+        Some(config) => serve(config),
+        None => migrate(storage),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "rookery stopped with an error");
+            eprintln!("rookery: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--help`/`--version` print as usual; usage errors become one line, exit status 2.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = e.to_string();
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("rookery: {first} (see rookery --help)");
+    ExitCode::from(2)
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("rookery: {e}");
+    ExitCode::from(2)
+}
+
+/// Level from ROOKERY_LOG, else RUST_LOG, else `info`; text or JSON lines on stderr.
+/// An unreadable filter is a configuration error (the one-sentence message is returned).
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    let (source, directives) = match (std::env::var("ROOKERY_LOG"), std::env::var("RUST_LOG")) {
+        (Ok(v), _) if !v.trim().is_empty() => ("ROOKERY_LOG", v),
+        (_, Ok(v)) if !v.trim().is_empty() => ("RUST_LOG", v),
+        _ => ("ROOKERY_LOG", "info".to_string()),
+    };
+    let filter = EnvFilter::try_new(&directives).map_err(|e| {
+        format!("invalid {source} \"{directives}\": expected a filter such as info or rookery=debug ({e})")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn log_effective_config(summary: &[(&'static str, String)]) {
+    for (option, value) in summary {
+        tracing::info!(option = *option, value = %value, "configuration");
+    }
+}
+
+/// Starts the embedded cluster when no URL is configured; returns it (if any) and the
+/// connection settings.
+fn open_database(
+    storage: &StorageConfig,
+) -> Result<(Option<ManagedPostgres>, tokio_postgres::Config), RunError> {
+    match &storage.database {
+        DatabaseTarget::External(url) => Ok((None, url.pg_config().clone())),
+        DatabaseTarget::Managed { bin_dir } => {
+            let postgres = ManagedPostgres::start(
+                &storage.data_dir.join("postgres"),
+                &StartOptions {
+                    bin_dir: bin_dir.clone(),
+                    ephemeral: false,
+                },
+            )?;
+            let pg_config = postgres.pg_config("postgres");
+            Ok((Some(postgres), pg_config))
+        }
+    }
+}
+
+fn migrate(storage: StorageConfig) -> Result<(), RunError> {
+    log_effective_config(&storage.summary());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let (managed, pg_config) = open_database(&storage)?;
+    let result = runtime.block_on(async {
+        let db = Db::new(pg_config, storage.db)?;
+        let report = migrations::migrate(&db).await?;
+        db.close();
+        Ok::<_, RunError>(report)
+    });
+    if let Some(postgres) = managed {
+        postgres.stop()?;
+    }
+    let report = result?;
+    tracing::info!(
+        applied = ?report.applied,
+        already_applied = report.already_applied,
+        "migrations done"
+    );
+    Ok(())
+}
+
+fn serve(config: Config) -> Result<(), RunError> {
+    let system = actix_rt::System::new();
+    let result = system.block_on(run_relay(config));
+    actix_rt::System::current().stop();
+    result
+}
+
+async fn run_relay(config: Config) -> Result<(), RunError> {
+    // Install the handlers first, so a signal during startup is not fatal by default and is
+    // handled once startup completes.
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| RunError::Signal("SIGTERM", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| RunError::Signal("SIGINT", e))?;
+
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "rookery starting");
+    log_effective_config(&config.summary());
+    let metrics = Metrics::new()?;
+
+    let (managed, pg_config) = open_database(&config.storage)?;
+    let db = Db::new(pg_config, config.storage.db)?;
+    let report = migrations::migrate(&db).await?;
+    tracing::info!(
+        applied = ?report.applied,
+        already_applied = report.already_applied,
+        "database schema is current"
+    );
+
+    let public_settings = ListenerSettings {
+        workers: config.http_workers,
+        shutdown_timeout: config.shutdown_timeout,
+    };
+    let (public, public_addrs) = http::start_public(config.bind, public_settings, |_cfg| {})
+        .map_err(|source| RunError::Listen {
+            option: "bind",
+            addr: config.bind,
+            source,
+        })?;
+    let (metrics_server, metrics_addrs) = http::metrics::start_metrics(
+        config.metrics_bind,
+        metrics.registry().clone(),
+        ListenerSettings {
+            workers: 1,
+            shutdown_timeout: config.shutdown_timeout,
+        },
+    )
+    .map_err(|source| RunError::Listen {
+        option: "metrics-bind",
+        addr: config.metrics_bind,
+        source,
+    })?;
+    let public_handle = public.handle();
+    let metrics_handle = metrics_server.handle();
+    let mut public_task = actix_rt::spawn(public);
+    let mut metrics_task = actix_rt::spawn(metrics_server);
+    tracing::info!(public = ?public_addrs, metrics = ?metrics_addrs, "rookery is serving");
+
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM received, shutting down"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT received, shutting down"); Ok(()) }
+        r = &mut public_task => Err(RunError::ServerExited("public", describe_exit(r))),
+        r = &mut metrics_task => Err(RunError::ServerExited("metrics", describe_exit(r))),
+    };
+
+    public_handle.stop(true).await;
+    metrics_handle.stop(true).await;
+    db.close();
+    drop(db);
+    if let Some(postgres) = managed {
+        postgres.stop()?;
+    }
+    tracing::info!("rookery stopped");
+    outcome
+}
+
+fn describe_exit(result: Result<std::io::Result<()>, actix_rt::task::JoinError>) -> String {
+    match result {
+        Ok(Ok(())) => "it exited".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}

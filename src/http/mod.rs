@@ -1,1 +1,71 @@
-//! HTTP surfaces (module under construction).
+//! HTTP surfaces: the public API (XRPC, health) and the metrics listener.
+//!
+//! Why two listeners: the public API faces the internet and may be busy; metrics are
+//! scraped by the operator's Prometheus over a private address and must answer even when
+//! the public side is saturated. Each runs its own actix-web server with its own workers.
+//! Both disable actix's built-in signal handling: `main` owns SIGTERM/SIGINT and shuts
+//! down every part (servers, then the embedded database) in order.
+//!
+//! Every response carries `Server: rookery/<version> (atproto-relay)`; the `atproto-relay`
+//! marker is how relays recognise each other (see INDIGO-ADMIN.md).
+
+pub mod health;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{App, HttpResponse, HttpServer, web};
+
+/// The `Server` header value on every response.
+pub const SERVER_HEADER: &str = concat!("rookery/", env!("CARGO_PKG_VERSION"), " (atproto-relay)");
+
+/// The middleware that adds [`SERVER_HEADER`].
+pub fn server_header() -> DefaultHeaders {
+    DefaultHeaders::new().add((actix_web::http::header::SERVER, SERVER_HEADER))
+}
+
+/// JSON 404 for paths no route matches, in the XRPC error shape.
+pub async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({
+        "error": "NotFound",
+        "message": "no such endpoint",
+    }))
+}
+
+/// Settings shared by both listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSettings {
+    /// Worker threads.
+    pub workers: usize,
+    /// How long graceful shutdown waits for open connections.
+    pub shutdown_timeout: Duration,
+}
+
+/// Binds the public API on `bind` and returns the (not yet polled) server and the bound
+/// addresses. `configure` adds the routes; [`health::configure`] is always included.
+/// Must be called inside an actix system; spawn or await the returned server.
+pub fn start_public<F>(
+    bind: SocketAddr,
+    settings: ListenerSettings,
+    configure: F,
+) -> std::io::Result<(Server, Vec<SocketAddr>)>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(server_header())
+            .configure(health::configure)
+            .configure(configure.clone())
+            .default_service(web::to(not_found))
+    })
+    .workers(settings.workers)
+    .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+    .disable_signals()
+    .bind(bind)?;
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}

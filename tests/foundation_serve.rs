@@ -1,0 +1,416 @@
+//! The `rookery` binary as a child process: real HTTP on loopback, real signals, real
+//! embedded Postgres, and the one-sentence errors for bad configuration.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rookery::store::managed_postgres::{process_alive, test_cluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rookery");
+
+/// A command with no inherited rookery configuration from the environment.
+fn rookery() -> Command {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("ROOKERY_") || key == "DATABASE_URL" || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 GET over a plain TCP socket.
+fn http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+fn wait_for_health(child: &mut Child, port: u16, log: &Path) -> HttpResponse {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = http_get(port, "/_health") {
+            return response;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("rookery exited early ({status}): {}", read(log));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rookery never became healthy: {}", read(log));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn pid_file(data: &Path) -> PathBuf {
+    data.join("postgres").join("postmaster.pid")
+}
+
+fn postmaster_pid(data: &Path) -> Option<u32> {
+    read(&pid_file(data)).lines().next()?.trim().parse().ok()
+}
+
+fn assert_serving(port: u16, metrics_port: u16) {
+    for path in ["/_health", "/xrpc/_health"] {
+        let response = http_get(port, path).unwrap();
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.body, r#"{"status":"ok"}"#, "{path}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{path}"
+        );
+        let server = response.header("server").unwrap_or_default();
+        assert!(server.starts_with("rookery/"), "{server}");
+        assert!(server.ends_with("(atproto-relay)"), "{server}");
+    }
+    let missing = http_get(port, "/xrpc/no.such.method").unwrap();
+    assert_eq!(missing.status, 404);
+    assert!(missing.header("server").is_some());
+    let metrics = http_get(metrics_port, "/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("rookery_build_info{version="),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics.body.contains("rookery_process_start_time_seconds"));
+    assert!(
+        metrics
+            .header("server")
+            .unwrap_or_default()
+            .contains("atproto-relay")
+    );
+}
+
+#[test]
+fn serve_with_embedded_postgres_answers_and_stops_cleanly_on_sigterm() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let log = temp.path().join("stderr.log");
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = rookery()
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--admin-password", "first-secret-pw"])
+        .env("ROOKERY_REPLAY_WINDOW", "2h")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let health = wait_for_health(&mut child, port, &log);
+    assert_eq!(health.status, 200);
+    assert_serving(port, metrics_port);
+
+    let pg_pid = postmaster_pid(&data).expect("embedded postgres is running");
+    assert!(process_alive(pg_pid));
+
+    send_signal(child.id(), "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("no exit within 10 s of SIGTERM: {}", read(&log));
+    };
+    let stderr = read(&log);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        !process_alive(pg_pid),
+        "postmaster still alive after shutdown"
+    );
+    assert!(!pid_file(&data).exists(), "postmaster.pid left behind");
+    assert!(http_get(port, "/_health").is_err(), "still listening");
+
+    // The effective configuration was printed, with the secret redacted.
+    assert!(stderr.contains("replay-window"), "{stderr}");
+    assert!(stderr.contains("2h"), "{stderr}");
+    assert!(stderr.contains("admin-password"), "{stderr}");
+    assert!(!stderr.contains("first-secret-pw"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn serve_with_an_external_database_and_json_logs_stops_on_sigint() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let database = runtime.block_on(test_cluster().fresh_database()).unwrap();
+    // trust auth ignores the password, but rookery must never print it.
+    let url = format!("{} password=db-secret-pw", database.connection_string);
+    let temp = tempfile::tempdir().unwrap();
+    let log = temp.path().join("stderr.log");
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = rookery()
+        .args(["serve", "--log-format", "json", "--data-dir"])
+        .arg(temp.path().join("data"))
+        .env("DATABASE_URL", &url)
+        .env("ROOKERY_BIND", format!("127.0.0.1:{port}"))
+        .env("ROOKERY_METRICS_BIND", format!("127.0.0.1:{metrics_port}"))
+        .env("ROOKERY_ADMIN_PASSWORDS", "pw-one-secret,pw-two-secret")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_health(&mut child, port, &log);
+    assert_serving(port, metrics_port);
+    assert!(
+        !temp.path().join("data").join("postgres").exists(),
+        "no embedded cluster with DATABASE_URL"
+    );
+
+    send_signal(child.id(), "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exit after SIGINT");
+    let stderr = read(&log);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("db-secret-pw"), "{stderr}");
+    assert!(stderr.contains("password=REDACTED"), "{stderr}");
+    assert!(!stderr.contains("pw-one-secret") && !stderr.contains("pw-two-secret"));
+    assert!(
+        stderr.contains("2 configured"),
+        "comma-separated list: {stderr}"
+    );
+    // JSON lines.
+    let first = stderr.lines().next().unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_str(first).expect("json log line");
+    assert!(parsed.get("level").is_some(), "{first}");
+
+    // The migrations ran against that database.
+    let versions: i64 = runtime.block_on(async {
+        let client =
+            rookery::store::postgres::connect_once(&database.pg_config, Duration::from_secs(5))
+                .await
+                .unwrap();
+        client
+            .query_one("SELECT count(*) FROM schema_migrations", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(
+        versions as usize,
+        rookery::store::migrations::MIGRATIONS.len()
+    );
+}
+
+#[test]
+fn migrate_with_embedded_postgres_applies_and_stops() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    for run in 0..2 {
+        let output: Output = rookery()
+            .args(["migrate", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "run {run}: {stderr}");
+        assert!(stderr.contains("migrations done"), "{stderr}");
+        if run == 0 {
+            assert!(stderr.contains("applied schema migration"), "{stderr}");
+        } else {
+            assert!(
+                !stderr.contains("applied schema migration"),
+                "second run is a no-op: {stderr}"
+            );
+        }
+        assert!(data.join("postgres").join("PG_VERSION").exists());
+        assert!(!pid_file(&data).exists(), "postgres stopped after migrate");
+    }
+}
+
+/// Runs `rookery <args>` expecting a configuration error; returns stderr.
+fn expect_config_error(args: &[&str], data_dir: &Path) -> String {
+    let output = rookery()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("rookery: invalid --"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_configuration_is_one_sentence_naming_the_option() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["serve", "--bind", "abc"],
+            "rookery: invalid --bind \"abc\": expected host:port",
+        ),
+        (
+            &["serve", "--metrics-bind", "127.0.0.1:99999"],
+            "invalid --metrics-bind",
+        ),
+        (
+            &["serve", "--plc-url", "not a url"],
+            "invalid --plc-url \"not a url\"",
+        ),
+        (
+            &["serve", "--plc-url", "ftp://plc.example"],
+            "invalid --plc-url",
+        ),
+        (
+            &["serve", "--replay-window", "soon"],
+            "invalid --replay-window \"soon\"",
+        ),
+        (&["serve", "--log-format", "xml"], "invalid --log-format"),
+        (
+            &["migrate", "--db-statement-timeout", "-1"],
+            "invalid --db-statement-timeout",
+        ),
+        (
+            &[
+                "serve",
+                "--database-url",
+                "postgres://u:hidden-pw@db:port/x",
+            ],
+            "invalid --database-url",
+        ),
+    ];
+    for (args, expected) in cases {
+        let stderr = expect_config_error(args, &data);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hidden-pw"), "{stderr}");
+    }
+
+    // An unusable data dir: a path under a regular file.
+    let file = temp.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let stderr = expect_config_error(&["serve"], &file.join("data"));
+    assert!(stderr.contains("invalid --data-dir"), "{stderr}");
+    assert!(stderr.contains("plain-file"), "{stderr}");
+
+    // Unknown flags are clap's usage errors: also one line and status 2.
+    let output = rookery()
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+
+    // The same check reached through the environment names the option too.
+    let output = rookery()
+        .arg("serve")
+        .env("ROOKERY_BIND", "nonsense")
+        .env("ROOKERY_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid --bind \"nonsense\""));
+}
+
+#[test]
+fn missing_postgres_binaries_exit_with_advice() {
+    let temp = tempfile::tempdir().unwrap();
+    let empty_bin = temp.path().join("bin");
+    std::fs::create_dir(&empty_bin).unwrap();
+    let output = rookery()
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(temp.path().join("data"))
+        .arg("--postgres-bin-dir")
+        .arg(&empty_bin)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("install PostgreSQL"), "{stderr}");
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
