@@ -215,6 +215,22 @@ impl PublicKey {
         }
     }
 
+    /// The 65-byte uncompressed SEC1 point (`04 ‖ x ‖ y`).
+    pub fn to_uncompressed(&self) -> [u8; 65] {
+        match self {
+            PublicKey::K256(k) => k.serialize_uncompressed(),
+            PublicKey::P256(k) => {
+                let mut out = [0u8; 65];
+                let encoded = k.to_encoded_point(false);
+                // An uncompressed P-256 point is always 65 bytes.
+                if encoded.as_bytes().len() == 65 {
+                    out.copy_from_slice(encoded.as_bytes());
+                }
+                out
+            }
+        }
+    }
+
     /// `z` + base58btc(multicodec ‖ compressed point).
     pub fn to_multikey(&self) -> String {
         let prefix = match self.curve() {
