@@ -100,6 +100,45 @@ pub fn is_valid_did(s: &str) -> bool {
     validate_did(s).is_ok()
 }
 
+/// A DID an atproto *account* can have: [`validate_did`] plus the method rules. `did:plc:` is
+/// followed by exactly 24 base32 characters (`a-z2-7`); `did:web:` by a hostname only (no path),
+/// where a port is allowed only for `localhost` and written `%3A<port>`. Other methods
+/// (including `did:key`) are refused.
+pub fn validate_account_did(s: &str) -> Result<(), SyntaxError> {
+    let err = SyntaxError::Did;
+    validate_did(s)?;
+    if let Some(id) = s.strip_prefix("did:plc:") {
+        if id.len() != 24 || !id.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')) {
+            return Err(err("did:plc identifier must be 24 base32 characters"));
+        }
+        return Ok(());
+    }
+    if let Some(host) = s.strip_prefix("did:web:") {
+        let (name, port) = match host.split_once("%3A") {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        if let Some(port) = port {
+            if name != "localhost" {
+                return Err(err("did:web ports are only allowed for localhost"));
+            }
+            if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err("did:web port must be digits"));
+            }
+            return Ok(());
+        }
+        if name == "localhost" {
+            return Ok(());
+        }
+        return validate_handle(name).map_err(|_| err("did:web must name a hostname"));
+    }
+    Err(err("unsupported DID method (only plc and web)"))
+}
+
+pub fn is_valid_account_did(s: &str) -> bool {
+    validate_account_did(s).is_ok()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handle
 
@@ -505,6 +544,68 @@ pub fn is_valid_cid_str(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_dids() {
+        assert!(is_valid_account_did("did:plc:7iza6de2dwap2sbkpav7c6c6"));
+        assert!(is_valid_account_did("did:web:example.com"));
+        assert!(is_valid_account_did("did:web:localhost%3A1234"));
+        assert!(is_valid_account_did("did:web:localhost"));
+        assert!(!is_valid_account_did("did:plc:7iza6de2dwap2sbkpav7c6c"));
+        assert!(!is_valid_account_did("did:plc:7iza6de2dwap2sbkpav7c6c1"));
+        assert!(!is_valid_account_did("did:plc:7IZA6DE2DWAP2SBKPAV7C6C6"));
+        assert!(!is_valid_account_did("did:web:example.com%3A443"));
+        assert!(!is_valid_account_did("did:web:example.com:path"));
+        assert!(!is_valid_account_did("did:web:localhost%3Ax"));
+        assert!(!is_valid_account_did(
+            "did:key:zQ3shZc2QzApp2oymGvQbzP8eKheVshBHbU4ZYjeXqwSKEn6N"
+        ));
+        assert!(!is_valid_account_did("did:method:val"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn validators_never_panic(s in "\\PC{0,80}") {
+            let _ = validate_did(&s);
+            let _ = validate_account_did(&s);
+            let _ = validate_handle(&s);
+            let _ = validate_nsid(&s);
+            let _ = validate_record_key(&s);
+            let _ = validate_repo_path(&s);
+            let _ = validate_tid(&s);
+            let _ = parse_datetime_micros(&s);
+            let _ = validate_cid_str(&s);
+            let _ = parse_cid_string(&s);
+            let _ = is_disallowed_handle_tld(&s);
+        }
+
+        #[test]
+        fn structured_inputs_never_panic(
+            s in "(did:[a-z]{1,4}:|at://|[a-z0-9.:/_%-]{0,5})[a-zA-Z0-9.:/_%~+=-]{0,40}",
+            dt in "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,25})?(Z|[+-][0-9]{2}:[0-9]{2}|[+-]?)",
+        ) {
+            let _ = validate_did(&s);
+            let _ = validate_account_did(&s);
+            let _ = validate_handle(&s);
+            let _ = validate_nsid(&s);
+            let _ = validate_repo_path(&s);
+            let _ = validate_cid_str(&s);
+            if let Ok(micros) = parse_datetime_micros(&dt) {
+                proptest::prop_assert!(micros >= days_from_civil(0, 1, 1) * 86_400_000_000);
+            }
+        }
+
+        #[test]
+        fn valid_handles_normalise_to_valid_handles(s in "[a-zA-Z0-9-]{1,20}\\.[a-zA-Z][a-zA-Z0-9-]{0,10}") {
+            if is_valid_handle(&s) {
+                let normal = normalize_handle(&s);
+                proptest::prop_assert!(is_valid_handle(&normal));
+                proptest::prop_assert_eq!(normal.clone(), normalize_handle(&normal));
+            }
+        }
+    }
 
     #[test]
     fn datetime_micros() {
