@@ -13,6 +13,8 @@
 //!   describes. `prev` may be `null` or a blessed dag-cbor link.
 //! - The unsigned bytes are the canonical DAG-CBOR re-encoding of the block's map without
 //!   `sig` (as indigo does), and the commit CID is the CID of the signed block *as received*.
+//!   A block whose key order or integer widths are not canonical therefore still verifies; it
+//!   simply has its own CID.
 
 use std::collections::BTreeMap;
 
@@ -402,6 +404,26 @@ mod tests {
         long.extend(std::iter::repeat_n(0u8, MAX_COMMIT_BLOCK_BYTES));
         assert!(matches!(Commit::decode(&long), Err(CommitError::Cbor(_))));
         assert!(Commit::sign("not a did", rev(), data(), &key).is_err());
+    }
+
+    #[test]
+    fn non_canonical_block_verifies_but_keeps_its_own_cid() {
+        // Same map, keys in plain alphabetical order instead of length-first: the signature is
+        // over the canonical unsigned bytes, so it still verifies; the CID is of the bytes as
+        // received.
+        let key = PrivateKey::generate(Curve::K256);
+        let (canonical_cid, block) = Commit::sign(DID, rev(), data(), &key).unwrap();
+        let map = raw_map(&block);
+        let mut shuffled = vec![0xa6];
+        for (k, v) in &map {
+            shuffled.extend(cbor::encode(k).unwrap());
+            shuffled.extend(cbor::encode(v).unwrap());
+        }
+        assert_ne!(shuffled, block);
+        let commit = Commit::decode(&shuffled).unwrap();
+        assert_eq!(commit.verify_signature(&key.public_key()), Ok(()));
+        assert_eq!(commit.cid, cid_for_dag_cbor(&shuffled));
+        assert_ne!(commit.cid, canonical_cid);
     }
 
     #[test]
