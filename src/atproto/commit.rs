@@ -447,6 +447,24 @@ mod tests {
         }
 
         #[test]
+        fn sign_decode_verify_property(
+            id in "[a-z2-7]{24}", micros in 0u64..(1 << 53), clock in 0u16..1024,
+            data_seed in proptest::collection::vec(any::<u8>(), 0..64), secret in any::<[u8; 32]>(),
+        ) {
+            let Ok(key) = PrivateKey::from_bytes(Curve::K256, &secret) else {
+                return Ok(());
+            };
+            let did = format!("did:plc:{id}");
+            let rev = Tid::from_parts(micros, clock);
+            let data = cid_for_dag_cbor(&data_seed);
+            let (cid, block) = Commit::sign(&did, rev, data, &key).unwrap();
+            let commit = Commit::decode(&block).unwrap();
+            prop_assert_eq!(commit.cid, cid);
+            prop_assert_eq!((commit.did.as_str(), commit.rev, commit.data), (did.as_str(), rev, data));
+            prop_assert_eq!(commit.verify_signature(&key.public_key()), Ok(()));
+        }
+
+        #[test]
         fn mutated_commits_never_panic(index in 0usize..200, byte in any::<u8>(), truncate in any::<bool>()) {
             let key = PrivateKey::from_bytes(Curve::K256, &[7u8; 32]).unwrap();
             let (_, mut block) = Commit::sign(DID, rev(), data(), &key).unwrap();
