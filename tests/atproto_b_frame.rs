@@ -52,7 +52,9 @@ fn scenario_frames_decode_and_peek() {
                 assert_eq!(c.prev_data.is_some(), f["body"].get("prevData").is_some());
             }
             Frame::Sync(s) => assert_eq!(s.rev, f["body"]["rev"].as_str().expect("rev")),
-            Frame::Account(a) => assert_eq!(a.active, f["body"]["active"].as_bool().expect("active")),
+            Frame::Account(a) => {
+                assert_eq!(a.active, f["body"]["active"].as_bool().expect("active"))
+            }
             Frame::Identity(i) => assert_eq!(i.handle.as_deref(), f["body"]["handle"].as_str()),
             other => panic!("unexpected {other:?}"),
         }
@@ -70,7 +72,11 @@ fn resequence_changes_only_seq() {
         // Header key order on the wire: t before op.
         assert_eq!(&out[..off_out], &msg[..off_in]);
         let (mut before, mut after) = (map(b_in), map(b_out));
-        assert_eq!(after.remove("seq"), Some(Ipld::Integer(4_000_000_123)), "{name}");
+        assert_eq!(
+            after.remove("seq"),
+            Some(Ipld::Integer(4_000_000_123)),
+            "{name}"
+        );
         before.remove("seq");
         // Defaults are only added when missing; these vectors carry all three already.
         assert_eq!(before, after, "{name}: only seq changed");
@@ -93,7 +99,10 @@ fn resequence_keeps_absent_null_unknown_and_adds_commit_defaults() {
     for k in ["tooBig", "rebase", "blobs", "since"] {
         body.remove(k);
     }
-    body.insert("zFutureField".into(), Ipld::List(vec![Ipld::Null, Ipld::Integer(-7)]));
+    body.insert(
+        "zFutureField".into(),
+        Ipld::List(vec![Ipld::Null, Ipld::Integer(-7)]),
+    );
     body.insert("time".into(), Ipld::Null); // kept as the PDS sent it, even if invalid
     // An op with an explicit prev must keep it.
     let ops = body.get("ops").cloned().expect("ops");
@@ -108,7 +117,10 @@ fn resequence_keeps_absent_null_unknown_and_adds_commit_defaults() {
     assert_eq!(after.get("tooBig"), Some(&Ipld::Bool(false)));
     assert_eq!(after.get("rebase"), Some(&Ipld::Bool(false)));
     assert_eq!(after.get("blobs"), Some(&Ipld::List(vec![])));
-    assert!(!after.contains_key("since"), "absent since is not written as null");
+    assert!(
+        !after.contains_key("since"),
+        "absent since is not written as null"
+    );
     assert_eq!(after.get("time"), Some(&Ipld::Null));
     assert_eq!(after.get("zFutureField"), body.get("zFutureField"));
     assert_eq!(after.get("ops"), Some(&ops));
@@ -116,7 +128,8 @@ fn resequence_keeps_absent_null_unknown_and_adds_commit_defaults() {
     assert_eq!(after.len(), body.len() + 3);
 
     // Non-commit events get no defaults; an #info (no seq) cannot be re-sequenced.
-    let account = frame::encode_account(5, "did:plc:abc", "2025-01-01T00:00:00Z", false, None).unwrap();
+    let account =
+        frame::encode_account(5, "did:plc:abc", "2025-01-01T00:00:00Z", false, None).unwrap();
     let out = frame::resequence(&account, 6).unwrap();
     let (_, b, _) = split(&out);
     let b = map(b);
@@ -149,7 +162,10 @@ fn relay_frames_encode_as_expected() {
     let acct = frame::encode_account(9, "did:plc:x", "t", false, Some("takendown")).unwrap();
     match frame::decode_frame(&Bytes::from(acct)).unwrap() {
         Frame::Account(a) => {
-            assert_eq!((a.seq, a.active, a.status.as_deref()), (9, false, Some("takendown")))
+            assert_eq!(
+                (a.seq, a.active, a.status.as_deref()),
+                (9, false, Some("takendown"))
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -178,17 +194,25 @@ fn framing_errors_and_unknowns() {
     m.extend(&body);
     assert_eq!(
         frame::decode_frame(&Bytes::from(m)).unwrap(),
-        Frame::Unknown { t: "#handle".into() }
+        Frame::Unknown {
+            t: "#handle".into()
+        }
     );
     let op2 = cbor(&to_ipld(&serde_json::json!({"op": 2, "t": "#commit"})));
     let mut m = op2;
     m.extend(&body);
-    assert_eq!(frame::decode_frame(&Bytes::from(m)).unwrap(), Frame::UnknownOp { op: 2 });
+    assert_eq!(
+        frame::decode_frame(&Bytes::from(m)).unwrap(),
+        Frame::UnknownOp { op: 2 }
+    );
 
     // Body that is not a map; body missing a required field.
     let mut m = header.clone();
     m.extend(cbor(&Ipld::List(vec![])));
-    assert_eq!(frame::decode_frame(&Bytes::from(m)), Err(FrameError::BodyNotMap));
+    assert_eq!(
+        frame::decode_frame(&Bytes::from(m)),
+        Err(FrameError::BodyNotMap)
+    );
     let mut m = header.clone();
     m.extend(cbor(&to_ipld(&serde_json::json!({"seq": 1}))));
     let err = frame::decode_frame(&Bytes::from(m)).unwrap_err();
@@ -207,7 +231,12 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         proptest::option::of(cid.clone()),
         proptest::option::of(cid.clone()),
     )
-        .prop_map(|(a, p, c, v)| frame::RepoOp { action: a.into(), path: p, cid: c, prev: v });
+        .prop_map(|(a, p, c, v)| frame::RepoOp {
+            action: a.into(),
+            path: p,
+            cid: c,
+            prev: v,
+        });
     let commit = (
         1i64..i64::MAX,
         any::<(bool, bool)>(),
@@ -220,20 +249,72 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         proptest::option::of(cid.clone()),
         arb_text(),
     )
-        .prop_map(|(seq, (rebase, too_big), repo, commit, rev, since, blocks, ops, prev_data, time)| {
-            Frame::Commit(frame::CommitEvent {
-                seq, rebase, too_big, repo, commit, rev, since, blocks: Bytes::from(blocks), ops,
-                blobs: vec![], prev_data, time,
-            })
-        });
+        .prop_map(
+            |(seq, (rebase, too_big), repo, commit, rev, since, blocks, ops, prev_data, time)| {
+                Frame::Commit(Box::new(frame::CommitEvent {
+                    seq,
+                    rebase,
+                    too_big,
+                    repo,
+                    commit,
+                    rev,
+                    since,
+                    blocks: Bytes::from(blocks),
+                    ops,
+                    blobs: vec![],
+                    prev_data,
+                    time,
+                }))
+            },
+        );
     prop_oneof![
         commit,
-        (1i64..i64::MAX, arb_text(), arb_text(), any::<bool>(), proptest::option::of(arb_text()))
-            .prop_map(|(seq, did, time, active, status)| Frame::Account(frame::AccountEvent { seq, did, time, active, status })),
-        (1i64..i64::MAX, arb_text(), arb_text(), proptest::option::of(arb_text()))
-            .prop_map(|(seq, did, time, handle)| Frame::Identity(frame::IdentityEvent { seq, did, time, handle })),
-        (1i64..i64::MAX, arb_text(), proptest::collection::vec(any::<u8>(), 0..64), arb_text(), arb_text())
-            .prop_map(|(seq, did, blocks, rev, time)| Frame::Sync(frame::SyncEvent { seq, did, blocks: Bytes::from(blocks), rev, time })),
+        (
+            1i64..i64::MAX,
+            arb_text(),
+            arb_text(),
+            any::<bool>(),
+            proptest::option::of(arb_text())
+        )
+            .prop_map(|(seq, did, time, active, status)| Frame::Account(
+                frame::AccountEvent {
+                    seq,
+                    did,
+                    time,
+                    active,
+                    status
+                }
+            )),
+        (
+            1i64..i64::MAX,
+            arb_text(),
+            arb_text(),
+            proptest::option::of(arb_text())
+        )
+            .prop_map(
+                |(seq, did, time, handle)| Frame::Identity(frame::IdentityEvent {
+                    seq,
+                    did,
+                    time,
+                    handle
+                })
+            ),
+        (
+            1i64..i64::MAX,
+            arb_text(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            arb_text(),
+            arb_text()
+        )
+            .prop_map(
+                |(seq, did, blocks, rev, time)| Frame::Sync(frame::SyncEvent {
+                    seq,
+                    did,
+                    blocks: Bytes::from(blocks),
+                    rev,
+                    time
+                })
+            ),
         (arb_text(), proptest::option::of(arb_text()))
             .prop_map(|(name, message)| Frame::Info(frame::InfoEvent { name, message })),
         (arb_text(), proptest::option::of(arb_text()))

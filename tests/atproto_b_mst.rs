@@ -38,7 +38,11 @@ fn key_heights_vector() {
     for case in cases {
         let key = case["key"].as_str().expect("key");
         let height = case["height"].as_u64().expect("height");
-        assert_eq!(u64::from(mst::key_depth(key.as_bytes())), height, "key {key:?}");
+        assert_eq!(
+            u64::from(mst::key_depth(key.as_bytes())),
+            height,
+            "key {key:?}"
+        );
     }
 }
 
@@ -51,7 +55,10 @@ fn common_prefix_vector() {
         let left = case["left"].as_str().expect("left");
         let right = case["right"].as_str().expect("right");
         let len = case["len"].as_u64().expect("len") as usize;
-        assert_eq!(mst::common_prefix_len(left.as_bytes(), right.as_bytes()), len);
+        assert_eq!(
+            mst::common_prefix_len(left.as_bytes(), right.as_bytes()),
+            len
+        );
     }
 }
 
@@ -94,15 +101,17 @@ fn known_roots() {
         one.root_cid().to_string(),
         "bafyreibj4lsc3aqnrvphp5xmrnfoorvru4wynt6lwidqbm2623a6tatzdu"
     );
-    let mut layer2 =
-        Mst::from_entries([(&b"com.example.record/3jqfcqzm3fx2j"[..], leaf)]).unwrap();
+    let mut layer2 = Mst::from_entries([(&b"com.example.record/3jqfcqzm3fx2j"[..], leaf)]).unwrap();
     assert_eq!(mst::key_depth(b"com.example.record/3jqfcqzm3fx2j"), 2);
     assert_eq!(
         layer2.root_cid().to_string(),
         "bafyreih7wfei65pxzhauoibu3ls7jgmkju4bspy4t2ha2qdjnzqvoy33ai"
     );
     // Removing the only key gives the empty tree back.
-    assert_eq!(layer2.remove(b"com.example.record/3jqfcqzm3fx2j").unwrap(), Some(leaf));
+    assert_eq!(
+        layer2.remove(b"com.example.record/3jqfcqzm3fx2j").unwrap(),
+        Some(leaf)
+    );
     assert_eq!(layer2.root_cid(), empty.root_cid());
 }
 
@@ -126,33 +135,55 @@ fn run_proof_fixtures(rel: &str) {
         let dels = strings(&case["dels"]);
         let before = cid(case["rootBeforeCommit"].as_str().expect("before"));
         let after = cid(case["rootAfterCommit"].as_str().expect("after"));
-        let proof: Vec<Cid> = strings(&case["blocksInProof"]).iter().map(|s| cid(s)).collect();
+        let proof: Vec<Cid> = strings(&case["blocksInProof"])
+            .iter()
+            .map(|s| cid(s))
+            .collect();
 
         let mut old = Mst::from_entries(keys.iter().map(|k| (k.as_bytes(), leaf))).unwrap();
         assert_eq!(old.root_cid(), before, "{name}: root before");
         let mut new = old.clone();
         for k in &adds {
-            assert_eq!(new.insert(k.as_bytes(), leaf).unwrap(), None, "{name}: add {k}");
+            assert_eq!(
+                new.insert(k.as_bytes(), leaf).unwrap(),
+                None,
+                "{name}: add {k}"
+            );
         }
         for k in &dels {
-            assert_eq!(new.remove(k.as_bytes()).unwrap(), Some(leaf), "{name}: del {k}");
+            assert_eq!(
+                new.remove(k.as_bytes()).unwrap(),
+                Some(leaf),
+                "{name}: del {k}"
+            );
         }
         assert_eq!(new.root_cid(), after, "{name}: root after");
 
         let changed = adds.iter().chain(&dels).map(|k| k.as_bytes());
         let diff = Mst::commit_diff(&mut old, &mut new, changed).unwrap();
         for c in &proof {
-            assert!(diff.iter().any(|(d, _)| d == c), "{name}: diff lacks proof block {c}");
+            assert!(
+                diff.iter().any(|(d, _)| d == c),
+                "{name}: diff lacks proof block {c}"
+            );
         }
 
         // Invert on the diff-only partial tree.
         let map = block_map(&diff);
         let mut partial = Mst::load(after, &map).unwrap();
         for k in &adds {
-            assert_eq!(partial.remove(k.as_bytes()).unwrap(), Some(leaf), "{name}: undo add");
+            assert_eq!(
+                partial.remove(k.as_bytes()).unwrap(),
+                Some(leaf),
+                "{name}: undo add"
+            );
         }
         for k in &dels {
-            assert_eq!(partial.insert(k.as_bytes(), leaf).unwrap(), None, "{name}: undo del");
+            assert_eq!(
+                partial.insert(k.as_bytes(), leaf).unwrap(),
+                None,
+                "{name}: undo del"
+            );
         }
         assert_eq!(partial.root_cid(), before, "{name}: inverted root");
 
@@ -160,7 +191,10 @@ fn run_proof_fixtures(rel: &str) {
         let full_len = new.node_blocks().len();
         if diff.len() < full_len {
             let partial = Mst::load(after, &map).unwrap();
-            assert!(matches!(partial.entries(), Err(MstError::MissingBlock(_))), "{name}");
+            assert!(
+                matches!(partial.entries(), Err(MstError::MissingBlock(_))),
+                "{name}"
+            );
         }
     }
 }
@@ -227,7 +261,10 @@ fn load_rejects_bad_nodes() {
     let mut map = std::collections::BTreeMap::new();
     map.insert("e".to_string(), ipld_core::ipld::Ipld::List(vec![]));
     let no_l = serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Map(map)).unwrap();
-    assert!(matches!(mst::decode_node(&no_l), Err(MstError::NodeDecode(_))));
+    assert!(matches!(
+        mst::decode_node(&no_l),
+        Err(MstError::NodeDecode(_))
+    ));
     // Wrong layer: a layer-0 key as the root's child is fine, but a root with keys of two depths is not.
     let k0 = b"A0/374913";
     let k1 = b"B1/986427";
@@ -237,7 +274,10 @@ fn load_rejects_bad_nodes() {
     let mixed_cid = cid_for_dag_cbor(&mixed);
     let mut blocks = BlockMap::new();
     blocks.insert(mixed_cid, Bytes::from(mixed));
-    assert_eq!(Mst::load(mixed_cid, &blocks).unwrap_err(), MstError::KeyDepth);
+    assert_eq!(
+        Mst::load(mixed_cid, &blocks).unwrap_err(),
+        MstError::KeyDepth
+    );
     // Untrimmed root (empty node pointing at a child).
     let child = mst::encode_node(None, &[(k0, leaf, None)]);
     let child_cid = cid_for_dag_cbor(&child);
@@ -246,14 +286,19 @@ fn load_rejects_bad_nodes() {
     let mut blocks = BlockMap::new();
     blocks.insert(child_cid, Bytes::from(child));
     blocks.insert(top_cid, Bytes::from(top));
-    assert_eq!(Mst::load(top_cid, &blocks).unwrap_err(), MstError::UntrimmedRoot);
+    assert_eq!(
+        Mst::load(top_cid, &blocks).unwrap_err(),
+        MstError::UntrimmedRoot
+    );
     // Root missing.
     assert_eq!(
         Mst::load(leaf, &BlockMap::new()).unwrap_err(),
         MstError::MissingBlock(leaf)
     );
     // Too many entries.
-    let many: Vec<Vec<u8>> = (0..1100).map(|i| format!("a/{i:05}").into_bytes()).collect();
+    let many: Vec<Vec<u8>> = (0..1100)
+        .map(|i| format!("a/{i:05}").into_bytes())
+        .collect();
     let entries: Vec<(&[u8], Cid, Option<Cid>)> =
         many.iter().map(|k| (k.as_slice(), leaf, None)).collect();
     let big = mst::encode_node(None, &entries);

@@ -148,7 +148,9 @@ fn map_entries<'a>(map: &'a [u8]) -> Result<Vec<RawEntry<'a>>, FrameError> {
             return Err(FrameError::Cbor(CborError::Malformed("non-text map key")));
         }
         let kend = pos + khead + klen as usize;
-        let key_bytes = map.get(pos + khead..kend).ok_or(FrameError::Cbor(CborError::Truncated))?;
+        let key_bytes = map
+            .get(pos + khead..kend)
+            .ok_or(FrameError::Cbor(CborError::Truncated))?;
         let key = std::str::from_utf8(key_bytes)
             .map_err(|_| FrameError::Cbor(CborError::Malformed("key not utf-8")))?;
         let raw_key = &map[pos..kend];
@@ -390,16 +392,21 @@ pub struct ErrorFrame {
 /// A decoded firehose message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Commit(CommitEvent),
+    /// Boxed: a commit is several times larger than the other events.
+    Commit(Box<CommitEvent>),
     Sync(SyncEvent),
     Identity(IdentityEvent),
     Account(AccountEvent),
     Info(InfoEvent),
     Error(ErrorFrame),
     /// `op = 1` with a type this relay does not know (skip and count).
-    Unknown { t: String },
+    Unknown {
+        t: String,
+    },
     /// An `op` other than 1 / -1 (skip and count).
-    UnknownOp { op: i64 },
+    UnknownOp {
+        op: i64,
+    },
 }
 
 impl Frame {
@@ -436,7 +443,7 @@ pub fn decode_frame(msg: &Bytes) -> Result<Frame, FrameError> {
         (-1, _) => Ok(Frame::Error(body(raw)?)),
         (1, Some("#commit")) => {
             let c: CommitIn<'_> = body(raw)?;
-            Ok(Frame::Commit(CommitEvent {
+            Ok(Frame::Commit(Box::new(CommitEvent {
                 seq: c.seq,
                 rebase: c.rebase,
                 too_big: c.too_big,
@@ -449,7 +456,7 @@ pub fn decode_frame(msg: &Bytes) -> Result<Frame, FrameError> {
                 blobs: c.blobs.unwrap_or_default(),
                 prev_data: c.prev_data,
                 time: c.time,
-            }))
+            })))
         }
         (1, Some("#sync")) => {
             let s: SyncIn<'_> = body(raw)?;
@@ -525,7 +532,9 @@ pub fn encode_error(error: &str, message: Option<&str>) -> Result<Vec<u8>, Frame
 }
 
 fn canonical_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
 /// Writes a map from raw entries in canonical key order; rejects duplicate keys.
@@ -559,7 +568,8 @@ pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
     let header = decode_header(msg)?;
     let mut out = Vec::with_capacity(msg.len() + 16);
 
-    let header_entries = map_entries(&msg[..header.body_offset]).map_err(|_| FrameError::BadHeader)?;
+    let header_entries =
+        map_entries(&msg[..header.body_offset]).map_err(|_| FrameError::BadHeader)?;
     let mut hdr: Vec<(&str, Vec<u8>, &[u8])> = header_entries
         .iter()
         .map(|e| (e.key, e.raw_key.to_vec(), e.raw_value))

@@ -594,7 +594,8 @@ fn collect_all(node: &mut Node, out: &mut BlockCollector) {
 
 fn collect_cids(node: &mut Node, out: &mut HashSet<Cid>) {
     out.insert(node.ensure_cid());
-    let links = std::iter::once(&mut node.left).chain(node.entries.iter_mut().map(|e| &mut e.right));
+    let links =
+        std::iter::once(&mut node.left).chain(node.entries.iter_mut().map(|e| &mut e.right));
     for link in links.flatten() {
         match link {
             Link::Stub(cid) => {
@@ -761,7 +762,10 @@ impl Mst {
     /// Loads the tree rooted at `root` from `blocks`. Nodes absent from `blocks` become stubs;
     /// the root itself must be present. Blocks are assumed hash-checked (as `car::read_car` does).
     pub fn load(root: Cid, blocks: &BlockMap) -> Result<Mst, MstError> {
-        let bytes = blocks.get(&root).ok_or(MstError::MissingBlock(root))?.clone();
+        let bytes = blocks
+            .get(&root)
+            .ok_or(MstError::MissingBlock(root))?
+            .clone();
         let mut loader = Loader {
             blocks,
             visited: HashSet::new(),
@@ -813,7 +817,10 @@ impl Mst {
         }
         // The key belongs above the current root: split the whole tree around it and lift
         // both halves to the layer below the new root with empty intermediate nodes.
-        let old = Some(std::mem::replace(&mut self.root, Link::Stub(Cid::default())));
+        let old = Some(std::mem::replace(
+            &mut self.root,
+            Link::Stub(Cid::default()),
+        ));
         if let Err(e) = check_split(&old, key) {
             if let Some(old) = old {
                 self.root = old;

@@ -76,7 +76,10 @@ pub enum Sync11Error {
     #[error("inverting a delete found the key already present")]
     InvertDeleteExists,
     #[error("inverted root {computed} differs from prevData {expected}")]
-    RootMismatch { computed: Cid, expected: Cid },
+    RootMismatch {
+        computed: Box<Cid>,
+        expected: Box<Cid>,
+    },
 }
 
 impl Sync11Error {
@@ -216,6 +219,11 @@ pub fn invert_commit(
         parsed.push((action, op));
     }
 
+    if parsed.is_empty() {
+        // An empty commit (new rev and signature only) leaves the tree as it was; the slice
+        // need not carry the unchanged root node.
+        return Ok(InversionOutcome::Inverted { prev_root: data });
+    }
     let mut tree = Mst::load(data, blocks)?;
     for (action, op) in &parsed {
         if let (Action::Create | Action::Update, Some(cid)) = (action, op.cid) {
@@ -282,8 +290,8 @@ pub fn verify_commit(
         }
         Ok(InversionOutcome::Inverted { prev_root }) => {
             Sync11Outcome::Failed(Sync11Error::RootMismatch {
-                computed: prev_root,
-                expected: prev_data,
+                computed: Box::new(prev_root),
+                expected: Box::new(prev_data),
             })
         }
         Err(e) => Sync11Outcome::Failed(e),

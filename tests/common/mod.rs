@@ -40,7 +40,11 @@ pub fn to_ipld(v: &Value) -> Ipld {
                     return Ipld::Bytes(b64(b));
                 }
             }
-            Ipld::Map(o.iter().map(|(k, v)| (k.clone(), to_ipld(v))).collect::<BTreeMap<_, _>>())
+            Ipld::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), to_ipld(v)))
+                    .collect::<BTreeMap<_, _>>(),
+            )
         }
     }
 }
