@@ -1,7 +1,8 @@
 //! Firehose frames: decode of the relay scenario frames, re-sequencing fidelity (PROTOCOL.md §9),
 //! framing errors, round trips and never-panic properties.
 
-mod common;
+mod atproto_b_common;
+use atproto_b_common as common;
 
 use std::collections::BTreeMap;
 
