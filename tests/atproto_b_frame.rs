@@ -207,6 +207,18 @@ fn framing_errors_and_unknowns() {
         Frame::UnknownOp { op: 2 }
     );
 
+    // A map key whose length does not fit: typed errors, no overflow.
+    let mut m = header.clone();
+    m.extend([0xa1, 0x7b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert!(matches!(frame::peek_event(&m), Err(FrameError::Cbor(_))));
+    assert!(matches!(frame::resequence(&m, 5), Err(FrameError::Cbor(_))));
+    assert!(frame::decode_frame(&Bytes::from(m)).is_err());
+    let mut m = header.clone();
+    m.extend([
+        0xa1, 0x63, b's', b'e', b'q', 0x7b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ]);
+    assert!(frame::peek_event(&m).is_err());
+
     // Body that is not a map; body missing a required field.
     let mut m = header.clone();
     m.extend(cbor(&Ipld::List(vec![])));

@@ -133,37 +133,46 @@ struct RawEntry<'a> {
     raw_value: &'a [u8],
 }
 
-/// Splits a (scanned) map item into its entries, without decoding values.
-fn map_entries<'a>(map: &'a [u8]) -> Result<Vec<RawEntry<'a>>, FrameError> {
+/// Splits the map item at the start of `map` into its entries, without decoding values, and
+/// returns the map's encoded length. Each value is checked by the bounded scanner; every
+/// iteration consumes input or fails, so a hostile count cannot loop longer than the input.
+fn map_entries<'a>(map: &'a [u8]) -> Result<(Vec<RawEntry<'a>>, usize), FrameError> {
+    let mut out = Vec::new();
+    let len = walk_map(map, |e| out.push(e))?;
+    Ok((out, len))
+}
+
+/// Calls `visit` for each entry of the map at the start of `map`; returns the map's length.
+fn walk_map<'a>(map: &'a [u8], mut visit: impl FnMut(RawEntry<'a>)) -> Result<usize, FrameError> {
     let (major, count, mut pos) = head(map, 0)?;
     if major != MAJOR_MAP {
         return Err(FrameError::BodyNotMap);
     }
     let lim = limits();
-    // The scanner bounded `count` by the collection limit; cap the allocation anyway.
-    let mut out = Vec::with_capacity((count as usize).min(64));
     for _ in 0..count {
         let (kmajor, klen, khead) = head(map, pos)?;
         if kmajor != MAJOR_TEXT {
             return Err(FrameError::Cbor(CborError::Malformed("non-text map key")));
         }
-        let kend = pos + khead + klen as usize;
-        let key_bytes = map
-            .get(pos + khead..kend)
-            .ok_or(FrameError::Cbor(CborError::Truncated))?;
+        let truncated = FrameError::Cbor(CborError::Truncated);
+        let kend = usize::try_from(klen)
+            .ok()
+            .and_then(|klen| (pos + khead).checked_add(klen))
+            .ok_or(truncated.clone())?;
+        let key_bytes = map.get(pos + khead..kend).ok_or(truncated)?;
         let key = std::str::from_utf8(key_bytes)
             .map_err(|_| FrameError::Cbor(CborError::Malformed("key not utf-8")))?;
         let raw_key = &map[pos..kend];
         let vlen = cbor::scan_item(&map[kend..], &lim).map_err(FrameError::Cbor)?;
         let raw_value = &map[kend..kend + vlen];
-        out.push(RawEntry {
+        visit(RawEntry {
             key,
             raw_key,
             raw_value,
         });
         pos = kend + vlen;
     }
-    Ok(out)
+    Ok(pos)
 }
 
 fn read_uint(raw: &[u8]) -> Option<u64> {
@@ -175,7 +184,10 @@ fn read_uint(raw: &[u8]) -> Option<u64> {
 
 fn read_text(raw: &[u8]) -> Option<&str> {
     match head(raw, 0) {
-        Ok((MAJOR_TEXT, len, h)) => std::str::from_utf8(raw.get(h..h + len as usize)?).ok(),
+        Ok((MAJOR_TEXT, len, h)) => {
+            let end = h.checked_add(usize::try_from(len).ok()?)?;
+            std::str::from_utf8(raw.get(h..end)?).ok()
+        }
         _ => None,
     }
 }
@@ -205,9 +217,8 @@ struct HeaderOut<'a> {
     op: i64,
 }
 
-/// Checks the framing (exactly two well-formed items within the size limit) and decodes the
-/// header. Cheap: no body decoding, no allocation.
-pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
+/// Scans and decodes the header item; the body is not looked at yet.
+fn read_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
     if msg.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge);
     }
@@ -215,10 +226,6 @@ pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
     let header_len = cbor::scan_item(msg, &lim).map_err(FrameError::Cbor)?;
     if header_len == msg.len() {
         return Err(FrameError::MissingBody);
-    }
-    let body_len = cbor::scan_item(&msg[header_len..], &lim).map_err(FrameError::Cbor)?;
-    if header_len + body_len != msg.len() {
-        return Err(FrameError::ExtraItems);
     }
     let header: HeaderIn<'_> =
         cbor::decode(&msg[..header_len], &lim).map_err(|_| FrameError::BadHeader)?;
@@ -230,6 +237,29 @@ pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
         t: header.t,
         body_offset: header_len,
     })
+}
+
+/// Checks the framing (exactly two well-formed items within the size limit) and decodes the
+/// header. Cheap: no body decoding, no allocation.
+pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
+    let header = read_header(msg)?;
+    let body_len =
+        cbor::scan_item(&msg[header.body_offset..], &limits()).map_err(FrameError::Cbor)?;
+    if header.body_offset + body_len != msg.len() {
+        return Err(FrameError::ExtraItems);
+    }
+    Ok(header)
+}
+
+/// Header plus the body's top-level entries, with the same framing checks as [`decode_header`]
+/// but a single pass over the body.
+fn read_event(msg: &[u8]) -> Result<(FrameHeader<'_>, Vec<RawEntry<'_>>), FrameError> {
+    let header = read_header(msg)?;
+    let (entries, body_len) = map_entries(&msg[header.body_offset..])?;
+    if header.body_offset + body_len != msg.len() {
+        return Err(FrameError::ExtraItems);
+    }
+    Ok((header, entries))
 }
 
 /// What the Subscriber needs from a frame without a full decode.
@@ -244,7 +274,7 @@ pub struct EventPeek<'a> {
 
 /// Header plus `seq` and the account DID, by walking the top level of the body map.
 pub fn peek_event(msg: &[u8]) -> Result<EventPeek<'_>, FrameError> {
-    let header = decode_header(msg)?;
+    let header = read_header(msg)?;
     let did_key = if header.t == Some("#commit") {
         "repo"
     } else {
@@ -252,12 +282,15 @@ pub fn peek_event(msg: &[u8]) -> Result<EventPeek<'_>, FrameError> {
     };
     let mut seq = None;
     let mut did = None;
-    for entry in map_entries(&msg[header.body_offset..])? {
+    let body_len = walk_map(&msg[header.body_offset..], |entry| {
         if entry.key == "seq" {
             seq = read_uint(entry.raw_value);
         } else if entry.key == did_key {
             did = read_text(entry.raw_value);
         }
+    })?;
+    if header.body_offset + body_len != msg.len() {
+        return Err(FrameError::ExtraItems);
     }
     Ok(EventPeek { header, seq, did })
 }
@@ -565,10 +598,10 @@ pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
     if new_seq <= 0 {
         return Err(FrameError::BadSeq);
     }
-    let header = decode_header(msg)?;
+    let (header, entries) = read_event(msg)?;
     let mut out = Vec::with_capacity(msg.len() + 16);
 
-    let header_entries =
+    let (header_entries, _) =
         map_entries(&msg[..header.body_offset]).map_err(|_| FrameError::BadHeader)?;
     let mut hdr: Vec<(&str, Vec<u8>, &[u8])> = header_entries
         .iter()
@@ -576,7 +609,6 @@ pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
         .collect();
     write_map(&mut out, &mut hdr)?;
 
-    let entries = map_entries(&msg[header.body_offset..])?;
     let mut seq_item = Vec::with_capacity(9);
     write_head(&mut seq_item, MAJOR_UINT, new_seq as u64);
     let mut fields: Vec<(&str, Vec<u8>, &[u8])> = Vec::with_capacity(entries.len() + 3);
