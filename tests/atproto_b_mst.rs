@@ -405,3 +405,106 @@ proptest! {
         }
     }
 }
+
+/// Known roots of the reference TypeScript edge-case tests (packages/repo/tests/mst.test.ts).
+#[test]
+fn reference_edge_case_roots() {
+    let leaf = cid(LEAF);
+    let k = |s: &str| format!("com.example.record/{s}");
+    let root = |t: &mut Mst| t.root_cid().to_string();
+
+    // "simple"
+    let mut t = Mst::new();
+    for s in [
+        "3jqfcqzm3fp2j",
+        "3jqfcqzm3fr2j",
+        "3jqfcqzm3fs2j",
+        "3jqfcqzm3ft2j",
+        "3jqfcqzm4fc2j",
+    ] {
+        t.insert(k(s).as_bytes(), leaf).unwrap();
+    }
+    assert_eq!(
+        root(&mut t),
+        "bafyreicmahysq4n6wfuxo522m6dpiy7z7qzym3dzs756t5n7nfdgccwq7m"
+    );
+
+    // "trims top of tree on delete"
+    let mut t = Mst::new();
+    for s in [
+        "3jqfcqzm3fn2j",
+        "3jqfcqzm3fo2j",
+        "3jqfcqzm3fp2j",
+        "3jqfcqzm3fs2j",
+        "3jqfcqzm3ft2j",
+        "3jqfcqzm3fu2j",
+    ] {
+        t.insert(k(s).as_bytes(), leaf).unwrap();
+    }
+    assert_eq!(
+        root(&mut t),
+        "bafyreifnqrwbk6ffmyaz5qtujqrzf5qmxf7cbxvgzktl4e3gabuxbtatv4"
+    );
+    let mut before = t.clone();
+    t.remove(k("3jqfcqzm3fs2j").as_bytes()).unwrap();
+    assert_eq!(
+        root(&mut t),
+        "bafyreie4kjuxbwkhzg2i5dljaswcroeih4dgiqq6pazcmunwt2byd725vi"
+    );
+    // and the same trim on the diff-only partial tree, inverted back
+    let diff = Mst::commit_diff(&mut before, &mut t, [k("3jqfcqzm3fs2j").as_bytes()]).unwrap();
+    let mut partial = Mst::load(t.root_cid(), &block_map(&diff)).unwrap();
+    partial.insert(k("3jqfcqzm3fs2j").as_bytes(), leaf).unwrap();
+    assert_eq!(
+        root(&mut partial),
+        "bafyreifnqrwbk6ffmyaz5qtujqrzf5qmxf7cbxvgzktl4e3gabuxbtatv4"
+    );
+
+    // "handles insertion that splits two layers down"
+    let l1 = "bafyreiettyludka6fpgp33stwxfuwhkzlur6chs4d2v4nkmq2j3ogpdjem";
+    let l2 = "bafyreid2x5eqs4w4qxvc5jiwda4cien3gw2q6cshofxwnvv7iucrmfohpm";
+    let mut t = Mst::new();
+    for s in [
+        "3jqfcqzm3fo2j",
+        "3jqfcqzm3fp2j",
+        "3jqfcqzm3fr2j",
+        "3jqfcqzm3fs2j",
+        "3jqfcqzm3ft2j",
+        "3jqfcqzm3fz2j",
+        "3jqfcqzm4fc2j",
+        "3jqfcqzm4fd2j",
+        "3jqfcqzm4ff2j",
+        "3jqfcqzm4fg2j",
+        "3jqfcqzm4fh2j",
+    ] {
+        t.insert(k(s).as_bytes(), leaf).unwrap();
+    }
+    assert_eq!(root(&mut t), l1);
+    let mut before = t.clone();
+    t.insert(k("3jqfcqzm3fx2j").as_bytes(), leaf).unwrap();
+    assert_eq!(root(&mut t), l2);
+    let diff = Mst::commit_diff(&mut before, &mut t, [k("3jqfcqzm3fx2j").as_bytes()]).unwrap();
+    let mut partial = Mst::load(t.root_cid(), &block_map(&diff)).unwrap();
+    partial.remove(k("3jqfcqzm3fx2j").as_bytes()).unwrap();
+    assert_eq!(root(&mut partial), l1);
+    t.remove(k("3jqfcqzm3fx2j").as_bytes()).unwrap();
+    assert_eq!(root(&mut t), l1);
+
+    // "handles new layers that are two higher than existing"
+    let l0 = "bafyreidfcktqnfmykz2ps3dbul35pepleq7kvv526g47xahuz3rqtptmky";
+    let l2 = "bafyreiavxaxdz7o7rbvr3zg2liox2yww46t7g6hkehx4i4h3lwudly7dhy";
+    let l2b = "bafyreig4jv3vuajbsybhyvb7gggvpwh2zszwfyttjrj6qwvcsp24h6popu";
+    let mut t = Mst::new();
+    t.insert(k("3jqfcqzm3ft2j").as_bytes(), leaf).unwrap();
+    t.insert(k("3jqfcqzm3fz2j").as_bytes(), leaf).unwrap();
+    assert_eq!(root(&mut t), l0);
+    t.insert(k("3jqfcqzm3fx2j").as_bytes(), leaf).unwrap();
+    assert_eq!(root(&mut t), l2);
+    t.remove(k("3jqfcqzm3fx2j").as_bytes()).unwrap();
+    assert_eq!(root(&mut t), l0);
+    t.insert(k("3jqfcqzm3fx2j").as_bytes(), leaf).unwrap();
+    t.insert(k("3jqfcqzm4fd2j").as_bytes(), leaf).unwrap();
+    assert_eq!(root(&mut t), l2b);
+    t.remove(k("3jqfcqzm4fd2j").as_bytes()).unwrap();
+    assert_eq!(root(&mut t), l2);
+}
