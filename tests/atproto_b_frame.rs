@@ -219,6 +219,14 @@ fn framing_errors_and_unknowns() {
     ]);
     assert!(frame::peek_event(&m).is_err());
 
+    // Duplicate body keys: re-sequencing refuses, typed decode refuses.
+    let mut m = header.clone();
+    m.extend([
+        0xa2, 0x63, b's', b'e', b'q', 0x01, 0x63, b's', b'e', b'q', 0x02,
+    ]);
+    assert_eq!(frame::resequence(&m, 5), Err(FrameError::DuplicateKey));
+    assert!(frame::decode_frame(&Bytes::from(m)).is_err());
+
     // Body that is not a map; body missing a required field.
     let mut m = header.clone();
     m.extend(cbor(&Ipld::List(vec![])));

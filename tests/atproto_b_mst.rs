@@ -508,3 +508,86 @@ fn reference_edge_case_roots() {
     t.remove(k("3jqfcqzm4fd2j").as_bytes()).unwrap();
     assert_eq!(root(&mut t), l2);
 }
+
+/// Hostile slices: structural checks across nodes.
+#[test]
+fn load_rejects_inconsistent_trees() {
+    let leaf = cid(LEAF);
+    let (a0, a1, b1, c0) = (
+        &b"A0/374913"[..],
+        &b"A1/076595"[..],
+        &b"B1/986427"[..],
+        &b"C0/451630"[..],
+    );
+    assert_eq!(
+        [a0, a1, b1, c0].map(mst::key_depth),
+        [0, 1, 1, 0],
+        "example keys carry their depth"
+    );
+    let node = |left: Option<Cid>, entries: &[(&[u8], Cid, Option<Cid>)]| {
+        let bytes = mst::encode_node(left, entries);
+        (cid_for_dag_cbor(&bytes), bytes)
+    };
+    let load = |blocks: &[(Cid, Vec<u8>)]| {
+        let mut map = BlockMap::new();
+        for (c, b) in blocks {
+            map.insert(*c, Bytes::from(b.clone()));
+        }
+        Mst::load(blocks[0].0, &map)
+    };
+    let (low, low_bytes) = node(None, &[(a0, leaf, None)]);
+    let (high, high_bytes) = node(None, &[(c0, leaf, None)]);
+
+    // Valid: B1 with A0 on its left and C0 on its right.
+    let good = node(Some(low), &[(b1, leaf, Some(high))]);
+    let mut tree = load(&[
+        good.clone(),
+        (low, low_bytes.clone()),
+        (high, high_bytes.clone()),
+    ])
+    .unwrap();
+    assert_eq!(tree.root_cid(), good.0);
+    assert_eq!(tree.entries().unwrap().len(), 3);
+
+    // A subtree on the wrong side of its parent's key.
+    let swapped = node(Some(high), &[(b1, leaf, Some(low))]);
+    let blocks = [
+        swapped,
+        (low, low_bytes.clone()),
+        (high, high_bytes.clone()),
+    ];
+    assert_eq!(load(&blocks).unwrap_err(), MstError::KeyOrder);
+    // The same node linked twice.
+    let twice = node(Some(low), &[(b1, leaf, Some(low))]);
+    assert_eq!(
+        load(&[twice, (low, low_bytes.clone())]).unwrap_err(),
+        MstError::DuplicateNode
+    );
+    // An empty child node.
+    let (empty, empty_bytes) = node(None, &[]);
+    let with_empty = node(Some(low), &[(b1, leaf, Some(empty))]);
+    let blocks = [with_empty, (low, low_bytes.clone()), (empty, empty_bytes)];
+    assert_eq!(load(&blocks).unwrap_err(), MstError::EmptyNode);
+    // A layer-0 node with a child link.
+    let leaf_with_link = node(None, &[(a0, leaf, Some(high))]);
+    assert_eq!(
+        load(&[leaf_with_link, (high, high_bytes.clone())]).unwrap_err(),
+        MstError::LinkBelowLeaf
+    );
+    // A child holding a key of the parent's layer.
+    let (wrong, wrong_bytes) = node(None, &[(a1, leaf, None)]);
+    let parent = node(Some(wrong), &[(b1, leaf, None)]);
+    assert_eq!(
+        load(&[parent, (wrong, wrong_bytes)]).unwrap_err(),
+        MstError::KeyDepth
+    );
+    // A link that is not a blessed dag-cbor CID.
+    let raw = rookery::atproto::cid::cid_for_raw(&low_bytes);
+    let bad_link = node(Some(raw), &[(b1, leaf, None)]);
+    assert_eq!(load(&[bad_link]).unwrap_err(), MstError::LinkNotBlessed);
+    // A missing child is a stub: reading past it reports exactly that block.
+    let tree = load(&[good]).unwrap();
+    assert_eq!(tree.get(b1).unwrap(), Some(leaf));
+    assert_eq!(tree.get(a0).unwrap_err(), MstError::MissingBlock(low));
+    assert_eq!(tree.get(c0).unwrap_err(), MstError::MissingBlock(high));
+}
