@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
 use super::car::BlockMap;
@@ -119,21 +119,6 @@ fn check_key(key: &[u8]) -> Result<(), MstError> {
 // ------------------------------------------------------------------------------------------
 // Wire form of a node
 
-#[derive(Serialize)]
-struct NodeOut<'a> {
-    e: Vec<EntryOut<'a>>,
-    l: Option<Cid>,
-}
-
-#[derive(Serialize)]
-struct EntryOut<'a> {
-    #[serde(with = "serde_bytes")]
-    k: &'a [u8],
-    p: u64,
-    t: Option<Cid>,
-    v: Cid,
-}
-
 /// `Option<Cid>` that must be present on the wire (as a link or explicit null).
 fn required_link<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cid>, D::Error> {
     Option::<Cid>::deserialize(d)
@@ -229,21 +214,63 @@ pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
 }
 
 /// Canonical encoding of one node from full keys (prefix compression applied here).
+///
+/// Written by hand rather than through serde: the key order is fixed (`e`, `l`; `k`, `p`, `t`,
+/// `v` — length-first), so there is nothing to sort or buffer, and this runs for every modified
+/// node on every root recomputation. The known-root tests pin the bytes.
 pub fn encode_node(left: Option<Cid>, entries: &[(&[u8], Cid, Option<Cid>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len());
+    let mut out = Vec::with_capacity(8 + entries.len() * 100);
+    out.extend_from_slice(&[0xa2, 0x61, b'e']);
+    write_head(&mut out, 4, entries.len() as u64);
     let mut prev: &[u8] = &[];
     for (key, value, right) in entries {
         let p = common_prefix_len(prev, key);
-        out.push(EntryOut {
-            k: &key[p..],
-            p: p as u64,
-            t: *right,
-            v: *value,
-        });
+        out.extend_from_slice(&[0xa4, 0x61, b'k']);
+        write_head(&mut out, 2, (key.len() - p) as u64);
+        out.extend_from_slice(&key[p..]);
+        out.extend_from_slice(&[0x61, b'p']);
+        write_head(&mut out, 0, p as u64);
+        out.extend_from_slice(&[0x61, b't']);
+        write_link(&mut out, right.as_ref());
+        out.extend_from_slice(&[0x61, b'v']);
+        write_link(&mut out, Some(value));
         prev = key;
     }
-    // Encoding plain structs of bytes, ints and CIDs cannot fail; keep the error path anyway.
-    cbor::encode(&NodeOut { e: out, l: left }).unwrap_or_default()
+    out.extend_from_slice(&[0x61, b'l']);
+    write_link(&mut out, left.as_ref());
+    out
+}
+
+fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= 0xff {
+        out.extend_from_slice(&[m | 24, arg as u8]);
+    } else if arg <= 0xffff {
+        out.push(m | 25);
+        out.extend_from_slice(&(arg as u16).to_be_bytes());
+    } else if arg <= 0xffff_ffff {
+        out.push(m | 26);
+        out.extend_from_slice(&(arg as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
+/// A CID link (tag 42, bytes `0x00 ‖ cid`) or null.
+fn write_link(out: &mut Vec<u8>, cid: Option<&Cid>) {
+    match cid {
+        None => out.push(0xf6),
+        Some(cid) => {
+            out.extend_from_slice(&[0xd8, 0x2a]);
+            write_head(out, 2, cid.encoded_len() as u64 + 1);
+            out.push(0x00);
+            // Writing into a Vec cannot fail.
+            let _ = cid.write_bytes(&mut *out);
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -703,24 +730,29 @@ impl Loader<'_> {
             return Err(MstError::LinkBelowLeaf);
         }
         let mut node = Node::new(layer);
-        let first_key = decoded.entries.first().map(|e| e.0.as_slice());
-        if let Some(l) = decoded.left {
-            node.left = Some(self.link(l, layer - 1, lo, first_key.or(hi))?);
-        }
-        for (i, (key, value, right)) in decoded.entries.iter().enumerate() {
-            if key_depth(key) != layer {
+        let mut rights = Vec::with_capacity(decoded.entries.len());
+        for (key, value, right) in decoded.entries {
+            if key_depth(&key) != layer {
                 return Err(MstError::KeyDepth);
             }
-            let next = decoded.entries.get(i + 1).map(|e| e.0.as_slice()).or(hi);
-            let right = match right {
-                Some(t) => Some(self.link(*t, layer - 1, Some(key), next)?),
-                None => None,
-            };
+            rights.push(right);
             node.entries.push(Entry {
-                key: key.as_slice().into(),
-                value: *value,
-                right,
+                key: key.into_boxed_slice(),
+                value,
+                right: None,
             });
+        }
+        if let Some(l) = decoded.left {
+            let first = node.entries.first().map(|e| e.key.as_ref()).or(hi);
+            node.left = Some(self.link(l, layer - 1, lo, first)?);
+        }
+        for (i, right) in rights.into_iter().enumerate() {
+            if let Some(t) = right {
+                let key = node.entries[i].key.as_ref();
+                let next = node.entries.get(i + 1).map(|e| e.key.as_ref()).or(hi);
+                let link = self.link(t, layer - 1, Some(key), next)?;
+                node.entries[i].right = Some(link);
+            }
         }
         node.cid = Some(cid);
         node.raw = Some(bytes);
