@@ -1,1 +1,639 @@
-//! (module under construction: frame)
+//! Firehose frames (`com.atproto.sync.subscribeRepos`): one binary websocket message is exactly
+//! two DAG-CBOR items, a header `{op, t?}` and a body map.
+//!
+//! Three levels of decoding, because the actors need very different amounts of it:
+//! - [`decode_header`] / [`peek_event`]: the Subscriber only needs `op`, `t`, `seq` and the DID.
+//!   These walk the items with the bounded scanner and allocate nothing.
+//! - [`decode_frame`]: the ValidatorShard gets typed bodies. `blocks` is a zero-copy slice of the
+//!   input `Bytes`; strings are small owned `String`s.
+//! - [`resequence`]: the Sequencer re-emits an event under the relay's own `seq`. This works on
+//!   the raw map, copying every value's bytes as received (PROTOCOL.md §9: unknown fields, null
+//!   vs absent, op `prev`, `blocks` all survive byte-for-byte). Only `seq` is replaced and, for
+//!   `#commit`, the required `tooBig`/`rebase`/`blobs` are added when missing. Keys are written
+//!   in canonical (length-first) order. Rebuilding from typed structs would lose fields.
+//!
+//! Unknown `t` decodes to [`Frame::Unknown`] and unknown `op` to [`Frame::UnknownOp`]: both are
+//! counted and skipped by callers, not fatal. Bad framing or bad CBOR is a [`FrameError`].
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::cbor::{self, CborError, DecodeLimits};
+use super::cid::Cid;
+use super::sync11::CommitOp;
+
+/// Hard limit on one websocket message.
+pub const MAX_FRAME_BYTES: usize = 5_000_000;
+/// Error frame name: the requested cursor is ahead of the stream.
+pub const FUTURE_CURSOR: &str = "FutureCursor";
+/// Error frame name: the consumer fell too far behind.
+pub const CONSUMER_TOO_SLOW: &str = "ConsumerTooSlow";
+/// `#info` name sent before replaying from the oldest kept event.
+pub const OUTDATED_CURSOR: &str = "OutdatedCursor";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame larger than {MAX_FRAME_BYTES} bytes")]
+    TooLarge,
+    #[error("bad CBOR in frame: {0}")]
+    Cbor(CborError),
+    #[error("frame has a header but no body")]
+    MissingBody,
+    #[error("frame has more than two CBOR items")]
+    ExtraItems,
+    #[error("frame header is not {{op, t?}}")]
+    BadHeader,
+    #[error("frame body is not a map")]
+    BodyNotMap,
+    #[error("frame body map has a duplicate key")]
+    DuplicateKey,
+    #[error("frame body does not match its type: {0}")]
+    BadBody(String),
+    #[error("event has no seq to replace")]
+    MissingSeq,
+    #[error("seq must be a positive integer")]
+    BadSeq,
+    #[error("frame could not be encoded")]
+    Encode,
+}
+
+impl FrameError {
+    /// Stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge => "frame-too-large",
+            FrameError::Cbor(_) => "frame-bad-cbor",
+            FrameError::MissingBody => "frame-missing-body",
+            FrameError::ExtraItems => "frame-extra-items",
+            FrameError::BadHeader => "frame-bad-header",
+            FrameError::BodyNotMap => "frame-body-not-map",
+            FrameError::DuplicateKey => "frame-duplicate-key",
+            FrameError::BadBody(_) => "frame-bad-body",
+            FrameError::MissingSeq => "frame-missing-seq",
+            FrameError::BadSeq => "frame-bad-seq",
+            FrameError::Encode => "frame-encode",
+        }
+    }
+}
+
+fn limits() -> DecodeLimits {
+    DecodeLimits {
+        max_input: MAX_FRAME_BYTES,
+        ..DecodeLimits::default()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Minimal CBOR head reading/writing (the scanner has already checked well-formedness).
+
+const MAJOR_UINT: u8 = 0;
+const MAJOR_TEXT: u8 = 3;
+const MAJOR_MAP: u8 = 5;
+
+/// `(major, argument, head length)` of the item at `pos`.
+fn head(bytes: &[u8], pos: usize) -> Result<(u8, u64, usize), FrameError> {
+    let bad = FrameError::Cbor(CborError::Truncated);
+    let first = *bytes.get(pos).ok_or(bad.clone())?;
+    let major = first >> 5;
+    let info = first & 0x1f;
+    match info {
+        0..=23 => Ok((major, u64::from(info), 1)),
+        24..=27 => {
+            let n = 1usize << (info - 24);
+            let slice = bytes.get(pos + 1..pos + 1 + n).ok_or(bad)?;
+            let arg = slice.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b));
+            Ok((major, arg, 1 + n))
+        }
+        _ => Err(FrameError::Cbor(CborError::Malformed("unsupported head"))),
+    }
+}
+
+fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= 0xff {
+        out.extend_from_slice(&[m | 24, arg as u8]);
+    } else if arg <= 0xffff {
+        out.push(m | 25);
+        out.extend_from_slice(&(arg as u16).to_be_bytes());
+    } else if arg <= 0xffff_ffff {
+        out.push(m | 26);
+        out.extend_from_slice(&(arg as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
+/// One top-level entry of a map: the key text, the raw key item and the raw value item.
+struct RawEntry<'a> {
+    key: &'a str,
+    raw_key: &'a [u8],
+    raw_value: &'a [u8],
+}
+
+/// Splits the map item at the start of `map` into its entries, without decoding values, and
+/// returns the map's encoded length. Each value is checked by the bounded scanner; every
+/// iteration consumes input or fails, so a hostile count cannot loop longer than the input.
+fn map_entries<'a>(map: &'a [u8]) -> Result<(Vec<RawEntry<'a>>, usize), FrameError> {
+    let mut out = Vec::new();
+    let len = walk_map(map, |e| out.push(e))?;
+    Ok((out, len))
+}
+
+/// Calls `visit` for each entry of the map at the start of `map`; returns the map's length.
+fn walk_map<'a>(map: &'a [u8], mut visit: impl FnMut(RawEntry<'a>)) -> Result<usize, FrameError> {
+    let (major, count, mut pos) = head(map, 0)?;
+    if major != MAJOR_MAP {
+        return Err(FrameError::BodyNotMap);
+    }
+    let lim = limits();
+    for _ in 0..count {
+        let (kmajor, klen, khead) = head(map, pos)?;
+        if kmajor != MAJOR_TEXT {
+            return Err(FrameError::Cbor(CborError::Malformed("non-text map key")));
+        }
+        let truncated = FrameError::Cbor(CborError::Truncated);
+        let kend = usize::try_from(klen)
+            .ok()
+            .and_then(|klen| (pos + khead).checked_add(klen))
+            .ok_or(truncated.clone())?;
+        let key_bytes = map.get(pos + khead..kend).ok_or(truncated)?;
+        let key = std::str::from_utf8(key_bytes)
+            .map_err(|_| FrameError::Cbor(CborError::Malformed("key not utf-8")))?;
+        let raw_key = &map[pos..kend];
+        let vlen = cbor::scan_item(&map[kend..], &lim).map_err(FrameError::Cbor)?;
+        let raw_value = &map[kend..kend + vlen];
+        visit(RawEntry {
+            key,
+            raw_key,
+            raw_value,
+        });
+        pos = kend + vlen;
+    }
+    Ok(pos)
+}
+
+fn read_uint(raw: &[u8]) -> Option<u64> {
+    match head(raw, 0) {
+        Ok((MAJOR_UINT, v, _)) => Some(v),
+        _ => None,
+    }
+}
+
+fn read_text(raw: &[u8]) -> Option<&str> {
+    match head(raw, 0) {
+        Ok((MAJOR_TEXT, len, h)) => {
+            let end = h.checked_add(usize::try_from(len).ok()?)?;
+            std::str::from_utf8(raw.get(h..end)?).ok()
+        }
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Header
+
+/// A decoded frame header and where the body starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader<'a> {
+    pub op: i64,
+    pub t: Option<&'a str>,
+    pub body_offset: usize,
+}
+
+#[derive(Deserialize)]
+struct HeaderIn<'a> {
+    op: i64,
+    #[serde(borrow, default)]
+    t: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct HeaderOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<&'a str>,
+    op: i64,
+}
+
+/// Scans and decodes the header item; the body is not looked at yet.
+fn read_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
+    if msg.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge);
+    }
+    let lim = limits();
+    let header_len = cbor::scan_item(msg, &lim).map_err(FrameError::Cbor)?;
+    if header_len == msg.len() {
+        return Err(FrameError::MissingBody);
+    }
+    let header: HeaderIn<'_> =
+        cbor::decode(&msg[..header_len], &lim).map_err(|_| FrameError::BadHeader)?;
+    if header.op == 1 && header.t.is_none() {
+        return Err(FrameError::BadHeader);
+    }
+    Ok(FrameHeader {
+        op: header.op,
+        t: header.t,
+        body_offset: header_len,
+    })
+}
+
+/// Checks the framing (exactly two well-formed items within the size limit) and decodes the
+/// header. Cheap: no body decoding, no allocation.
+pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
+    let header = read_header(msg)?;
+    let body_len =
+        cbor::scan_item(&msg[header.body_offset..], &limits()).map_err(FrameError::Cbor)?;
+    if header.body_offset + body_len != msg.len() {
+        return Err(FrameError::ExtraItems);
+    }
+    Ok(header)
+}
+
+/// Header plus the body's top-level entries, with the same framing checks as [`decode_header`]
+/// but a single pass over the body.
+fn read_event(msg: &[u8]) -> Result<(FrameHeader<'_>, Vec<RawEntry<'_>>), FrameError> {
+    let header = read_header(msg)?;
+    let (entries, body_len) = map_entries(&msg[header.body_offset..])?;
+    if header.body_offset + body_len != msg.len() {
+        return Err(FrameError::ExtraItems);
+    }
+    Ok((header, entries))
+}
+
+/// What the Subscriber needs from a frame without a full decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventPeek<'a> {
+    pub header: FrameHeader<'a>,
+    /// `seq` of the body, when present and an unsigned integer.
+    pub seq: Option<u64>,
+    /// `repo` for `#commit`, `did` for the other types.
+    pub did: Option<&'a str>,
+}
+
+/// Header plus `seq` and the account DID, by walking the top level of the body map.
+pub fn peek_event(msg: &[u8]) -> Result<EventPeek<'_>, FrameError> {
+    let header = read_header(msg)?;
+    let did_key = if header.t == Some("#commit") {
+        "repo"
+    } else {
+        "did"
+    };
+    let mut seq = None;
+    let mut did = None;
+    let body_len = walk_map(&msg[header.body_offset..], |entry| {
+        if entry.key == "seq" {
+            seq = read_uint(entry.raw_value);
+        } else if entry.key == did_key {
+            did = read_text(entry.raw_value);
+        }
+    })?;
+    if header.body_offset + body_len != msg.len() {
+        return Err(FrameError::ExtraItems);
+    }
+    Ok(EventPeek { header, seq, did })
+}
+
+// ------------------------------------------------------------------------------------------
+// Typed bodies
+
+fn ser_bytes<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(b)
+}
+
+/// One `#repoOp`. `cid` is required-nullable (written as null when `None`); `prev` is optional
+/// (left out when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoOp {
+    pub action: String,
+    pub path: String,
+    #[serde(default)]
+    pub cid: Option<Cid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<Cid>,
+}
+
+impl RepoOp {
+    /// Borrowed view for `sync11`.
+    pub fn as_commit_op(&self) -> CommitOp<'_> {
+        CommitOp {
+            action: &self.action,
+            path: &self.path,
+            cid: self.cid,
+            prev: self.prev,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommitEvent {
+    pub seq: i64,
+    pub rebase: bool,
+    #[serde(rename = "tooBig")]
+    pub too_big: bool,
+    pub repo: String,
+    pub commit: Cid,
+    pub rev: String,
+    /// Required but nullable on the wire; an absent `since` also decodes to `None`.
+    pub since: Option<String>,
+    #[serde(serialize_with = "ser_bytes")]
+    pub blocks: Bytes,
+    pub ops: Vec<RepoOp>,
+    /// Deprecated; `null` in the wild decodes to empty.
+    pub blobs: Vec<Cid>,
+    #[serde(rename = "prevData", skip_serializing_if = "Option::is_none")]
+    pub prev_data: Option<Cid>,
+    pub time: String,
+}
+
+#[derive(Deserialize)]
+struct CommitIn<'a> {
+    seq: i64,
+    #[serde(default)]
+    rebase: bool,
+    #[serde(rename = "tooBig", default)]
+    too_big: bool,
+    repo: String,
+    commit: Cid,
+    rev: String,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(with = "serde_bytes", borrow)]
+    blocks: &'a [u8],
+    ops: Vec<RepoOp>,
+    #[serde(default)]
+    blobs: Option<Vec<Cid>>,
+    #[serde(rename = "prevData", default)]
+    prev_data: Option<Cid>,
+    time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncEvent {
+    pub seq: i64,
+    pub did: String,
+    #[serde(serialize_with = "ser_bytes")]
+    pub blocks: Bytes,
+    pub rev: String,
+    pub time: String,
+}
+
+#[derive(Deserialize)]
+struct SyncIn<'a> {
+    seq: i64,
+    did: String,
+    #[serde(with = "serde_bytes", borrow)]
+    blocks: &'a [u8],
+    rev: String,
+    time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityEvent {
+    pub seq: i64,
+    pub did: String,
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEvent {
+    pub seq: i64,
+    pub did: String,
+    pub time: String,
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoEvent {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A decoded firehose message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Boxed: a commit is several times larger than the other events.
+    Commit(Box<CommitEvent>),
+    Sync(SyncEvent),
+    Identity(IdentityEvent),
+    Account(AccountEvent),
+    Info(InfoEvent),
+    Error(ErrorFrame),
+    /// `op = 1` with a type this relay does not know (skip and count).
+    Unknown {
+        t: String,
+    },
+    /// An `op` other than 1 / -1 (skip and count).
+    UnknownOp {
+        op: i64,
+    },
+}
+
+impl Frame {
+    /// Label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Commit(_) => "commit",
+            Frame::Sync(_) => "sync",
+            Frame::Identity(_) => "identity",
+            Frame::Account(_) => "account",
+            Frame::Info(_) => "info",
+            Frame::Error(_) => "error",
+            Frame::Unknown { .. } => "unknown-type",
+            Frame::UnknownOp { .. } => "unknown-op",
+        }
+    }
+}
+
+fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
+    cbor::decode(bytes, &limits()).map_err(|e| match e {
+        CborError::Decode(msg) => FrameError::BadBody(msg),
+        other => FrameError::Cbor(other),
+    })
+}
+
+/// Full decode of one binary websocket message.
+pub fn decode_frame(msg: &Bytes) -> Result<Frame, FrameError> {
+    let header = decode_header(msg)?;
+    let raw = &msg[header.body_offset..];
+    if !matches!(head(raw, 0), Ok((MAJOR_MAP, _, _))) {
+        return Err(FrameError::BodyNotMap);
+    }
+    match (header.op, header.t) {
+        (-1, _) => Ok(Frame::Error(body(raw)?)),
+        (1, Some("#commit")) => {
+            let c: CommitIn<'_> = body(raw)?;
+            Ok(Frame::Commit(Box::new(CommitEvent {
+                seq: c.seq,
+                rebase: c.rebase,
+                too_big: c.too_big,
+                repo: c.repo,
+                commit: c.commit,
+                rev: c.rev,
+                since: c.since,
+                blocks: msg.slice_ref(c.blocks),
+                ops: c.ops,
+                blobs: c.blobs.unwrap_or_default(),
+                prev_data: c.prev_data,
+                time: c.time,
+            })))
+        }
+        (1, Some("#sync")) => {
+            let s: SyncIn<'_> = body(raw)?;
+            Ok(Frame::Sync(SyncEvent {
+                seq: s.seq,
+                did: s.did,
+                blocks: msg.slice_ref(s.blocks),
+                rev: s.rev,
+                time: s.time,
+            }))
+        }
+        (1, Some("#identity")) => Ok(Frame::Identity(body(raw)?)),
+        (1, Some("#account")) => Ok(Frame::Account(body(raw)?)),
+        (1, Some("#info")) => Ok(Frame::Info(body(raw)?)),
+        (1, Some(t)) => Ok(Frame::Unknown { t: t.to_string() }),
+        (op, _) => Ok(Frame::UnknownOp { op }),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Encoding
+
+fn encode_parts<T: Serialize>(op: i64, t: Option<&str>, body: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = cbor::encode(&HeaderOut { t, op }).map_err(|_| FrameError::Encode)?;
+    out.extend(cbor::encode(body).map_err(|_| FrameError::Encode)?);
+    Ok(out)
+}
+
+/// Encodes a typed frame (header + body). Unknown variants cannot be encoded.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    match frame {
+        Frame::Commit(b) => encode_parts(1, Some("#commit"), b),
+        Frame::Sync(b) => encode_parts(1, Some("#sync"), b),
+        Frame::Identity(b) => encode_parts(1, Some("#identity"), b),
+        Frame::Account(b) => encode_parts(1, Some("#account"), b),
+        Frame::Info(b) => encode_parts(1, Some("#info"), b),
+        Frame::Error(b) => encode_parts(-1, None, b),
+        Frame::Unknown { .. } | Frame::UnknownOp { .. } => Err(FrameError::Encode),
+    }
+}
+
+/// The relay's own `#account` event.
+pub fn encode_account(
+    seq: i64,
+    did: &str,
+    time: &str,
+    active: bool,
+    status: Option<&str>,
+) -> Result<Vec<u8>, FrameError> {
+    encode_frame(&Frame::Account(AccountEvent {
+        seq,
+        did: did.to_string(),
+        time: time.to_string(),
+        active,
+        status: status.map(str::to_string),
+    }))
+}
+
+/// An `#info` frame (no seq), e.g. [`OUTDATED_CURSOR`].
+pub fn encode_info(name: &str, message: Option<&str>) -> Result<Vec<u8>, FrameError> {
+    encode_frame(&Frame::Info(InfoEvent {
+        name: name.to_string(),
+        message: message.map(str::to_string),
+    }))
+}
+
+/// An error frame (`op = -1`), e.g. [`FUTURE_CURSOR`] or [`CONSUMER_TOO_SLOW`].
+pub fn encode_error(error: &str, message: Option<&str>) -> Result<Vec<u8>, FrameError> {
+    encode_frame(&Frame::Error(ErrorFrame {
+        error: error.to_string(),
+        message: message.map(str::to_string),
+    }))
+}
+
+fn canonical_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// Writes a map from raw entries in canonical key order; rejects duplicate keys.
+fn write_map(out: &mut Vec<u8>, entries: &mut [(&str, Vec<u8>, &[u8])]) -> Result<(), FrameError> {
+    entries.sort_by(|a, b| canonical_order(a.0, b.0));
+    if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(FrameError::DuplicateKey);
+    }
+    write_head(out, MAJOR_MAP, entries.len() as u64);
+    for (_, key, value) in entries.iter() {
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+    }
+    Ok(())
+}
+
+fn text_item(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    write_head(&mut out, MAJOR_TEXT, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// Re-emits an event under a new `seq`, keeping every other byte of every other field as the
+/// PDS sent it. For `#commit`, adds `tooBig: false`, `rebase: false` and `blobs: []` when they
+/// are missing. Header and body keys come out in canonical order.
+pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
+    if new_seq <= 0 {
+        return Err(FrameError::BadSeq);
+    }
+    let (header, entries) = read_event(msg)?;
+    let mut out = Vec::with_capacity(msg.len() + 16);
+
+    let (header_entries, _) =
+        map_entries(&msg[..header.body_offset]).map_err(|_| FrameError::BadHeader)?;
+    let mut hdr: Vec<(&str, Vec<u8>, &[u8])> = header_entries
+        .iter()
+        .map(|e| (e.key, e.raw_key.to_vec(), e.raw_value))
+        .collect();
+    write_map(&mut out, &mut hdr)?;
+
+    let mut seq_item = Vec::with_capacity(9);
+    write_head(&mut seq_item, MAJOR_UINT, new_seq as u64);
+    let mut fields: Vec<(&str, Vec<u8>, &[u8])> = Vec::with_capacity(entries.len() + 3);
+    let mut saw_seq = false;
+    for e in &entries {
+        if e.key == "seq" {
+            saw_seq = true;
+            fields.push((e.key, e.raw_key.to_vec(), &seq_item));
+        } else {
+            fields.push((e.key, e.raw_key.to_vec(), e.raw_value));
+        }
+    }
+    if !saw_seq {
+        return Err(FrameError::MissingSeq);
+    }
+    // false = 0xf4, [] = 0x80
+    const FALSE: &[u8] = &[0xf4];
+    const EMPTY_ARRAY: &[u8] = &[0x80];
+    if header.op == 1 && header.t == Some("#commit") {
+        for (key, default) in [("tooBig", FALSE), ("rebase", FALSE), ("blobs", EMPTY_ARRAY)] {
+            if !entries.iter().any(|e| e.key == key) {
+                fields.push((key, text_item(key), default));
+            }
+        }
+    }
+    write_map(&mut out, &mut fields)?;
+    Ok(out)
+}
