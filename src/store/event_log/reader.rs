@@ -101,6 +101,12 @@ pub struct Replay {
     after: u64,
 }
 
+enum NextSegment {
+    Found(Arc<Segment>),
+    CurrentRetired,
+    None,
+}
+
 enum Step {
     /// The batch is complete (budget reached or nothing more is visible).
     Done,
@@ -150,12 +156,14 @@ impl Replay {
                     continue;
                 }
                 match self.next_segment(&seg) {
-                    Some(next) => {
+                    NextSegment::Found(next) => {
                         self.segment = Some(next);
                         self.offset = SEGMENT_HEADER_LEN;
                         continue;
                     }
-                    None => return Ok(out),
+                    // Retention removed it meanwhile: the retired check above reports it.
+                    NextSegment::CurrentRetired => continue,
+                    NextSegment::None => return Ok(out),
                 }
             }
             match self.read_block(&seg, committed, block_size, head, max_records, max_bytes, &mut out, &mut body_bytes)? {
@@ -175,10 +183,19 @@ impl Replay {
         Some(seg)
     }
 
-    fn next_segment(&self, seg: &Segment) -> Option<Arc<Segment>> {
+    /// The segment after `seg`, but only while `seg` itself is still in the list:
+    /// retention deletes a prefix, so if `seg` is present its successor was never
+    /// deleted, and no record can be skipped silently.
+    fn next_segment(&self, seg: &Arc<Segment>) -> NextSegment {
         let segs = self.shared.segments_read();
-        let i = segs.partition_point(|s| s.first_seq <= seg.first_seq);
-        segs.get(i).cloned()
+        let i = segs.partition_point(|s| s.first_seq < seg.first_seq);
+        match segs.get(i) {
+            Some(s) if Arc::ptr_eq(s, seg) => match segs.get(i + 1) {
+                Some(next) => NextSegment::Found(Arc::clone(next)),
+                None => NextSegment::None,
+            },
+            _ => NextSegment::CurrentRetired,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
