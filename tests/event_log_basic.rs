@@ -313,6 +313,25 @@ fn retention_by_age_deletes_old_segments_and_outdates_readers_inside_them() {
     let (log, report) = EventLog::open(small_config(dir.path())).expect("reopen");
     assert_eq!(report.last_intact_seq, Some(401));
     assert_eq!(log.stats().segment_count, 1);
+    // The deletion is remembered across a restart.
+    assert!(matches!(log.reader().read_after(0), Err(EventLogError::Outdated { .. })));
+    assert_eq!(read_all_after(&log.reader(), 400).expect("read")[0].seq, 401);
+}
+
+#[test]
+fn a_cursor_below_the_first_record_is_not_outdated_when_nothing_was_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.initial_seq = 5000;
+    let (mut log, _) = EventLog::open(config).expect("open");
+    let reader = log.reader();
+    // A replay opened on the empty log sees records as they arrive.
+    let mut early = reader.read_after(0).expect("empty log replay");
+    assert!(early.next_batch(10, 1 << 20).expect("batch").is_empty());
+    append_seqs(&mut log, &(5000..5100).collect::<Vec<_>>(), "did:plc:a");
+    assert_eq!(early.next_batch(1000, 1 << 20).expect("batch").len(), 100);
+    assert_eq!(read_all_after(&reader, 0).expect("read").len(), 100);
+    assert_eq!(read_all_after(&reader, 4999).expect("read")[0].seq, 5000);
 }
 
 #[test]

@@ -214,6 +214,11 @@ pub(crate) struct Shared {
     pub retention: RetentionPolicy,
     /// Serialises masking runs (never taken by the writer or readers).
     pub mask_lock: Mutex<()>,
+    /// Highest seq retention may have deleted (0: nothing deleted yet). Persisted in
+    /// `events/DELETED_THROUGH` before files are unlinked, so a cursor at or below it is
+    /// reported [`EventLogError::Outdated`] even after a restart, while a cursor below
+    /// the oldest record of a log that never lost anything is not.
+    pub deleted_through: AtomicU64,
 }
 
 impl Shared {

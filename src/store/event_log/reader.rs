@@ -30,8 +30,8 @@ pub struct EventLogReader {
 
 impl EventLogReader {
     /// Start a replay of every record with `seq > cursor` (PROTOCOL.md §1).
-    /// Returns [`EventLogError::Outdated`] when `cursor + 1` is older than the oldest
-    /// retained record; the session then sends `#info OutdatedCursor` and uses
+    /// Returns [`EventLogError::Outdated`] when records after `cursor` were deleted by
+    /// retention (`cursor + 1` is at or below the highest deleted seq); the session then sends `#info OutdatedCursor` and uses
     /// [`EventLogReader::read_from_oldest`]. An empty log yields a replay that will
     /// see records as they arrive.
     pub fn read_after(&self, cursor: u64) -> Result<Replay, EventLogError> {
@@ -40,7 +40,7 @@ impl EventLogReader {
         let Some(oldest) = oldest_seq(&segs) else {
             return Ok(self.unpositioned(cursor));
         };
-        if target < oldest {
+        if target <= self.shared.deleted_through.load(Ordering::Acquire) {
             return Err(EventLogError::Outdated { oldest_seq: oldest });
         }
         let i = segs.partition_point(|s| s.first_seq <= target).max(1);

@@ -19,6 +19,7 @@ use super::segment::{
     IndexBuilder, Segment, index_file_name, load_index_file, parse_segment_name, scan_segment,
     sync_dir, write_index_file,
 };
+use super::retention::read_deleted_through;
 use super::writer::OpenSegment;
 use super::{EventLog, EventLogConfig, EventLogError, Shared};
 
@@ -43,6 +44,8 @@ pub struct RecoveryReport {
     /// First seqs of sealed (non-tail) segments with a bad record inside; they are kept
     /// as found (not truncated) and served up to the bad record.
     pub damaged_segments: Vec<u64>,
+    /// Segments deleted at open because a crash interrupted a retention pass.
+    pub interrupted_retention_segments: usize,
 }
 
 pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport), EventLogError> {
@@ -139,6 +142,19 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         });
     }
 
+    // Finish a retention pass that a crash interrupted after persisting its marker.
+    let deleted_through = read_deleted_through(&dir);
+    while segments.len() > 1 && segments[0].last_seq.load(Ordering::Acquire) <= deleted_through {
+        let seg = segments.remove(0);
+        for path in [seg.path.clone(), dir.join(index_file_name(seg.first_seq))] {
+            remove_if_exists(&path).map_err(EventLogError::io("remove retained segment", &path))?;
+        }
+        report.interrupted_retention_segments += 1;
+    }
+    if report.interrupted_retention_segments > 0 {
+        sync_dir(&dir).map_err(EventLogError::io("fsync dir", &dir))?;
+    }
+
     let last_intact = segments
         .iter()
         .map(|s| s.last_seq.load(Ordering::Acquire))
@@ -160,6 +176,7 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         durable_head: AtomicU64::new(last_intact),
         retention: config.retention.clone(),
         mask_lock: Mutex::new(()),
+        deleted_through: AtomicU64::new(deleted_through),
     });
     let log = EventLog {
         shared,

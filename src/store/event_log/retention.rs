@@ -9,6 +9,9 @@
 //! readable until it lets go) but is told [`super::EventLogError::Outdated`] on its next
 //! batch, because its position is now before the oldest retained record.
 
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -19,6 +22,34 @@ use super::reader::EventLogReader;
 use super::segment::{Segment, index_file_name, sync_dir};
 use super::writer::unix_ms;
 use super::{EventLogError, Shared, oldest_seq};
+
+/// File holding the highest seq retention has deleted (decimal).
+pub(crate) const DELETED_THROUGH_FILE: &str = "DELETED_THROUGH";
+
+pub(crate) fn write_deleted_through(dir: &Path, seq: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{DELETED_THROUGH_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(seq.to_string().as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(DELETED_THROUGH_FILE))?;
+    sync_dir(dir)
+}
+
+/// The persisted marker, or 0 if absent or unreadable (a damaged marker only loses the
+/// distinction between "deleted" and "never existed" below the oldest record).
+pub(crate) fn read_deleted_through(dir: &Path) -> u64 {
+    let mut text = String::new();
+    let read = File::open(dir.join(DELETED_THROUGH_FILE)).and_then(|f| f.take(32).read_to_string(&mut text));
+    match read {
+        Ok(_) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!("event log: unreadable {DELETED_THROUGH_FILE} marker ignored");
+            0
+        }),
+        Err(_) => 0,
+    }
+}
 
 /// How long and how much the log keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,9 +117,18 @@ pub(crate) fn retain_once(shared: &Shared, now: SystemTime) -> Result<RetentionR
         let n = plan_retention(&ages, unix_ms(now), &shared.retention);
         for s in &segs[..n] {
             s.retired.store(true, Ordering::Release);
+            shared
+                .deleted_through
+                .fetch_max(s.last_seq.load(Ordering::Acquire), Ordering::AcqRel);
         }
         segs.drain(..n).collect()
     };
+    if !doomed.is_empty() {
+        // Persist the marker before unlinking: a crash in between leaves files that the
+        // next open deletes, never a deletion that cursors cannot detect.
+        write_deleted_through(&shared.dir, shared.deleted_through.load(Ordering::Acquire))
+            .map_err(EventLogError::io("write marker", shared.dir.join(DELETED_THROUGH_FILE)))?;
+    }
     let mut report = RetentionReport {
         segments_deleted: doomed.len(),
         ..RetentionReport::default()

@@ -192,24 +192,22 @@ pub fn scan_segment(file: &File, first_seq: u64, index_interval: u64) -> io::Res
     let mut offset = SEGMENT_HEADER_LEN;
     let mut prev_seq = first_seq.saturating_sub(1);
     let mut buf = vec![0u8; SCAN_BLOCK];
-    'outer: while offset < file_len {
+    while offset < file_len && summary.defect.is_none() {
         let want = (file_len - offset).min(buf.len() as u64) as usize;
         file.read_exact_at(&mut buf[..want], offset)?;
         let block = &buf[..want];
+        let block_reaches_end = offset + want as u64 >= file_len;
         let mut pos = 0usize;
-        loop {
+        let mut grow_to = None;
+        while pos < block.len() {
             let rest = &block[pos..];
-            if rest.is_empty() {
-                break;
-            }
             match decode_record(rest) {
+                Ok(h) if h.seq <= prev_seq => {
+                    summary.defect = Some(ScanDefect::SeqOrder);
+                    break;
+                }
                 Ok(h) => {
-                    if h.seq <= prev_seq {
-                        summary.defect = Some(ScanDefect::SeqOrder);
-                        break 'outer;
-                    }
-                    let at = offset + pos as u64;
-                    if let Some(e) = builder.observe(h.seq, at) {
+                    if let Some(e) = builder.observe(h.seq, offset + pos as u64) {
                         summary.index.push(e);
                     }
                     prev_seq = h.seq;
@@ -218,33 +216,30 @@ pub fn scan_segment(file: &File, first_seq: u64, index_interval: u64) -> io::Res
                     summary.max_timestamp_ms = summary.max_timestamp_ms.max(h.timestamp_ms);
                     pos += h.total_len() as usize;
                 }
-                Err(RecordDefect::Truncated) if offset + (pos as u64) + (rest.len() as u64) < file_len => {
-                    // The record continues past this block.
+                Err(RecordDefect::Truncated) if !block_reaches_end => {
+                    // The record continues past this block; a record bigger than the
+                    // whole block needs a bigger buffer (bounded by MAX_BODY_LEN).
                     if pos == 0 {
-                        // A record bigger than the block: grow the buffer to hold it.
-                        let need = match decode_header(rest) {
-                            Ok(h) => h.total_len() as usize,
-                            Err(_) => RECORD_HEADER_LEN,
-                        };
-                        let avail = (file_len - offset) as usize;
-                        if need > avail {
+                        let need = decode_header(rest).map(|h| h.total_len()).unwrap_or(0);
+                        if need > file_len - offset || need as usize <= want {
                             summary.defect = Some(ScanDefect::Record(RecordDefect::Truncated));
-                            break 'outer;
+                        } else {
+                            grow_to = Some(need as usize);
                         }
-                        buf.resize(need.max(SCAN_BLOCK), 0);
-                        continue 'outer;
                     }
                     break;
                 }
                 Err(defect) => {
                     summary.defect = Some(ScanDefect::Record(defect));
-                    break 'outer;
+                    break;
                 }
             }
         }
         offset += pos as u64;
-        if buf.len() > SCAN_BLOCK {
-            buf.truncate(SCAN_BLOCK);
+        match grow_to {
+            Some(need) => buf.resize(need.max(SCAN_BLOCK), 0),
+            None if buf.len() > SCAN_BLOCK => buf.truncate(SCAN_BLOCK),
+            None => {}
         }
     }
     summary.valid_len = offset;
