@@ -7,7 +7,8 @@
 //! - `append-loop <data-dir> ...`: append synthetic records (body = [`synthetic_body`])
 //!   forever or up to `--records`, printing `durable <head>` after every append. The
 //!   crash test (tests/event_log_crash.rs) SIGKILLs it at random moments and checks that
-//!   every head it printed survived.
+//!   every head it printed survived. On an append error it prints `error <reason>`,
+//!   tries once more (printing `retry <reason>`, expected `writer_poisoned`) and exits 1.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -135,7 +136,19 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         body: synthetic_body(first + i, body_size),
                     })
                     .collect();
-                let head = log.append(&recs)?;
+                let head = match log.append(&recs) {
+                    Ok(head) => head,
+                    Err(e) => {
+                        // Report the typed failure, then show that the writer refuses
+                        // further appends instead of writing after a possible hole.
+                        writeln!(out, "error {}", e.reason())?;
+                        if let Err(again) = log.append(&recs) {
+                            writeln!(out, "retry {}", again.reason())?;
+                        }
+                        out.flush()?;
+                        return Err(e.into());
+                    }
+                };
                 written += recs.len() as u64;
                 writeln!(out, "durable {head}")?;
                 out.flush()?;
