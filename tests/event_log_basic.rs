@@ -137,7 +137,10 @@ fn segment_files_are_named_by_first_seq_and_sort() {
     names.sort();
     assert_eq!(names.len(), log.stats().segment_count);
     assert_eq!(names[0], "00000000000000000001.seg");
-    let firsts: Vec<u64> = names.iter().map(|n| n[..20].parse().expect("digits")).collect();
+    let firsts: Vec<u64> = names
+        .iter()
+        .map(|n| n[..20].parse().expect("digits"))
+        .collect();
     assert!(firsts.windows(2).all(|w| w[0] < w[1]));
     // Each segment's first record is the seq in its name.
     for first in firsts {
@@ -160,7 +163,11 @@ fn batches_respect_record_and_byte_bounds() {
         }
         assert!(batch.len() <= 5);
         let bytes: usize = batch.iter().map(|r| r.body.len()).sum();
-        assert!(bytes <= 300 || batch.len() == 1, "{bytes} bytes in {} records", batch.len());
+        assert!(
+            bytes <= 300 || batch.len() == 1,
+            "{bytes} bytes in {} records",
+            batch.len()
+        );
         seen += batch.len();
         assert_eq!(replay.cursor(), batch.last().map(|r| r.seq).unwrap_or(0));
     }
@@ -177,16 +184,36 @@ fn seqs_must_increase_and_respect_the_floor() {
     assert_eq!(report.next_seq, 1000);
     assert_eq!(log.next_seq(), 1000);
     match log.append(&[rec(999, "did:plc:a")]) {
-        Err(e @ EventLogError::SeqNotAfterHead { seq: 999, next_seq: 1000 }) => {
+        Err(
+            e @ EventLogError::SeqNotAfterHead {
+                seq: 999,
+                next_seq: 1000,
+            },
+        ) => {
             assert_eq!(e.reason(), "seq_not_after_head")
         }
         other => panic!("expected SeqNotAfterHead, got {other:?}"),
     }
-    assert_eq!(log.append(&[rec(1000, "did:plc:a"), rec(1005, "did:plc:a")]).expect("append"), 1005);
+    assert_eq!(
+        log.append(&[rec(1000, "did:plc:a"), rec(1005, "did:plc:a")])
+            .expect("append"),
+        1005
+    );
     // Reused, equal and non-increasing seqs are rejected, and nothing of the batch is written.
-    for bad in [vec![1005], vec![1006, 1006], vec![1007, 1006], vec![1010, 1004]] {
+    for bad in [
+        vec![1005],
+        vec![1006, 1006],
+        vec![1007, 1006],
+        vec![1010, 1004],
+    ] {
         let batch: Vec<_> = bad.iter().map(|&s| rec(s, "did:plc:a")).collect();
-        assert!(matches!(log.append(&batch), Err(EventLogError::SeqNotAfterHead { .. })), "{bad:?}");
+        assert!(
+            matches!(
+                log.append(&batch),
+                Err(EventLogError::SeqNotAfterHead { .. })
+            ),
+            "{bad:?}"
+        );
     }
     assert_eq!(log.next_seq(), 1006);
     assert_eq!(log.stats().record_count, 2);
@@ -196,7 +223,10 @@ fn seqs_must_increase_and_respect_the_floor() {
         did_hash: 0,
         body: Bytes::from(vec![0u8; rookery::store::event_log::MAX_BODY_LEN + 1]),
     };
-    assert!(matches!(log.append(&[huge]), Err(EventLogError::RecordTooLarge { .. })));
+    assert!(matches!(
+        log.append(&[huge]),
+        Err(EventLogError::RecordTooLarge { .. })
+    ));
     assert!(!log.is_poisoned());
     assert_eq!(log.append(&[]).expect("empty batch"), 1005);
     drop(log);
@@ -239,7 +269,11 @@ fn interval_and_none_policies_publish_as_documented() {
     let mut config = small_config(dir.path());
     config.sync = SyncPolicy::None;
     let (mut log, _) = EventLog::open(config).expect("open");
-    assert_eq!(log.append(&[rec(1, "did:plc:a"), rec(2, "did:plc:a")]).expect("append"), 2);
+    assert_eq!(
+        log.append(&[rec(1, "did:plc:a"), rec(2, "did:plc:a")])
+            .expect("append"),
+        2
+    );
     assert_eq!(read_all_after(&log.reader(), 0).expect("read").len(), 2);
 }
 
@@ -280,11 +314,17 @@ fn retention_by_age_deletes_old_segments_and_outdates_readers_inside_them() {
     assert!(oldest > 1 && oldest <= 201, "{oldest}");
     let after = log.stats();
     assert_eq!(after.oldest_seq, Some(oldest));
-    assert_eq!(after.segment_count, before.segment_count - r.segments_deleted);
+    assert_eq!(
+        after.segment_count,
+        before.segment_count - r.segments_deleted
+    );
     assert_eq!(after.total_bytes, before.total_bytes - r.bytes_freed);
     let seg_files = std::fs::read_dir(dir.path().join("events"))
         .expect("ls")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg")))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        })
         .count();
     assert_eq!(seg_files, after.segment_count);
 
@@ -294,28 +334,40 @@ fn retention_by_age_deletes_old_segments_and_outdates_readers_inside_them() {
         other => panic!("expected Outdated, got {other:?}"),
     }
     for cursor in [0, 1, oldest - 2] {
-        assert!(matches!(reader.read_after(cursor), Err(EventLogError::Outdated { oldest_seq }) if oldest_seq == oldest));
+        assert!(
+            matches!(reader.read_after(cursor), Err(EventLogError::Outdated { oldest_seq }) if oldest_seq == oldest)
+        );
     }
     // The first and every later position still work.
     let got = read_all_after(&reader, oldest - 1).expect("read");
     assert_eq!(got.first().map(|r| r.seq), Some(oldest));
     assert_eq!(got.last().map(|r| r.seq), Some(400));
     let mut from_oldest = reader.read_from_oldest();
-    assert_eq!(from_oldest.next_batch(1, 1 << 20).expect("batch")[0].seq, oldest);
+    assert_eq!(
+        from_oldest.next_batch(1, 1 << 20).expect("batch")[0].seq,
+        oldest
+    );
 
     // Even when everything is old, the segment being written survives.
     let r = reader.retain_once(at(t0 + 1000 * HOUR_MS)).expect("retain");
     assert!(r.segments_deleted >= 1);
     assert_eq!(log.stats().segment_count, 1);
-    log.append_at(&[rec(401, "did:plc:a")], t0 + 1000 * HOUR_MS).expect("append after retention");
+    log.append_at(&[rec(401, "did:plc:a")], t0 + 1000 * HOUR_MS)
+        .expect("append after retention");
     assert_eq!(read_all_after(&reader, 400).expect("read")[0].seq, 401);
     drop(log);
     let (log, report) = EventLog::open(small_config(dir.path())).expect("reopen");
     assert_eq!(report.last_intact_seq, Some(401));
     assert_eq!(log.stats().segment_count, 1);
     // The deletion is remembered across a restart.
-    assert!(matches!(log.reader().read_after(0), Err(EventLogError::Outdated { .. })));
-    assert_eq!(read_all_after(&log.reader(), 400).expect("read")[0].seq, 401);
+    assert!(matches!(
+        log.reader().read_after(0),
+        Err(EventLogError::Outdated { .. })
+    ));
+    assert_eq!(
+        read_all_after(&log.reader(), 400).expect("read")[0].seq,
+        401
+    );
 }
 
 #[test]
@@ -359,7 +411,8 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
     let (mut log, _) = EventLog::open(small_config(dir.path())).expect("open");
     let dids = ["did:plc:alice", "did:plc:bob", "did:web:carol.example"];
     for seq in 1..=300u64 {
-        log.append(&[rec(seq, dids[(seq % 3) as usize])]).expect("append");
+        log.append(&[rec(seq, dids[(seq % 3) as usize])])
+            .expect("append");
     }
     let reader = log.reader();
     let bob = did_hash("did:plc:bob");
@@ -367,10 +420,20 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
     assert_eq!(report.records_matched, 100);
     assert_eq!(report.records_changed, 100);
     assert_eq!(report.segments_scanned, log.stats().segment_count);
-    let visible: Vec<u64> = read_all_after(&reader, 0).expect("read").iter().map(|r| r.seq).collect();
-    assert_eq!(visible, (1..=300).filter(|s| s % 3 != 1).collect::<Vec<_>>());
+    let visible: Vec<u64> = read_all_after(&reader, 0)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        visible,
+        (1..=300).filter(|s| s % 3 != 1).collect::<Vec<_>>()
+    );
     // Masking again changes nothing.
-    assert_eq!(reader.set_masked(bob, true).expect("mask").records_changed, 0);
+    assert_eq!(
+        reader.set_masked(bob, true).expect("mask").records_changed,
+        0
+    );
     // The writer keeps going, and flags survive a reopen without being mistaken for damage.
     log.append(&[rec(301, "did:plc:alice")]).expect("append");
     drop(log);
@@ -384,7 +447,11 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
 
     let report = reader.set_masked(bob, false).expect("unmask");
     assert_eq!(report.records_changed, 100);
-    let visible: Vec<u64> = read_all_after(&reader, 0).expect("read").iter().map(|r| r.seq).collect();
+    let visible: Vec<u64> = read_all_after(&reader, 0)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(visible, (1..=301).collect::<Vec<_>>());
 }
 
@@ -409,7 +476,9 @@ fn retention_beside_a_running_writer_and_readers() {
             start.wait();
             let mut seq = 1;
             while seq <= LAST {
-                let batch: Vec<_> = (seq..(seq + 7).min(LAST + 1)).map(|s| rec(s, "did:plc:a")).collect();
+                let batch: Vec<_> = (seq..(seq + 7).min(LAST + 1))
+                    .map(|s| rec(s, "did:plc:a"))
+                    .collect();
                 seq += batch.len() as u64;
                 log.append(&batch).expect("append while retention runs");
             }
@@ -422,7 +491,10 @@ fn retention_beside_a_running_writer_and_readers() {
             start.wait();
             let mut deleted = 0;
             while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-                deleted += reader.retain_once(SystemTime::now()).expect("retain").segments_deleted;
+                deleted += reader
+                    .retain_once(SystemTime::now())
+                    .expect("retain")
+                    .segments_deleted;
                 std::thread::sleep(Duration::from_millis(1));
             }
             deleted

@@ -35,7 +35,14 @@ fn sigkill_never_loses_a_reported_durable_record() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rookery-logtool"))
             .arg("append-loop")
             .arg(dir.path())
-            .args(["--body-size", &BODY_SIZE.to_string(), "--batch", "8", "--sync", "every-batch"])
+            .args([
+                "--body-size",
+                &BODY_SIZE.to_string(),
+                "--batch",
+                "8",
+                "--sync",
+                "every-batch",
+            ])
             .args(["--segment-max-bytes", "32768"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -52,9 +59,13 @@ fn sigkill_never_loses_a_reported_durable_record() {
             }
         });
         // Wait until it has opened and made some progress, then a random extra delay.
-        let opened = rx.recv_timeout(Duration::from_secs(20)).expect("child opened");
+        let opened = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("child opened");
         assert!(opened.starts_with("opened next_seq="), "{opened}");
-        let first_head = rx.recv_timeout(Duration::from_secs(20)).expect("first durable head");
+        let first_head = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("first durable head");
         assert!(first_head.starts_with("durable "));
         std::thread::sleep(Duration::from_millis(rng.random_range(10..300)));
         child.kill().expect("SIGKILL");
@@ -76,9 +87,13 @@ fn sigkill_never_loses_a_reported_durable_record() {
             highest_durable = head;
         }
 
-        let (log, report) = EventLog::open(EventLogConfig::new(dir.path())).expect("reopen after kill");
+        let (log, report) =
+            EventLog::open(EventLogConfig::new(dir.path())).expect("reopen after kill");
         let last = report.last_intact_seq.expect("records survived");
-        assert!(last >= highest_durable, "round {round}: lost durable records ({last} < {highest_durable})");
+        assert!(
+            last >= highest_durable,
+            "round {round}: lost durable records ({last} < {highest_durable})"
+        );
         assert!(log.next_seq() > highest_durable);
         // Every reported-durable record, from the first, is present, in order and intact.
         let mut replay = log.reader().read_after(0).expect("replay");
@@ -90,11 +105,19 @@ fn sigkill_never_loses_a_reported_durable_record() {
             }
             for r in batch {
                 assert_eq!(r.seq, expected, "round {round}: gap or reorder");
-                assert_eq!(r.body, synthetic_body(r.seq, BODY_SIZE), "round {round}: seq {} damaged", r.seq);
+                assert_eq!(
+                    r.body,
+                    synthetic_body(r.seq, BODY_SIZE),
+                    "round {round}: seq {} damaged",
+                    r.seq
+                );
                 expected += 1;
             }
         }
-        assert!(expected > highest_durable, "round {round}: replay ended at {expected}");
+        assert!(
+            expected > highest_durable,
+            "round {round}: replay ended at {expected}"
+        );
         eprintln!(
             "round {round}: durable {highest_durable}, recovered {last}, truncated {} bytes",
             report.bytes_truncated
@@ -116,7 +139,11 @@ fn a_failed_write_is_typed_poisons_the_writer_and_leaves_no_torn_record() {
         env!("CARGO_BIN_EXE_rookery-logtool"),
         dir.path().display()
     );
-    let output = Command::new("sh").arg("-c").arg(script).output().expect("run");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run");
     assert!(!output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -130,7 +157,10 @@ fn a_failed_write_is_typed_poisons_the_writer_and_leaves_no_torn_record() {
         .unwrap_or_else(|| panic!("{stdout}"));
 
     let (log, report) = EventLog::open(EventLogConfig::new(dir.path())).expect("reopen");
-    assert_eq!(report.bytes_truncated, 0, "the writer must have cut its partial write");
+    assert_eq!(
+        report.bytes_truncated, 0,
+        "the writer must have cut its partial write"
+    );
     assert_eq!(report.last_intact_seq, Some(highest));
     let mut replay = log.reader().read_after(0).expect("replay");
     let mut count = 0;

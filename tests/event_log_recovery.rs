@@ -54,7 +54,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .expect("ls")
         .map(|e| {
             let e = e.expect("entry");
-            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read"))
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read"),
+            )
         })
         .collect()
 }
@@ -81,10 +84,18 @@ fn build_log() -> (BTreeMap<String, Vec<u8>>, String, usize) {
     drop(log);
     let mut files = snapshot(dir.path());
     files.remove("LOCK");
-    let tail = files.keys().filter(|n| n.ends_with(".seg")).max().expect("tail").clone();
+    let tail = files
+        .keys()
+        .filter(|n| n.ends_with(".seg"))
+        .max()
+        .expect("tail")
+        .clone();
     let tail_len = files[&tail].len();
     let last_start = tail_len - RECORD_HEADER_LEN - body_for(LAST).len();
-    assert!(last_start > 16 + RECORD_HEADER_LEN, "tail must hold more than the last record");
+    assert!(
+        last_start > 16 + RECORD_HEADER_LEN,
+        "tail must hold more than the last record"
+    );
     (files, tail, last_start)
 }
 
@@ -95,7 +106,10 @@ fn check_recovered_without_last(dir: &Path, expected_truncated: u64) {
     assert_eq!(report.records_dropped, u64::from(expected_truncated > 0));
     assert_eq!(log.next_seq(), LAST);
     let all = read_all(&log.reader());
-    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..LAST).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..LAST).collect::<Vec<_>>()
+    );
     assert!(all.iter().all(|r| r.body == body_for(r.seq)));
     // The next seq is above every intact one; appending and reopening works.
     let next = AppendRecord {
@@ -107,7 +121,10 @@ fn check_recovered_without_last(dir: &Path, expected_truncated: u64) {
     let (log, report) = EventLog::open(small_config(dir)).expect("reopen");
     assert_eq!(report.bytes_truncated, 0);
     assert_eq!(report.last_intact_seq, Some(LAST));
-    assert_eq!(read_all(&log.reader()).last().map(|r| r.body.clone()), Some(Bytes::from_static(b"after recovery")));
+    assert_eq!(
+        read_all(&log.reader()).last().map(|r| r.body.clone()),
+        Some(Bytes::from_static(b"after recovery"))
+    );
 }
 
 #[test]
@@ -141,7 +158,10 @@ fn flipping_any_byte_of_the_last_record_drops_only_it_except_the_flags_byte() {
             assert_eq!(report.last_intact_seq, Some(LAST));
             assert_eq!(log.next_seq(), LAST + 1);
             // The flipped byte set the masked bit, so replay hides the record.
-            assert_eq!(read_all(&log.reader()).last().map(|r| r.seq), Some(LAST - 1));
+            assert_eq!(
+                read_all(&log.reader()).last().map(|r| r.seq),
+                Some(LAST - 1)
+            );
         } else {
             check_recovered_without_last(dir.path(), (tail_len - last_start) as u64);
         }
@@ -173,7 +193,11 @@ fn a_torn_new_segment_is_removed_and_damaged_sidecars_are_rebuilt() {
     // A crash right after creating the next segment file: partial file header only.
     files.insert(segment_file_name(LAST + 1), b"RKEV".to_vec());
     // A damaged sidecar index of a sealed segment.
-    let idx = files.keys().find(|n| n.ends_with(".idx")).expect("idx").clone();
+    let idx = files
+        .keys()
+        .find(|n| n.ends_with(".idx"))
+        .expect("idx")
+        .clone();
     if let Some(bytes) = files.get_mut(&idx) {
         bytes[10] ^= 0x55;
     }
@@ -186,7 +210,12 @@ fn a_torn_new_segment_is_removed_and_damaged_sidecars_are_rebuilt() {
     assert!(report.damaged_segments.is_empty());
     assert_eq!(report.last_intact_seq, Some(LAST));
     assert_eq!(log.next_seq(), LAST + 1);
-    assert!(!dir.path().join("events").join(segment_file_name(LAST + 1)).exists());
+    assert!(
+        !dir.path()
+            .join("events")
+            .join(segment_file_name(LAST + 1))
+            .exists()
+    );
     log.append(&[rec(LAST + 1)]).expect("append");
     assert_eq!(read_all(&log.reader()).len() as u64, LAST + 1);
 }
@@ -200,8 +229,15 @@ enum Op {
     /// Try to append a seq at or below the last one (must be rejected).
     AppendStale(u8),
     Reopen,
-    Read { cursor_pick: u16, max_records: u8, max_bytes: u16 },
-    Mask { did: u8, masked: bool },
+    Read {
+        cursor_pick: u16,
+        max_records: u8,
+        max_bytes: u16,
+    },
+    Mask {
+        did: u8,
+        masked: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -246,7 +282,12 @@ impl Harness {
                 for (gap, len, did) in recs {
                     seq += u64::from(gap);
                     let body = Bytes::from(vec![did.wrapping_add(len); usize::from(len)]);
-                    batch.push(AppendRecord { seq, kind: did, did_hash: did_hash(&did_name(did)), body: body.clone() });
+                    batch.push(AppendRecord {
+                        seq,
+                        kind: did,
+                        did_hash: did_hash(&did_name(did)),
+                        body: body.clone(),
+                    });
                     self.model.push((seq, did, body, false));
                     seq += 1;
                 }
@@ -256,7 +297,12 @@ impl Harness {
             Op::AppendStale(back) => {
                 let last = self.last_seq();
                 let seq = last.saturating_sub(u64::from(back) % (last + 1));
-                let result = self.log().append(&[AppendRecord { seq, kind: 0, did_hash: 0, body: Bytes::new() }]);
+                let result = self.log().append(&[AppendRecord {
+                    seq,
+                    kind: 0,
+                    did_hash: 0,
+                    body: Bytes::new(),
+                }]);
                 let rejected = matches!(result, Err(EventLogError::SeqNotAfterHead { .. }));
                 prop_assert!(rejected, "stale seq {} accepted", seq);
             }
@@ -268,7 +314,11 @@ impl Harness {
                 prop_assert_eq!(log.next_seq(), self.last_seq() + 1);
                 self.log = Some(log);
             }
-            Op::Read { cursor_pick, max_records, max_bytes } => {
+            Op::Read {
+                cursor_pick,
+                max_records,
+                max_bytes,
+            } => {
                 let cursor = u64::from(cursor_pick) % (self.last_seq() + 2);
                 let expected: Vec<(u64, Bytes)> = self
                     .model
@@ -280,7 +330,9 @@ impl Harness {
                 let mut replay = reader.read_after(cursor).expect("replay");
                 let mut got = Vec::new();
                 loop {
-                    let batch = replay.next_batch(usize::from(max_records), usize::from(max_bytes)).expect("batch");
+                    let batch = replay
+                        .next_batch(usize::from(max_records), usize::from(max_bytes))
+                        .expect("batch");
                     if batch.is_empty() {
                         break;
                     }
@@ -291,7 +343,9 @@ impl Harness {
             }
             Op::Mask { did, masked } => {
                 let reader = self.log().reader();
-                reader.set_masked(did_hash(&did_name(did)), masked).expect("mask");
+                reader
+                    .set_masked(did_hash(&did_name(did)), masked)
+                    .expect("mask");
                 for r in self.model.iter_mut().filter(|r| r.1 == did) {
                     r.3 = masked;
                 }

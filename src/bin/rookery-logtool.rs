@@ -19,7 +19,10 @@ use clap::{Parser, Subcommand};
 use rookery::store::event_log::{AppendRecord, EventLog, EventLogConfig, SyncPolicy, did_hash};
 
 #[derive(Parser)]
-#[command(name = "rookery-logtool", about = "Inspect and exercise a rookery event log")]
+#[command(
+    name = "rookery-logtool",
+    about = "Inspect and exercise a rookery event log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +89,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             writeln!(out, "stats: {:?}", log.stats())?;
             writeln!(out, "next_seq: {}", log.next_seq())?;
         }
-        Command::Dump { data_dir, after, limit } => {
+        Command::Dump {
+            data_dir,
+            after,
+            limit,
+        } => {
             let (log, _) = EventLog::open(EventLogConfig::new(data_dir))?;
             let mut replay = log.reader().read_after(after)?;
             let mut printed = 0;
@@ -122,7 +129,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             config.sync = sync;
             config.segment_max_bytes = segment_max_bytes;
             let (mut log, report) = EventLog::open(config)?;
-            writeln!(out, "opened next_seq={} truncated={}", log.next_seq(), report.bytes_truncated)?;
+            writeln!(
+                out,
+                "opened next_seq={} truncated={}",
+                log.next_seq(),
+                report.bytes_truncated
+            )?;
             out.flush()?;
             let did = did_hash("did:plc:crashwriter");
             let mut written = 0u64;

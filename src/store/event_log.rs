@@ -39,13 +39,10 @@ use std::time::Duration;
 
 pub use masking::MaskReport;
 pub use reader::{EventLogReader, Replay};
-pub use record::{
-    AppendRecord, FLAG_MASKED, LogRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, did_hash,
-};
+pub use record::{AppendRecord, FLAG_MASKED, LogRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, did_hash};
 pub use recovery::RecoveryReport;
 pub use retention::{
-    RetentionPolicy, RetentionReport, RetentionTask, SegmentAge, plan_retention,
-    spawn_retention,
+    RetentionPolicy, RetentionReport, RetentionTask, SegmentAge, plan_retention, spawn_retention,
 };
 pub use segment::{SEGMENT_HEADER_LEN, parse_segment_name, segment_file_name};
 pub use writer::EventLog;
@@ -56,9 +53,10 @@ use segment::Segment;
 pub const EVENTS_DIR: &str = "events";
 
 /// When the writer syncs appended data to disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncPolicy {
     /// `fdatasync` after every appended batch before reporting it durable (default).
+    #[default]
     EveryBatch,
     /// Sync when at least this long passed since the last sync; in between, appends
     /// return the previous durable head. Call [`EventLog::flush`] on a timer.
@@ -68,11 +66,6 @@ pub enum SyncPolicy {
     None,
 }
 
-impl Default for SyncPolicy {
-    fn default() -> Self {
-        SyncPolicy::EveryBatch
-    }
-}
 
 /// Error parsing a [`SyncPolicy`] string.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -186,7 +179,10 @@ impl EventLogError {
         }
     }
 
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> EventLogError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> EventLogError {
         let path = path.into();
         move |source| EventLogError::Io { op, path, source }
     }
@@ -276,7 +272,14 @@ mod tests {
             "interval:5ms".parse(),
             Ok(SyncPolicy::Interval(Duration::from_millis(5)))
         );
-        for bad in ["", "every", "interval:", "interval:x", "interval:-1", "NONE"] {
+        for bad in [
+            "",
+            "every",
+            "interval:",
+            "interval:x",
+            "interval:-1",
+            "NONE",
+        ] {
             assert!(bad.parse::<SyncPolicy>().is_err(), "{bad}");
         }
         for p in [

@@ -26,7 +26,11 @@ pub struct MaskReport {
     pub records_changed: u64,
 }
 
-pub(crate) fn set_masked(shared: &Shared, did_hash: u64, masked: bool) -> Result<MaskReport, EventLogError> {
+pub(crate) fn set_masked(
+    shared: &Shared,
+    did_hash: u64,
+    masked: bool,
+) -> Result<MaskReport, EventLogError> {
     let _serial = shared.mask_lock.lock().unwrap_or_else(|e| e.into_inner());
     let segments = shared.segments_read().clone();
     let mut report = MaskReport::default();
@@ -61,17 +65,29 @@ pub(crate) fn set_masked(shared: &Shared, did_hash: u64, masked: bool) -> Result
                             buf.resize(need as usize, 0);
                             continue 'segment;
                         }
-                        tracing::warn!(segment = seg.first_seq, offset, "masking stopped at a damaged record");
+                        tracing::warn!(
+                            segment = seg.first_seq,
+                            offset,
+                            "masking stopped at a damaged record"
+                        );
                         break 'segment;
                     }
                     Err(_) => {
-                        tracing::warn!(segment = seg.first_seq, offset = offset + pos as u64, "masking stopped at a damaged record");
+                        tracing::warn!(
+                            segment = seg.first_seq,
+                            offset = offset + pos as u64,
+                            "masking stopped at a damaged record"
+                        );
                         break 'segment;
                     }
                 };
                 if h.did_hash == did_hash {
                     report.records_matched += 1;
-                    let flags = if masked { h.flags | FLAG_MASKED } else { h.flags & !FLAG_MASKED };
+                    let flags = if masked {
+                        h.flags | FLAG_MASKED
+                    } else {
+                        h.flags & !FLAG_MASKED
+                    };
                     if flags != h.flags {
                         let at = offset + (pos + FLAGS_OFFSET) as u64;
                         file.write_all_at(&[flags], at)
@@ -85,7 +101,8 @@ pub(crate) fn set_masked(shared: &Shared, did_hash: u64, masked: bool) -> Result
             offset += pos as u64;
         }
         if changed_here {
-            file.sync_data().map_err(EventLogError::io("fdatasync", &seg.path))?;
+            file.sync_data()
+                .map_err(EventLogError::io("fdatasync", &seg.path))?;
         }
     }
     Ok(report)

@@ -15,7 +15,9 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 use std::os::unix::fs::FileExt;
 
-use super::record::{FLAG_MASKED, LogRecord, RECORD_HEADER_LEN, RecordDefect, decode_header, decode_record};
+use super::record::{
+    FLAG_MASKED, LogRecord, RECORD_HEADER_LEN, RecordDefect, decode_header, decode_record,
+};
 use super::segment::{SEGMENT_HEADER_LEN, Segment};
 use super::{EventLogError, LogStats, MaskReport, RetentionReport, Shared, oldest_seq};
 
@@ -124,14 +126,20 @@ impl Replay {
     /// record alone is bigger, at most `max_bytes` of bodies. Masked records are
     /// skipped. An empty batch means the replay has caught up with the durable head.
     /// [`EventLogError::Outdated`] means retention deleted the segment this replay was in.
-    pub fn next_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<LogRecord>, EventLogError> {
+    pub fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogRecord>, EventLogError> {
         let mut out = Vec::new();
         if max_records == 0 {
             return Ok(out);
         }
         let head = self.shared.durable_head();
         let mut body_bytes = 0usize;
-        let block_size = max_bytes.saturating_add(RECORD_HEADER_LEN).clamp(MIN_BLOCK, MAX_BLOCK);
+        let block_size = max_bytes
+            .saturating_add(RECORD_HEADER_LEN)
+            .clamp(MIN_BLOCK, MAX_BLOCK);
         loop {
             let seg = match &self.segment {
                 Some(seg) => Arc::clone(seg),
@@ -144,7 +152,8 @@ impl Replay {
                 if !out.is_empty() {
                     return Ok(out);
                 }
-                let oldest = oldest_seq(&self.shared.segments_read()).unwrap_or(self.after.saturating_add(1));
+                let oldest = oldest_seq(&self.shared.segments_read())
+                    .unwrap_or(self.after.saturating_add(1));
                 return Err(EventLogError::Outdated { oldest_seq: oldest });
             }
             let committed = seg.committed_len.load(Ordering::Acquire);
@@ -166,7 +175,16 @@ impl Replay {
                     NextSegment::None => return Ok(out),
                 }
             }
-            match self.read_block(&seg, committed, block_size, head, max_records, max_bytes, &mut out, &mut body_bytes)? {
+            match self.read_block(
+                &seg,
+                committed,
+                block_size,
+                head,
+                max_records,
+                max_bytes,
+                &mut out,
+                &mut body_bytes,
+            )? {
                 Step::Done => return Ok(out),
                 Step::More => {}
             }
@@ -225,7 +243,9 @@ impl Replay {
             match decode_record(&block) {
                 Err(RecordDefect::Truncated) => {
                     // One record larger than the block: read exactly that record.
-                    let need = decode_header(&block).map_err(|_| corrupt(self.offset))?.total_len();
+                    let need = decode_header(&block)
+                        .map_err(|_| corrupt(self.offset))?
+                        .total_len();
                     if need > remaining || need as usize <= want {
                         return Err(corrupt(self.offset));
                     }
@@ -248,7 +268,10 @@ impl Replay {
             }
             let total = h.total_len() as usize;
             let wanted = h.seq > self.after && h.flags & FLAG_MASKED == 0;
-            if wanted && !out.is_empty() && body_bytes.saturating_add(h.body_len as usize) > max_bytes {
+            if wanted
+                && !out.is_empty()
+                && body_bytes.saturating_add(h.body_len as usize) > max_bytes
+            {
                 self.offset += pos as u64;
                 return Ok(Step::Done);
             }

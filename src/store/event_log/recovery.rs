@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use super::retention::read_deleted_through;
 use super::segment::{
     IndexBuilder, Segment, index_file_name, load_index_file, parse_segment_name, scan_segment,
     sync_dir, write_index_file,
 };
-use super::retention::read_deleted_through;
 use super::writer::OpenSegment;
 use super::{EventLog, EventLogConfig, EventLogError, Shared};
 
@@ -58,7 +58,12 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         .write(true)
         .open(&lock_path)
         .map_err(EventLogError::io("open lock", &lock_path))?;
-    if lock.try_lock().is_err() {
+    // `File::try_lock` (flock) is std since Rust 1.89; the toolchain here is 1.95 and
+    // the alternative (libc::flock) would need `unsafe`. The lock dies with the process,
+    // so a crash never leaves a stale lock behind.
+    #[allow(clippy::incompatible_msrv)]
+    let locked = lock.try_lock();
+    if locked.is_err() {
         return Err(EventLogError::Locked(dir));
     }
     let names = list_segments(&dir).map_err(EventLogError::io("list dir", &dir))?;
@@ -72,14 +77,21 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         let is_tail = i + 1 == names.len();
         if !is_tail {
             let file = File::open(&path).map_err(EventLogError::io("open segment", &path))?;
-            let len = file.metadata().map_err(EventLogError::io("stat segment", &path))?.len();
+            let len = file
+                .metadata()
+                .map_err(EventLogError::io("stat segment", &path))?
+                .len();
             let summary = match load_index_file(&dir, first_seq, len) {
                 Some(s) => s,
                 None => {
                     let s = scan_segment(&file, first_seq, interval)
                         .map_err(EventLogError::io("scan segment", &path))?;
                     if s.defect.is_some() || s.bad_file_header {
-                        tracing::warn!(segment = first_seq, valid_len = s.valid_len, "event log: damaged sealed segment");
+                        tracing::warn!(
+                            segment = first_seq,
+                            valid_len = s.valid_len,
+                            "event log: damaged sealed segment"
+                        );
                         report.damaged_segments.push(first_seq);
                     } else {
                         report.rebuilt_indexes += 1;
@@ -101,7 +113,8 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
             .write(true)
             .open(&path)
             .map_err(EventLogError::io("open segment", &path))?;
-        let summary = scan_segment(&wfile, first_seq, interval).map_err(EventLogError::io("scan segment", &path))?;
+        let summary = scan_segment(&wfile, first_seq, interval)
+            .map_err(EventLogError::io("scan segment", &path))?;
         report.records_dropped += summary.records_after_defect;
         if summary.bad_file_header || summary.record_count == 0 {
             report.bytes_truncated += summary.file_len;
@@ -126,7 +139,8 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
             );
         }
         // The writer appends here, so a sidecar index (from an earlier seal) is stale.
-        remove_if_exists(&dir.join(index_file_name(first_seq))).map_err(EventLogError::io("remove index", &dir))?;
+        remove_if_exists(&dir.join(index_file_name(first_seq)))
+            .map_err(EventLogError::io("remove index", &dir))?;
         let read_fd = File::open(&path).map_err(EventLogError::io("open segment", &path))?;
         let seg = Arc::new(Segment::new(first_seq, path, read_fd, &summary));
         segments.push(Arc::clone(&seg));

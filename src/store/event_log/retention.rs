@@ -41,7 +41,8 @@ pub(crate) fn write_deleted_through(dir: &Path, seq: u64) -> std::io::Result<()>
 /// distinction between "deleted" and "never existed" below the oldest record).
 pub(crate) fn read_deleted_through(dir: &Path) -> u64 {
     let mut text = String::new();
-    let read = File::open(dir.join(DELETED_THROUGH_FILE)).and_then(|f| f.take(32).read_to_string(&mut text));
+    let read = File::open(dir.join(DELETED_THROUGH_FILE))
+        .and_then(|f| f.take(32).read_to_string(&mut text));
     match read {
         Ok(_) => text.trim().parse().unwrap_or_else(|_| {
             tracing::warn!("event log: unreadable {DELETED_THROUGH_FILE} marker ignored");
@@ -78,7 +79,11 @@ pub struct SegmentAge {
 }
 
 /// How many of the oldest segments to delete. The newest segment is never deleted.
-pub fn plan_retention(segments: &[SegmentAge], now_unix_ms: u64, policy: &RetentionPolicy) -> usize {
+pub fn plan_retention(
+    segments: &[SegmentAge],
+    now_unix_ms: u64,
+    policy: &RetentionPolicy,
+) -> usize {
     let max_age_ms = u64::try_from(policy.max_age.as_millis()).unwrap_or(u64::MAX);
     let cutoff = now_unix_ms.saturating_sub(max_age_ms);
     let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
@@ -104,7 +109,10 @@ pub struct RetentionReport {
     pub oldest_seq: Option<u64>,
 }
 
-pub(crate) fn retain_once(shared: &Shared, now: SystemTime) -> Result<RetentionReport, EventLogError> {
+pub(crate) fn retain_once(
+    shared: &Shared,
+    now: SystemTime,
+) -> Result<RetentionReport, EventLogError> {
     let doomed: Vec<Arc<Segment>> = {
         let mut segs = shared.segments_write();
         let ages: Vec<SegmentAge> = segs
@@ -127,7 +135,10 @@ pub(crate) fn retain_once(shared: &Shared, now: SystemTime) -> Result<RetentionR
         // Persist the marker before unlinking: a crash in between leaves files that the
         // next open deletes, never a deletion that cursors cannot detect.
         write_deleted_through(&shared.dir, shared.deleted_through.load(Ordering::Acquire))
-            .map_err(EventLogError::io("write marker", shared.dir.join(DELETED_THROUGH_FILE)))?;
+            .map_err(EventLogError::io(
+                "write marker",
+                shared.dir.join(DELETED_THROUGH_FILE),
+            ))?;
     }
     let mut report = RetentionReport {
         segments_deleted: doomed.len(),
@@ -136,7 +147,10 @@ pub(crate) fn retain_once(shared: &Shared, now: SystemTime) -> Result<RetentionR
     let mut first_error = None;
     for seg in &doomed {
         report.bytes_freed += seg.committed_len.load(Ordering::Acquire);
-        for path in [seg.path.clone(), shared.dir.join(index_file_name(seg.first_seq))] {
+        for path in [
+            seg.path.clone(),
+            shared.dir.join(index_file_name(seg.first_seq)),
+        ] {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(error = %e, path = %path.display(), "event log retention: remove failed");
@@ -235,7 +249,12 @@ mod tests {
     fn deletes_only_segments_older_than_window_and_never_the_newest() {
         let policy = RetentionPolicy::default();
         let now = 100 * HOUR_MS;
-        let segs = [seg(10, HOUR_MS), seg(10, 20 * HOUR_MS), seg(10, 50 * HOUR_MS), seg(10, 99 * HOUR_MS)];
+        let segs = [
+            seg(10, HOUR_MS),
+            seg(10, 20 * HOUR_MS),
+            seg(10, 50 * HOUR_MS),
+            seg(10, 99 * HOUR_MS),
+        ];
         assert_eq!(plan_retention(&segs, now, &policy), 2);
         // Everything old: still keeps the newest.
         let old = [seg(10, 1), seg(10, 2)];

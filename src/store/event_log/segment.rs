@@ -11,8 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::record::{RECORD_HEADER_LEN, RecordDefect, decode_header, decode_record};
 
@@ -305,9 +305,18 @@ pub fn decode_index_file(bytes: &[u8], segment_len: u64, first_seq: u64) -> Opti
     }
     let field = |i: usize| -> Option<u64> {
         let start = 8 + i * 8;
-        Some(u64::from_le_bytes(body.get(start..start + 8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(
+            body.get(start..start + 8)?.try_into().ok()?,
+        ))
     };
-    let (len, first, last, count, max_ts, n) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?, field(5)?);
+    let (len, first, last, count, max_ts, n) = (
+        field(0)?,
+        field(1)?,
+        field(2)?,
+        field(3)?,
+        field(4)?,
+        field(5)?,
+    );
     if len != segment_len || first != first_seq {
         return None;
     }
@@ -324,7 +333,10 @@ pub fn decode_index_file(bytes: &[u8], segment_len: u64, first_seq: u64) -> Opti
         }
         index.push(IndexEntry { seq, offset });
     }
-    if !index.windows(2).all(|w| w[0].seq < w[1].seq && w[0].offset < w[1].offset) {
+    if !index
+        .windows(2)
+        .all(|w| w[0].seq < w[1].seq && w[0].offset < w[1].offset)
+    {
         return None;
     }
     Some(ScanSummary {
@@ -353,10 +365,19 @@ pub fn load_index_file(dir: &Path, first_seq: u64, segment_len: u64) -> Option<S
 
 /// Write the sidecar index (temp file + rename). Not fsynced: it is rebuildable, and a
 /// damaged one fails its checksum and is rebuilt by a scan at the next open.
-pub fn write_index_file(dir: &Path, first_seq: u64, segment_len: u64, summary: &ScanSummary) -> io::Result<()> {
+pub fn write_index_file(
+    dir: &Path,
+    first_seq: u64,
+    segment_len: u64,
+    summary: &ScanSummary,
+) -> io::Result<()> {
     let final_path = dir.join(index_file_name(first_seq));
     let tmp_path = dir.join(format!("{}.tmp", index_file_name(first_seq)));
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp_path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp_path)?;
     f.write_all(&encode_index_file(segment_len, first_seq, summary))?;
     drop(f);
     std::fs::rename(tmp_path, final_path)
@@ -389,7 +410,16 @@ mod tests {
             record_count: 7,
             last_seq: 19,
             max_timestamp_ms: 55,
-            index: vec![IndexEntry { seq: 10, offset: 16 }, IndexEntry { seq: 15, offset: 500 }],
+            index: vec![
+                IndexEntry {
+                    seq: 10,
+                    offset: 16,
+                },
+                IndexEntry {
+                    seq: 15,
+                    offset: 500,
+                },
+            ],
             ..ScanSummary::default()
         };
         let bytes = encode_index_file(1000, 10, &summary);

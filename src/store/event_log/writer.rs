@@ -15,7 +15,9 @@ use super::segment::{
     IndexBuilder, IndexEntry, ScanSummary, Segment, encode_segment_header, segment_file_name,
     sync_dir, write_index_file,
 };
-use super::{EventLogConfig, EventLogError, EventLogReader, LogStats, RecoveryReport, Shared, SyncPolicy};
+use super::{
+    EventLogConfig, EventLogError, EventLogReader, LogStats, RecoveryReport, Shared, SyncPolicy,
+};
 
 /// Flush the encode buffer to the file once it holds this much (bounds memory for huge batches).
 const MAX_BUFFERED: usize = 8 * 1024 * 1024;
@@ -77,7 +79,11 @@ impl EventLog {
     /// On an I/O error the batch may be partly durable; the writer is poisoned and the
     /// caller must reopen the log and resume from [`EventLog::next_seq`].
     /// `now_unix_ms` is the record timestamp used by retention (kept monotone).
-    pub fn append_at(&mut self, batch: &[AppendRecord], now_unix_ms: u64) -> Result<u64, EventLogError> {
+    pub fn append_at(
+        &mut self,
+        batch: &[AppendRecord],
+        now_unix_ms: u64,
+    ) -> Result<u64, EventLogError> {
         if self.poisoned {
             return Err(EventLogError::WriterPoisoned);
         }
@@ -168,7 +174,11 @@ impl EventLog {
         &self.config
     }
 
-    fn write_batch(&mut self, batch: &[AppendRecord], timestamp_ms: u64) -> Result<(), EventLogError> {
+    fn write_batch(
+        &mut self,
+        batch: &[AppendRecord],
+        timestamp_ms: u64,
+    ) -> Result<(), EventLogError> {
         self.buf.clear();
         for r in batch {
             let rec_len = (RECORD_HEADER_LEN + r.body.len()) as u64;
@@ -176,7 +186,8 @@ impl EventLog {
                 None => true,
                 Some(cur) => {
                     cur.record_count > 0
-                        && (cur.written_len + self.buf.len() as u64 + rec_len > self.config.segment_max_bytes
+                        && (cur.written_len + self.buf.len() as u64 + rec_len
+                            > self.config.segment_max_bytes
                             || cur.record_count >= self.config.segment_max_records)
                 }
             };
@@ -223,7 +234,9 @@ impl EventLog {
     /// exists, so after a crash only the newest segment can have a torn tail.
     fn roll(&mut self, first_seq: u64) -> Result<(), EventLogError> {
         if let Some(old) = self.current.as_ref() {
-            old.file.sync_data().map_err(EventLogError::io("fdatasync", &old.seg.path))?;
+            old.file
+                .sync_data()
+                .map_err(EventLogError::io("fdatasync", &old.seg.path))?;
         }
         if let Some(mut old) = self.current.take() {
             publish_segment(&mut old);
@@ -234,10 +247,20 @@ impl EventLog {
                 record_count: old.record_count,
                 last_seq: old.last_seq,
                 max_timestamp_ms: old.max_timestamp_ms,
-                index: old.seg.index.read().unwrap_or_else(|e| e.into_inner()).clone(),
+                index: old
+                    .seg
+                    .index
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
                 ..ScanSummary::default()
             };
-            if let Err(e) = write_index_file(&self.shared.dir, old.seg.first_seq, old.written_len, &summary) {
+            if let Err(e) = write_index_file(
+                &self.shared.dir,
+                old.seg.first_seq,
+                old.written_len,
+                &summary,
+            ) {
                 // Rebuildable: the next open scans the segment instead.
                 tracing::warn!(error = %e, segment = old.seg.first_seq, "event log: writing sidecar index failed");
             }
@@ -308,7 +331,12 @@ impl EventLog {
         self.buf.clear();
         if let Some(cur) = self.current.as_mut() {
             let committed = cur.seg.committed_len.load(Ordering::Acquire);
-            if cur.file.set_len(committed).and_then(|()| cur.file.sync_data()).is_ok() {
+            if cur
+                .file
+                .set_len(committed)
+                .and_then(|()| cur.file.sync_data())
+                .is_ok()
+            {
                 cur.written_len = committed;
             }
         }
@@ -325,7 +353,8 @@ fn publish_segment(cur: &mut OpenSegment) {
         index.append(&mut cur.pending_index);
     }
     seg.last_seq.store(cur.last_seq, Ordering::Release);
-    seg.max_timestamp_ms.store(cur.max_timestamp_ms, Ordering::Release);
+    seg.max_timestamp_ms
+        .store(cur.max_timestamp_ms, Ordering::Release);
     seg.record_count.store(cur.record_count, Ordering::Release);
     seg.committed_len.store(cur.written_len, Ordering::Release);
 }
