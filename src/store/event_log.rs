@@ -66,7 +66,6 @@ pub enum SyncPolicy {
     None,
 }
 
-
 /// Error parsing a [`SyncPolicy`] string.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid sync policy {0:?}: expected every-batch, interval:<ms> or none")]
