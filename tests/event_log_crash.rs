@@ -32,6 +32,15 @@ fn sigkill_never_loses_a_reported_durable_record() {
     let mut rng = rand::rng();
     let mut highest_durable = 0u64;
     for round in 0..5 {
+        // Odd rounds write ~1.2 MB per batch into big segments: a SIGKILL can land inside
+        // that write(2) (the kernel stops copying at a page boundary), leaving a torn
+        // record; even rounds use small batches and segments, so kills also land around
+        // segment rolls.
+        let (batch, segment_max_bytes) = if round % 2 == 0 {
+            ("8", "32768")
+        } else {
+            ("4096", "8000000")
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_rookery-logtool"))
             .arg("append-loop")
             .arg(dir.path())
@@ -39,11 +48,11 @@ fn sigkill_never_loses_a_reported_durable_record() {
                 "--body-size",
                 &BODY_SIZE.to_string(),
                 "--batch",
-                "8",
+                batch,
                 "--sync",
                 "every-batch",
             ])
-            .args(["--segment-max-bytes", "32768"])
+            .args(["--segment-max-bytes", segment_max_bytes])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
