@@ -443,3 +443,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_damaged_tail_header_does_not_cost_the_records_behind_it() {
+    let (mut files, tail, _) = build_log();
+    if let Some(bytes) = files.get_mut(&tail) {
+        bytes[3] ^= 0x40;
+    }
+    let dir = restore(&files);
+    let (log, report) = EventLog::open(small_config(dir.path())).expect("open");
+    assert!(report.repaired_tail_header);
+    assert_eq!(report.bytes_truncated, 0);
+    assert_eq!(report.last_intact_seq, Some(LAST));
+    assert_eq!(read_all(&log.reader()).len() as u64, LAST);
+    drop(log);
+    let (_, report) = EventLog::open(small_config(dir.path())).expect("reopen");
+    assert!(!report.repaired_tail_header);
+}

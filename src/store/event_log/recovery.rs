@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,8 +18,8 @@ use std::time::Instant;
 
 use super::retention::read_deleted_through;
 use super::segment::{
-    IndexBuilder, Segment, index_file_name, load_index_file, parse_segment_name, scan_segment,
-    sync_dir, write_index_file,
+    IndexBuilder, Segment, encode_segment_header, index_file_name, load_index_file,
+    parse_segment_name, scan_segment, sync_dir, write_index_file,
 };
 use super::writer::OpenSegment;
 use super::{EventLog, EventLogConfig, EventLogError, Shared};
@@ -44,6 +45,9 @@ pub struct RecoveryReport {
     /// First seqs of sealed (non-tail) segments with a bad record inside; they are kept
     /// as found (not truncated) and served up to the bad record.
     pub damaged_segments: Vec<u64>,
+    /// The tail segment's file header was damaged but records behind it were intact;
+    /// the header was rewritten.
+    pub repaired_tail_header: bool,
     /// Segments deleted at open because a crash interrupted a retention pass.
     pub interrupted_retention_segments: usize,
 }
@@ -116,7 +120,7 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         let summary = scan_segment(&wfile, first_seq, interval)
             .map_err(EventLogError::io("scan segment", &path))?;
         report.records_dropped += summary.records_after_defect;
-        if summary.bad_file_header || summary.record_count == 0 {
+        if summary.record_count == 0 {
             report.bytes_truncated += summary.file_len;
             report.removed_empty_tail = true;
             drop(wfile);
@@ -137,6 +141,17 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
                 bytes = summary.file_len - summary.valid_len,
                 "event log: truncated torn tail"
             );
+        }
+        if summary.bad_file_header {
+            wfile
+                .write_all_at(&encode_segment_header(first_seq), 0)
+                .and_then(|()| wfile.sync_data())
+                .map_err(EventLogError::io("repair segment header", &path))?;
+            tracing::warn!(
+                segment = first_seq,
+                "event log: repaired damaged tail segment header"
+            );
+            report.repaired_tail_header = true;
         }
         // The writer appends here, so a sidecar index (from an earlier seal) is stale.
         remove_if_exists(&dir.join(index_file_name(first_seq)))

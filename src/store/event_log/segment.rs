@@ -121,7 +121,7 @@ pub struct ScanSummary {
     /// Records (complete or partial) found after the intact prefix by following
     /// length fields; a torn header counts as one.
     pub records_after_defect: u64,
-    /// The file header itself is missing or wrong.
+    /// The file header itself is missing or wrong (records may still be intact).
     pub bad_file_header: bool,
 }
 
@@ -185,8 +185,9 @@ pub fn scan_segment(file: &File, first_seq: u64, index_interval: u64) -> io::Res
     }
     file.read_exact_at(&mut header, 0)?;
     if header != encode_segment_header(first_seq) {
+        // Keep scanning: records carry their own checksums, and a damaged file header
+        // must not cost the durable records behind it.
         summary.bad_file_header = true;
-        return Ok(summary);
     }
     let mut builder = IndexBuilder::new(index_interval);
     let mut offset = SEGMENT_HEADER_LEN;
