@@ -632,3 +632,60 @@ fn the_retention_thread_deletes_and_stops() {
         Err(EventLogError::Outdated { .. })
     ));
 }
+
+#[test]
+fn a_replay_that_finished_a_deleted_segment_continues_and_one_inside_it_is_outdated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seqs = gapped_seqs(200);
+    let (total, first_segment_bytes, second_first) = {
+        let (mut log, _) = EventLog::open(small_config(dir.path())).expect("open");
+        append_seqs(&mut log, &seqs, "did:plc:a");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("events"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        let bytes = std::fs::metadata(dir.path().join("events").join(&names[0]))
+            .expect("stat")
+            .len();
+        let second: u64 = names[1][..20].parse().expect("name");
+        (log.stats().total_bytes, bytes, second)
+    };
+    // A size cap that removes exactly the first segment.
+    let mut config = small_config(dir.path());
+    config.retention = RetentionPolicy {
+        max_age: Duration::from_secs(72 * 3600),
+        max_total_bytes: Some(total - first_segment_bytes),
+    };
+    let (log, _) = EventLog::open(config).expect("reopen");
+    let reader = log.reader();
+    let in_first: Vec<u64> = seqs.iter().copied().filter(|&s| s < second_first).collect();
+    let mut finished = reader.read_after(0).expect("replay");
+    let got = finished.next_batch(in_first.len(), 1 << 20).expect("batch");
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), in_first);
+    let mut inside = reader.read_after(0).expect("replay");
+    assert_eq!(inside.next_batch(2, 1 << 20).expect("batch").len(), 2);
+
+    let r = reader.retain_once(SystemTime::now()).expect("retain");
+    assert_eq!(r.segments_deleted, 1);
+    assert_eq!(r.oldest_seq, Some(second_first));
+    // Finished the deleted segment: nothing after its cursor was lost, so it continues.
+    let next = finished.next_batch(3, 1 << 20).expect("continues");
+    assert_eq!(next[0].seq, second_first);
+    // Still inside it: outdated.
+    assert!(matches!(
+        inside.next_batch(3, 1 << 20),
+        Err(EventLogError::Outdated { oldest_seq }) if oldest_seq == second_first
+    ));
+    // And a cursor exactly at the last deleted seq is not outdated either.
+    let last_deleted = *in_first.last().expect("non-empty");
+    assert_eq!(
+        read_all_after(&reader, last_deleted).expect("read")[0].seq,
+        second_first
+    );
+    assert!(matches!(
+        reader.read_after(last_deleted - 1),
+        Err(EventLogError::Outdated { .. })
+    ));
+}

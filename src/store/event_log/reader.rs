@@ -125,7 +125,9 @@ impl Replay {
     /// The next records after the cursor, at most `max_records` and, unless the first
     /// record alone is bigger, at most `max_bytes` of bodies. Masked records are
     /// skipped. An empty batch means the replay has caught up with the durable head.
-    /// [`EventLogError::Outdated`] means retention deleted the segment this replay was in.
+    /// [`EventLogError::Outdated`] means retention deleted records after this replay's
+    /// cursor (the segment it was reading); a replay that had finished the deleted
+    /// segment just continues in the next one.
     pub fn next_batch(
         &mut self,
         max_records: usize,
@@ -149,11 +151,24 @@ impl Replay {
                 },
             };
             if seg.retired.load(Ordering::Acquire) {
+                let segs = self.shared.segments_read();
+                if self.after >= self.shared.deleted_through.load(Ordering::Acquire) {
+                    // Everything deleted is at or before our cursor (we had finished
+                    // the segment): continue in the retained segments, nothing is lost.
+                    let target = self.after.saturating_add(1);
+                    let i = segs.partition_point(|s| s.first_seq <= target).max(1);
+                    if let Some(next) = segs.get(i - 1) {
+                        let next = Arc::clone(next);
+                        drop(segs);
+                        self.offset = next.seek_offset(target);
+                        self.segment = Some(next);
+                        continue;
+                    }
+                }
                 if !out.is_empty() {
                     return Ok(out);
                 }
-                let oldest = oldest_seq(&self.shared.segments_read())
-                    .unwrap_or(self.after.saturating_add(1));
+                let oldest = oldest_seq(&segs).unwrap_or(self.after.saturating_add(1));
                 return Err(EventLogError::Outdated { oldest_seq: oldest });
             }
             let committed = seg.committed_len.load(Ordering::Acquire);

@@ -124,10 +124,11 @@ pub(crate) fn retain_once(
             .collect();
         let n = plan_retention(&ages, unix_ms(now), &shared.retention);
         for s in &segs[..n] {
-            s.retired.store(true, Ordering::Release);
+            // The marker first, so whoever sees `retired` also sees the marker.
             shared
                 .deleted_through
                 .fetch_max(s.last_seq.load(Ordering::Acquire), Ordering::AcqRel);
+            s.retired.store(true, Ordering::Release);
         }
         segs.drain(..n).collect()
     };
