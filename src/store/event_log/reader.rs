@@ -1,0 +1,317 @@
+//! Readers: find a position by segment name and sparse index, then stream records
+//! across segment boundaries with positional reads.
+//!
+//! A [`Replay`] reads one block (about `max_bytes`, at least 64 KiB) per `pread`, and
+//! hands out record bodies as zero-copy `Bytes` slices of that block, so memory per
+//! batch is bounded by the block plus at most one record. Every record's checksum is
+//! verified. Nothing past the durable head or a segment's committed length is read, so
+//! a reader never sees a record that is not yet durable. Readers take a lock only to look
+//! up a segment in the list; they never wait for the writer's I/O.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+use std::os::unix::fs::FileExt;
+
+use super::record::{
+    FLAG_MASKED, LogRecord, RECORD_HEADER_LEN, RecordDefect, decode_header, decode_record,
+};
+use super::segment::{SEGMENT_HEADER_LEN, Segment};
+use super::{EventLogError, LogStats, MaskReport, RetentionReport, Shared, oldest_seq};
+
+const MIN_BLOCK: usize = 64 * 1024;
+const MAX_BLOCK: usize = 16 * 1024 * 1024;
+
+/// A shared handle for reading, statistics, retention and masking.
+#[derive(Clone, Debug)]
+pub struct EventLogReader {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl EventLogReader {
+    /// Start a replay of every record with `seq > cursor` (PROTOCOL.md §1).
+    /// Returns [`EventLogError::Outdated`] when records after `cursor` were deleted by
+    /// retention (`cursor + 1` is at or below the highest deleted seq); the session then sends `#info OutdatedCursor` and uses
+    /// [`EventLogReader::read_from_oldest`]. An empty log yields a replay that will
+    /// see records as they arrive.
+    pub fn read_after(&self, cursor: u64) -> Result<Replay, EventLogError> {
+        let target = cursor.saturating_add(1);
+        let segs = self.shared.segments_read();
+        let Some(oldest) = oldest_seq(&segs) else {
+            return Ok(self.unpositioned(cursor));
+        };
+        if target <= self.shared.deleted_through.load(Ordering::Acquire) {
+            return Err(EventLogError::Outdated { oldest_seq: oldest });
+        }
+        let i = segs.partition_point(|s| s.first_seq <= target).max(1);
+        let seg = Arc::clone(&segs[i - 1]);
+        drop(segs);
+        let offset = seg.seek_offset(target);
+        Ok(Replay {
+            shared: Arc::clone(&self.shared),
+            segment: Some(seg),
+            offset,
+            after: cursor,
+        })
+    }
+
+    /// Start a replay at the oldest retained record.
+    pub fn read_from_oldest(&self) -> Replay {
+        self.unpositioned(0)
+    }
+
+    fn unpositioned(&self, cursor: u64) -> Replay {
+        Replay {
+            shared: Arc::clone(&self.shared),
+            segment: None,
+            offset: SEGMENT_HEADER_LEN,
+            after: cursor,
+        }
+    }
+
+    /// Seq of the newest durable record (0 if none).
+    pub fn durable_head(&self) -> u64 {
+        self.shared.durable_head()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.shared.stats()
+    }
+
+    /// One retention pass at time `now`. See [`super::retention`].
+    pub fn retain_once(&self, now: SystemTime) -> Result<RetentionReport, EventLogError> {
+        super::retention::retain_once(&self.shared, now)
+    }
+
+    /// Set (`masked = true`) or clear the takedown flag on every stored record whose
+    /// DID hash is `did_hash`. See [`super::masking`].
+    pub fn set_masked(&self, did_hash: u64, masked: bool) -> Result<MaskReport, EventLogError> {
+        super::masking::set_masked(&self.shared, did_hash, masked)
+    }
+}
+
+/// One consumer's position in the log. Owned by one session; create as many as needed.
+#[derive(Debug)]
+pub struct Replay {
+    shared: Arc<Shared>,
+    /// `None` until the log has a record at or after the position.
+    segment: Option<Arc<Segment>>,
+    offset: u64,
+    /// Last seq consumed (returned or skipped); the next record returned is after it.
+    after: u64,
+}
+
+enum NextSegment {
+    Found(Arc<Segment>),
+    CurrentRetired,
+    None,
+}
+
+enum Step {
+    /// The batch is complete (budget reached or nothing more is visible).
+    Done,
+    /// Keep reading at the updated position.
+    More,
+}
+
+impl Replay {
+    /// The last seq this replay has passed (its cursor).
+    pub fn cursor(&self) -> u64 {
+        self.after
+    }
+
+    /// The next records after the cursor, at most `max_records` and, unless the first
+    /// record alone is bigger, at most `max_bytes` of bodies. Masked records are
+    /// skipped. An empty batch means the replay has caught up with the durable head.
+    /// [`EventLogError::Outdated`] means retention deleted records after this replay's
+    /// cursor (the segment it was reading); a replay that had finished the deleted
+    /// segment just continues in the next one.
+    pub fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogRecord>, EventLogError> {
+        let mut out = Vec::new();
+        if max_records == 0 {
+            return Ok(out);
+        }
+        let head = self.shared.durable_head();
+        let mut body_bytes = 0usize;
+        let block_size = max_bytes
+            .saturating_add(RECORD_HEADER_LEN)
+            .clamp(MIN_BLOCK, MAX_BLOCK);
+        loop {
+            let seg = match &self.segment {
+                Some(seg) => Arc::clone(seg),
+                None => match self.locate_first() {
+                    Some(seg) => seg,
+                    None => return Ok(out),
+                },
+            };
+            if seg.retired.load(Ordering::Acquire) {
+                let segs = self.shared.segments_read();
+                if self.after >= self.shared.deleted_through.load(Ordering::Acquire) {
+                    // Everything deleted is at or before our cursor (we had finished
+                    // the segment): continue in the retained segments, nothing is lost.
+                    let target = self.after.saturating_add(1);
+                    let i = segs.partition_point(|s| s.first_seq <= target).max(1);
+                    if let Some(next) = segs.get(i - 1) {
+                        let next = Arc::clone(next);
+                        drop(segs);
+                        self.offset = next.seek_offset(target);
+                        self.segment = Some(next);
+                        continue;
+                    }
+                }
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+                let oldest = oldest_seq(&segs).unwrap_or(self.after.saturating_add(1));
+                return Err(EventLogError::Outdated { oldest_seq: oldest });
+            }
+            let committed = seg.committed_len.load(Ordering::Acquire);
+            if self.offset >= committed {
+                if !seg.sealed.load(Ordering::Acquire) {
+                    return Ok(out);
+                }
+                if self.offset < seg.committed_len.load(Ordering::Acquire) {
+                    continue;
+                }
+                match self.next_segment(&seg) {
+                    NextSegment::Found(next) => {
+                        self.segment = Some(next);
+                        self.offset = SEGMENT_HEADER_LEN;
+                        continue;
+                    }
+                    // Retention removed it meanwhile: the retired check above reports it.
+                    NextSegment::CurrentRetired => continue,
+                    NextSegment::None => return Ok(out),
+                }
+            }
+            match self.read_block(
+                &seg,
+                committed,
+                block_size,
+                head,
+                max_records,
+                max_bytes,
+                &mut out,
+                &mut body_bytes,
+            )? {
+                Step::Done => return Ok(out),
+                Step::More => {}
+            }
+        }
+    }
+
+    /// Position an unpositioned replay at the first segment, if any exists.
+    fn locate_first(&mut self) -> Option<Arc<Segment>> {
+        let segs = self.shared.segments_read();
+        let seg = Arc::clone(segs.first()?);
+        drop(segs);
+        self.offset = seg.seek_offset(self.after.saturating_add(1));
+        self.segment = Some(Arc::clone(&seg));
+        Some(seg)
+    }
+
+    /// The segment after `seg`, but only while `seg` itself is still in the list:
+    /// retention deletes a prefix, so if `seg` is present its successor was never
+    /// deleted, and no record can be skipped silently.
+    fn next_segment(&self, seg: &Arc<Segment>) -> NextSegment {
+        let segs = self.shared.segments_read();
+        let i = segs.partition_point(|s| s.first_seq < seg.first_seq);
+        match segs.get(i) {
+            Some(s) if Arc::ptr_eq(s, seg) => match segs.get(i + 1) {
+                Some(next) => NextSegment::Found(Arc::clone(next)),
+                None => NextSegment::None,
+            },
+            _ => NextSegment::CurrentRetired,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_block(
+        &mut self,
+        seg: &Segment,
+        committed: u64,
+        block_size: usize,
+        head: u64,
+        max_records: usize,
+        max_bytes: usize,
+        out: &mut Vec<LogRecord>,
+        body_bytes: &mut usize,
+    ) -> Result<Step, EventLogError> {
+        let corrupt = |offset| EventLogError::Corrupt {
+            segment_first_seq: seg.first_seq,
+            offset,
+        };
+        let remaining = committed - self.offset;
+        let mut want = remaining.min(block_size as u64) as usize;
+        let block = loop {
+            let mut buf = BytesMut::zeroed(want);
+            seg.file
+                .read_exact_at(&mut buf, self.offset)
+                .map_err(EventLogError::io("read segment", &seg.path))?;
+            let block = buf.freeze();
+            match decode_record(&block) {
+                Err(RecordDefect::Truncated) => {
+                    // One record larger than the block: read exactly that record.
+                    let need = decode_header(&block)
+                        .map_err(|_| corrupt(self.offset))?
+                        .total_len();
+                    if need > remaining || need as usize <= want {
+                        return Err(corrupt(self.offset));
+                    }
+                    want = need as usize;
+                }
+                Err(_) => return Err(corrupt(self.offset)),
+                Ok(_) => break block,
+            }
+        };
+        let mut pos = 0usize;
+        while pos < block.len() {
+            let h = match decode_record(&block[pos..]) {
+                Ok(h) => h,
+                Err(RecordDefect::Truncated) => break, // continues in the next block
+                Err(_) => return Err(corrupt(self.offset + pos as u64)),
+            };
+            if h.seq > head {
+                self.offset += pos as u64;
+                return Ok(Step::Done);
+            }
+            let total = h.total_len() as usize;
+            let wanted = h.seq > self.after && h.flags & FLAG_MASKED == 0;
+            if wanted
+                && !out.is_empty()
+                && body_bytes.saturating_add(h.body_len as usize) > max_bytes
+            {
+                self.offset += pos as u64;
+                return Ok(Step::Done);
+            }
+            pos += total;
+            if h.seq <= self.after {
+                continue;
+            }
+            self.after = h.seq;
+            if wanted {
+                *body_bytes += h.body_len as usize;
+                out.push(LogRecord {
+                    seq: h.seq,
+                    kind: h.kind,
+                    flags: h.flags,
+                    did_hash: h.did_hash,
+                    timestamp_ms: h.timestamp_ms,
+                    body: block.slice(pos - h.body_len as usize..pos),
+                });
+                if out.len() >= max_records {
+                    self.offset += pos as u64;
+                    return Ok(Step::Done);
+                }
+            }
+        }
+        self.offset += pos as u64;
+        Ok(Step::More)
+    }
+}

@@ -1,0 +1,285 @@
+//! Retention: delete whole segments that are older than the window or over the size
+//! cap, oldest first, never the newest segment (the one being written).
+//!
+//! The decision is a pure function ([`plan_retention`]) of segment sizes, their newest
+//! record timestamps and the time given by the caller, so tests control the clock.
+//! Applying it takes the segment-list lock only long enough to detach the doomed
+//! segments and mark them retired; the files are unlinked after the lock is released.
+//! A reader still inside a retired segment keeps its open descriptor (the data stays
+//! readable until it lets go) but is told [`super::EventLogError::Outdated`] on its next
+//! batch, because its position is now before the oldest retained record.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use super::reader::EventLogReader;
+use super::segment::{Segment, index_file_name, sync_dir};
+use super::writer::unix_ms;
+use super::{EventLogError, Shared, oldest_seq};
+
+/// File holding the highest seq retention has deleted (decimal).
+pub(crate) const DELETED_THROUGH_FILE: &str = "DELETED_THROUGH";
+
+pub(crate) fn write_deleted_through(dir: &Path, seq: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{DELETED_THROUGH_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(seq.to_string().as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(DELETED_THROUGH_FILE))?;
+    sync_dir(dir)
+}
+
+/// The persisted marker, or 0 if absent or unreadable (a damaged marker only loses the
+/// distinction between "deleted" and "never existed" below the oldest record).
+pub(crate) fn read_deleted_through(dir: &Path) -> u64 {
+    let mut text = String::new();
+    let read = File::open(dir.join(DELETED_THROUGH_FILE))
+        .and_then(|f| f.take(32).read_to_string(&mut text));
+    match read {
+        Ok(_) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!("event log: unreadable {DELETED_THROUGH_FILE} marker ignored");
+            0
+        }),
+        Err(_) => 0,
+    }
+}
+
+/// How long and how much the log keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Delete a segment once its newest record is older than this (default 72 h).
+    pub max_age: Duration,
+    /// Delete oldest segments while the log is larger than this.
+    pub max_total_bytes: Option<u64>,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            max_age: Duration::from_secs(72 * 3600),
+            max_total_bytes: None,
+        }
+    }
+}
+
+/// The facts retention decides on, per segment, oldest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentAge {
+    pub bytes: u64,
+    /// Timestamp (unix ms) of the newest record in the segment (0 if it has none).
+    pub newest_timestamp_ms: u64,
+}
+
+/// How many of the oldest segments to delete. The newest segment is never deleted.
+pub fn plan_retention(
+    segments: &[SegmentAge],
+    now_unix_ms: u64,
+    policy: &RetentionPolicy,
+) -> usize {
+    let max_age_ms = u64::try_from(policy.max_age.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = now_unix_ms.saturating_sub(max_age_ms);
+    let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
+    let mut n = 0;
+    for s in segments.iter().take(segments.len().saturating_sub(1)) {
+        let too_old = s.newest_timestamp_ms < cutoff;
+        let over_size = policy.max_total_bytes.is_some_and(|cap| total > cap);
+        if !too_old && !over_size {
+            break;
+        }
+        total -= s.bytes;
+        n += 1;
+    }
+    n
+}
+
+/// What one retention pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_freed: u64,
+    /// Oldest retained seq after the pass.
+    pub oldest_seq: Option<u64>,
+}
+
+pub(crate) fn retain_once(
+    shared: &Shared,
+    now: SystemTime,
+) -> Result<RetentionReport, EventLogError> {
+    let doomed: Vec<Arc<Segment>> = {
+        let mut segs = shared.segments_write();
+        let ages: Vec<SegmentAge> = segs
+            .iter()
+            .map(|s| SegmentAge {
+                bytes: s.committed_len.load(Ordering::Acquire),
+                newest_timestamp_ms: s.max_timestamp_ms.load(Ordering::Acquire),
+            })
+            .collect();
+        let n = plan_retention(&ages, unix_ms(now), &shared.retention);
+        for s in &segs[..n] {
+            // The marker first, so whoever sees `retired` also sees the marker.
+            shared
+                .deleted_through
+                .fetch_max(s.last_seq.load(Ordering::Acquire), Ordering::AcqRel);
+            s.retired.store(true, Ordering::Release);
+        }
+        segs.drain(..n).collect()
+    };
+    if !doomed.is_empty() {
+        // Persist the marker before unlinking: a crash in between leaves files that the
+        // next open deletes, never a deletion that cursors cannot detect.
+        write_deleted_through(&shared.dir, shared.deleted_through.load(Ordering::Acquire))
+            .map_err(EventLogError::io(
+                "write marker",
+                shared.dir.join(DELETED_THROUGH_FILE),
+            ))?;
+    }
+    let mut report = RetentionReport {
+        segments_deleted: doomed.len(),
+        ..RetentionReport::default()
+    };
+    let mut first_error = None;
+    for seg in &doomed {
+        report.bytes_freed += seg.committed_len.load(Ordering::Acquire);
+        for path in [
+            seg.path.clone(),
+            shared.dir.join(index_file_name(seg.first_seq)),
+        ] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(error = %e, path = %path.display(), "event log retention: remove failed");
+                    first_error.get_or_insert(EventLogError::Io {
+                        op: "remove segment",
+                        path,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    if !doomed.is_empty() {
+        sync_dir(&shared.dir).map_err(EventLogError::io("fsync dir", &shared.dir))?;
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    report.oldest_seq = oldest_seq(&shared.segments_read());
+    Ok(report)
+}
+
+/// A background thread running [`EventLogReader::retain_once`] every `every`.
+/// Stop it with [`RetentionTask::stop`] (or by dropping it).
+#[derive(Debug)]
+pub struct RetentionTask {
+    stop: Option<mpsc::Sender<()>>,
+    join: Option<JoinHandle<()>>,
+}
+
+/// Run retention on its own thread. Errors are logged and the pass is retried next time.
+pub fn spawn_retention(reader: EventLogReader, every: Duration) -> std::io::Result<RetentionTask> {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let join = std::thread::Builder::new()
+        .name("event-log-retention".into())
+        .spawn(move || {
+            loop {
+                match stop_rx.recv_timeout(every) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+                match reader.retain_once(SystemTime::now()) {
+                    Ok(r) if r.segments_deleted > 0 => tracing::info!(
+                        segments = r.segments_deleted,
+                        bytes = r.bytes_freed,
+                        "event log retention deleted segments"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, reason = e.reason(), "event log retention failed"),
+                }
+            }
+        })?;
+    Ok(RetentionTask {
+        stop: Some(stop_tx),
+        join: Some(join),
+    })
+}
+
+impl RetentionTask {
+    /// Stop the thread and wait for it (at most one pass in progress).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+impl Drop for RetentionTask {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR_MS: u64 = 3600 * 1000;
+
+    fn seg(bytes: u64, newest_timestamp_ms: u64) -> SegmentAge {
+        SegmentAge {
+            bytes,
+            newest_timestamp_ms,
+        }
+    }
+
+    #[test]
+    fn deletes_only_segments_older_than_window_and_never_the_newest() {
+        let policy = RetentionPolicy::default();
+        let now = 100 * HOUR_MS;
+        let segs = [
+            seg(10, HOUR_MS),
+            seg(10, 20 * HOUR_MS),
+            seg(10, 50 * HOUR_MS),
+            seg(10, 99 * HOUR_MS),
+        ];
+        assert_eq!(plan_retention(&segs, now, &policy), 2);
+        // Everything old: still keeps the newest.
+        let old = [seg(10, 1), seg(10, 2)];
+        assert_eq!(plan_retention(&old, now, &policy), 1);
+        assert_eq!(plan_retention(&[seg(10, 1)], now, &policy), 0);
+        assert_eq!(plan_retention(&[], now, &policy), 0);
+        // Stops at the first young segment even if an older-timestamped one follows.
+        let mixed = [seg(10, 90 * HOUR_MS), seg(10, 1), seg(10, 99 * HOUR_MS)];
+        assert_eq!(plan_retention(&mixed, now, &policy), 0);
+    }
+
+    #[test]
+    fn size_cap_deletes_oldest_until_under_cap() {
+        let policy = RetentionPolicy {
+            max_age: Duration::from_secs(72 * 3600),
+            max_total_bytes: Some(25),
+        };
+        let now = 10 * HOUR_MS;
+        let segs = [seg(10, now), seg(10, now), seg(10, now), seg(10, now)];
+        assert_eq!(plan_retention(&segs, now, &policy), 2);
+        let policy = RetentionPolicy {
+            max_total_bytes: Some(0),
+            ..policy
+        };
+        assert_eq!(plan_retention(&segs, now, &policy), 3);
+    }
+}
