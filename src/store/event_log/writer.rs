@@ -298,16 +298,16 @@ impl EventLog {
     }
 
     fn sync_and_publish(&mut self) -> Result<(), EventLogError> {
-        if let Some(cur) = self.current.as_ref() {
-            if let Err(e) = cur.file.sync_data() {
-                let err = EventLogError::Io {
-                    op: "fdatasync",
-                    path: cur.seg.path.clone(),
-                    source: e,
-                };
-                self.poison();
-                return Err(err);
-            }
+        if let Some(cur) = self.current.as_ref()
+            && let Err(e) = cur.file.sync_data()
+        {
+            let err = EventLogError::Io {
+                op: "fdatasync",
+                path: cur.seg.path.clone(),
+                source: e,
+            };
+            self.poison();
+            return Err(err);
         }
         self.last_sync = Instant::now();
         self.publish();
@@ -363,10 +363,11 @@ impl Drop for EventLog {
     /// Best effort: sync what an `interval` policy left unsynced. Errors cannot be
     /// returned here; call [`EventLog::flush`] before shutdown to see them.
     fn drop(&mut self) {
-        if self.unsynced && !self.poisoned {
-            if let Some(cur) = self.current.as_ref() {
-                let _ = cur.file.sync_data();
-            }
+        if self.unsynced
+            && !self.poisoned
+            && let Some(cur) = self.current.as_ref()
+        {
+            let _ = cur.file.sync_data();
         }
     }
 }
