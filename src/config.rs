@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::event_log::{EventLogConfig, RetentionPolicy};
+
 /// Default public API address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:2470";
 /// Default metrics address.
@@ -41,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay (public API, metrics; embedded Postgres unless a database URL is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
 }
@@ -135,6 +137,23 @@ pub struct ServeArgs {
         default_value = "5s"
     )]
     pub shutdown_timeout: String,
+    /// Lowest relay seq ever used: after recovery the event log resumes after its highest
+    /// stored seq, and never below this (set it above every seq an earlier log handed out
+    /// when starting from an empty data dir).
+    #[arg(long, env = "ROOKERY_INITIAL_SEQ", default_value = "1")]
+    pub initial_seq: String,
+    /// When appended events are synced to disk: every-batch, interval:<ms>, or none
+    /// (benchmarks only: a crash can then lose events consumers already saw).
+    #[arg(long, env = "ROOKERY_EVENT_LOG_SYNC", default_value = "every-batch")]
+    pub event_log_sync: String,
+    /// Size at which the event log starts a new segment file (bytes, or with a K, M or G
+    /// suffix, powers of 1024).
+    #[arg(long, env = "ROOKERY_EVENT_LOG_SEGMENT_SIZE", default_value = "256M")]
+    pub event_log_segment_size: String,
+    /// Cap on the event log's total size; the oldest segments are deleted above it
+    /// (`none` for no cap: only --replay-window applies).
+    #[arg(long, env = "ROOKERY_EVENT_LOG_MAX_SIZE", default_value = "none")]
+    pub event_log_max_size: String,
 }
 
 /// Options of `rookery migrate`.
@@ -498,6 +517,8 @@ pub struct Config {
     pub http_workers: usize,
     /// Graceful shutdown limit for HTTP connections.
     pub shutdown_timeout: Duration,
+    /// The event log under `<data-dir>/events`, its retention window being `replay_window`.
+    pub event_log: EventLogConfig,
 }
 
 impl Config {
@@ -528,6 +549,36 @@ impl Config {
         let http_workers = parse_count("http-workers", &args.http_workers, 1, 256)?;
         let shutdown_timeout = parse_duration("shutdown-timeout", &args.shutdown_timeout)?;
         let storage = StorageConfig::from_args(&args.storage)?;
+        let mut event_log = EventLogConfig::new(storage.data_dir.clone());
+        event_log.initial_seq = parse_seq("initial-seq", &args.initial_seq)?;
+        event_log.sync = args.event_log_sync.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "event-log-sync",
+                &args.event_log_sync,
+                "expected every-batch, interval:<ms> or none",
+            )
+        })?;
+        event_log.segment_max_bytes =
+            parse_byte_size("event-log-segment-size", &args.event_log_segment_size)?.ok_or_else(
+                || {
+                    ConfigError::new(
+                        "event-log-segment-size",
+                        &args.event_log_segment_size,
+                        "a segment size is required",
+                    )
+                },
+            )?;
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&event_log.segment_max_bytes) {
+            return Err(ConfigError::new(
+                "event-log-segment-size",
+                &args.event_log_segment_size,
+                "expected a size from 1M to 4G",
+            ));
+        }
+        event_log.retention = RetentionPolicy {
+            max_age: replay_window,
+            max_total_bytes: parse_byte_size("event-log-max-size", &args.event_log_max_size)?,
+        };
         Ok(Config {
             storage,
             bind,
@@ -537,6 +588,7 @@ impl Config {
             replay_window,
             http_workers,
             shutdown_timeout,
+            event_log,
         })
     }
 
@@ -564,6 +616,19 @@ impl Config {
                 humantime::format_duration(self.shutdown_timeout).to_string(),
             ),
         ];
+        out.push(("initial-seq", self.event_log.initial_seq.to_string()));
+        out.push(("event-log-sync", self.event_log.sync.to_string()));
+        out.push((
+            "event-log-segment-size",
+            self.event_log.segment_max_bytes.to_string(),
+        ));
+        out.push((
+            "event-log-max-size",
+            self.event_log
+                .retention
+                .max_total_bytes
+                .map_or_else(|| "none".to_string(), |b| b.to_string()),
+        ));
         out.extend(self.storage.summary());
         out
     }
@@ -623,6 +688,56 @@ fn parse_count(
             format!("expected a whole number from {min} to {max}"),
         )),
     }
+}
+
+const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+const MAX_SEGMENT_BYTES: u64 = 4 << 30;
+/// Seqs are JSON integers on the wire: they must stay below 2^53.
+const MAX_SEQ: u64 = (1 << 53) - 1;
+
+fn parse_seq(option: &'static str, raw: &str) -> Result<u64, ConfigError> {
+    match raw.trim().parse::<u64>() {
+        Ok(n) if (1..MAX_SEQ).contains(&n) => Ok(n),
+        _ => Err(ConfigError::new(
+            option,
+            raw,
+            "expected a whole number from 1 to 2^53-2",
+        )),
+    }
+}
+
+/// Parses `none`, a byte count, or a count with a K, M or G suffix (powers of 1024,
+/// an optional trailing `B`/`iB` is accepted: `256M`, `256MiB`, `1G`).
+pub fn parse_byte_size(option: &'static str, raw: &str) -> Result<Option<u64>, ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            option,
+            raw,
+            "expected none or a size such as 1048576, 256M or 10G",
+        )
+    };
+    let text = raw.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let upper = text.to_ascii_uppercase();
+    let unit_stripped = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, shift) = match unit_stripped.char_indices().last() {
+        Some((i, 'K')) => (&unit_stripped[..i], 10),
+        Some((i, 'M')) => (&unit_stripped[..i], 20),
+        Some((i, 'G')) => (&unit_stripped[..i], 30),
+        Some((i, 'T')) => (&unit_stripped[..i], 40),
+        _ => (unit_stripped, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(bad());
+    }
+    Ok(Some(bytes))
 }
 
 fn parse_log_format(raw: &str) -> Result<LogFormat, ConfigError> {
@@ -701,6 +816,7 @@ fn prepare_data_dir(dir: &Path) -> Result<PathBuf, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::event_log::SyncPolicy;
     use clap::Parser;
 
     fn serve(args: &[&str]) -> Result<Config, ConfigError> {
@@ -717,6 +833,82 @@ mod tests {
             Command::Serve(args) => Config::from_serve_args(&args),
             Command::Migrate(_) => unreachable!("parsed serve"),
         }
+    }
+
+    #[test]
+    fn event_log_options_parse_and_default() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.event_log.initial_seq, 1);
+        assert_eq!(config.event_log.sync, SyncPolicy::EveryBatch);
+        assert_eq!(config.event_log.segment_max_bytes, 256 << 20);
+        assert_eq!(config.event_log.retention.max_total_bytes, None);
+        assert_eq!(
+            config.event_log.retention.max_age,
+            Duration::from_secs(72 * 3600)
+        );
+        assert_eq!(
+            config.event_log.events_dir(),
+            config.storage.data_dir.join("events")
+        );
+
+        let config = serve(&[
+            "--initial-seq",
+            "20000000000",
+            "--event-log-sync",
+            "interval:5",
+            "--event-log-segment-size",
+            "64MiB",
+            "--event-log-max-size",
+            "10G",
+            "--replay-window",
+            "24h",
+        ])
+        .unwrap();
+        assert_eq!(config.event_log.initial_seq, 20_000_000_000);
+        assert_eq!(
+            config.event_log.sync,
+            SyncPolicy::Interval(Duration::from_millis(5))
+        );
+        assert_eq!(config.event_log.segment_max_bytes, 64 << 20);
+        assert_eq!(config.event_log.retention.max_total_bytes, Some(10 << 30));
+        assert_eq!(
+            config.event_log.retention.max_age,
+            Duration::from_secs(24 * 3600)
+        );
+    }
+
+    #[test]
+    fn bad_event_log_options_name_the_option() {
+        for (args, option) in [
+            (&["--initial-seq", "0"][..], "initial-seq"),
+            (&["--initial-seq", "9007199254740993"][..], "initial-seq"),
+            (&["--event-log-sync", "sometimes"][..], "event-log-sync"),
+            (
+                &["--event-log-segment-size", "12"][..],
+                "event-log-segment-size",
+            ),
+            (
+                &["--event-log-segment-size", "none"][..],
+                "event-log-segment-size",
+            ),
+            (&["--event-log-max-size", "lots"][..], "event-log-max-size"),
+            (&["--event-log-max-size", "0"][..], "event-log-max-size"),
+        ] {
+            let err = serve(args).unwrap_err();
+            assert_eq!(err.option, option, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("x", "none").unwrap(), None);
+        assert_eq!(parse_byte_size("x", "1048576").unwrap(), Some(1 << 20));
+        assert_eq!(parse_byte_size("x", "2k").unwrap(), Some(2048));
+        assert_eq!(parse_byte_size("x", "3MB").unwrap(), Some(3 << 20));
+        assert_eq!(parse_byte_size("x", "1TiB").unwrap(), Some(1 << 40));
+        assert!(parse_byte_size("x", "99999999999999T").is_err());
+        assert!(parse_byte_size("x", "M").is_err());
+        assert!(parse_byte_size("x", "-1").is_err());
     }
 
     #[test]

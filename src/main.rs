@@ -19,9 +19,13 @@ use rookery::config::{
     Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
 };
 use rookery::http::{self, ListenerSettings, metrics::Metrics};
+use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
 use rookery::store::managed_postgres::{ManagedPostgres, ManagedPostgresError, StartOptions};
 use rookery::store::migrations;
 use rookery::store::postgres::{Db, DbError};
+
+/// How often retention looks for segments past the replay window or the size cap.
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Failures after configuration was accepted.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,8 @@ enum RunError {
     ManagedPostgres(#[from] ManagedPostgresError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("event log: {0}")]
+    EventLog(#[from] EventLogError),
     #[error("could not listen on --{option} {addr}: {source}")]
     Listen {
         option: &'static str,
@@ -38,6 +44,8 @@ enum RunError {
     },
     #[error("could not set up the metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("could not start the event log retention thread: {0}")]
+    Retention(std::io::Error),
     #[error("could not install the {0} signal handler: {1}")]
     Signal(&'static str, std::io::Error),
     #[error("could not start the async runtime: {0}")]
@@ -201,6 +209,31 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     log_effective_config(&config.summary());
     let metrics = Metrics::new()?;
 
+    // The event log first: it is the relay's memory, it takes a lock that keeps a second
+    // relay off this data dir, and recovery must finish before anything is sequenced.
+    let (mut event_log, recovery) = EventLog::open(config.event_log.clone())?;
+    tracing::info!(
+        segments = recovery.segments,
+        last_intact_seq = ?recovery.last_intact_seq,
+        next_seq = recovery.next_seq,
+        bytes_truncated = recovery.bytes_truncated,
+        records_dropped = recovery.records_dropped,
+        rebuilt_indexes = recovery.rebuilt_indexes,
+        "event log recovered"
+    );
+    if recovery.bytes_truncated > 0 {
+        tracing::warn!(
+            bytes = recovery.bytes_truncated,
+            records = recovery.records_dropped,
+            "event log tail was torn or corrupt and was truncated"
+        );
+    }
+    let log_reader = event_log.reader();
+    metrics
+        .registry()
+        .register(Box::new(EventLogCollector::new(log_reader.clone())?))?;
+    let retention = spawn_retention(log_reader, RETENTION_INTERVAL).map_err(RunError::Retention)?;
+
     let (managed, pg_config) = open_database(&config.storage)?;
     let db = Db::new(pg_config, config.storage.db)?;
     let report = migrations::migrate(&db).await?;
@@ -248,6 +281,11 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
 
     public_handle.stop(true).await;
     metrics_handle.stop(true).await;
+    retention.stop();
+    if let Err(e) = event_log.flush() {
+        tracing::error!(error = %e, "event log flush at shutdown failed");
+    }
+    drop(event_log);
     db.close();
     drop(db);
     if let Some(postgres) = managed {

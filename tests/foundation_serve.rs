@@ -343,6 +343,19 @@ fn bad_configuration_is_one_sentence_naming_the_option() {
         ),
         (&["serve", "--log-format", "xml"], "invalid --log-format"),
         (
+            &["serve", "--event-log-sync", "sometimes"],
+            "invalid --event-log-sync \"sometimes\"",
+        ),
+        (&["serve", "--initial-seq", "0"], "invalid --initial-seq"),
+        (
+            &["serve", "--event-log-segment-size", "1x"],
+            "invalid --event-log-segment-size",
+        ),
+        (
+            &["serve", "--event-log-max-size", "big"],
+            "invalid --event-log-max-size",
+        ),
+        (
             &["migrate", "--db-statement-timeout", "-1"],
             "invalid --db-statement-timeout",
         ),

@@ -22,6 +22,7 @@
 //!   detects and truncates any torn tail by checksum, so nothing half-written survives.
 
 mod masking;
+mod metrics;
 mod reader;
 mod record;
 mod recovery;
@@ -38,6 +39,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 pub use masking::MaskReport;
+pub use metrics::EventLogCollector;
 pub use reader::{EventLogReader, Replay};
 pub use record::{AppendRecord, FLAG_MASKED, LogRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, did_hash};
 pub use recovery::RecoveryReport;
