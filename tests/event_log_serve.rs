@@ -1,10 +1,11 @@
 //! `rookery serve` and its event log: recovery at start, stats on /metrics, one writer per
 //! data dir, and no seq reused across a restart.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod serve_common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,58 +13,19 @@ use rookery::store::event_log::{
     AppendRecord, EventLog, EventLogConfig, did_hash, parse_segment_name,
 };
 use rookery::store::managed_postgres::test_cluster;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rookery");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    Ok(raw)
-}
+use serve_common::{free_port, http_get, read, rookery, send_signal, wait_exit};
 
 fn relay(data: &Path, database_url: &str, port: u16, metrics_port: u16, log: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("ROOKERY_") || key == "DATABASE_URL" || key == "RUST_LOG" {
-            command.env_remove(key);
-        }
-    }
+    let mut command = rookery();
     command
         .args(["serve", "--initial-seq", "50", "--data-dir"])
         .arg(data)
         .args(["--bind", &format!("127.0.0.1:{port}")])
         .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
         .env("DATABASE_URL", database_url)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
     command
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 fn metric(text: &str, name: &str) -> Option<u64> {
@@ -129,13 +91,13 @@ fn serve_recovers_the_log_reports_it_and_never_reuses_a_seq() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
-        if let Ok(text) = http_get(metrics_port, "/metrics") {
-            break text;
+        if let Ok(response) = http_get(metrics_port, "/metrics") {
+            break response.body;
         }
         assert!(
             first.try_wait().unwrap().is_none(),
             "exited early: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            read(&log_path)
         );
         assert!(Instant::now() < deadline, "never served");
         std::thread::sleep(Duration::from_millis(100));
@@ -155,7 +117,7 @@ fn serve_recovers_the_log_reports_it_and_never_reuses_a_seq() {
         Some(5),
         "{metrics}"
     );
-    assert!(http_get(port, "/_health").unwrap().contains("200 OK"));
+    assert_eq!(http_get(port, "/_health").unwrap().status, 200);
 
     // A second relay on the same data dir is refused: one writer per event log.
     let second_log = temp.path().join("second.log");
@@ -169,20 +131,16 @@ fn serve_recovers_the_log_reports_it_and_never_reuses_a_seq() {
     .spawn()
     .unwrap();
     let status = wait_exit(&mut second, Duration::from_secs(30)).expect("second relay exits");
-    let stderr = std::fs::read_to_string(&second_log).unwrap();
+    let stderr = read(&second_log);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("already open by another writer"),
         "{stderr}"
     );
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    send_signal(first.id(), "TERM");
     let status = wait_exit(&mut first, Duration::from_secs(10)).expect("exit after SIGTERM");
-    let stderr = std::fs::read_to_string(&log_path).unwrap();
+    let stderr = read(&log_path);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("event log recovered"), "{stderr}");
     assert!(
