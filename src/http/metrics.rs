@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use prometheus::{Encoder, Gauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use super::{ListenerSettings, not_found, server_header};
+use super::ListenerSettings;
 
 /// The relay's metric registry plus the process-level series.
 #[derive(Clone)]
@@ -97,19 +97,7 @@ pub fn start_metrics(
     registry: Registry,
     settings: ListenerSettings,
 ) -> std::io::Result<(Server, Vec<SocketAddr>)> {
-    let routes = configure(registry);
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(server_header())
-            .configure(routes.clone())
-            .default_service(web::to(not_found))
-    })
-    .workers(settings.workers)
-    .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
-    .disable_signals()
-    .bind(bind)?;
-    let addrs = server.addrs();
-    Ok((server.run(), addrs))
+    super::start_listener(bind, settings, configure(registry))
 }
 
 #[cfg(test)]
@@ -131,9 +119,10 @@ mod tests {
     #[actix_web::test]
     async fn metrics_route_serves_text_format() {
         let metrics = Metrics::new().unwrap();
-        let app =
-            actix_test::init_service(App::new().configure(configure(metrics.registry().clone())))
-                .await;
+        let app = actix_test::init_service(
+            actix_web::App::new().configure(configure(metrics.registry().clone())),
+        )
+        .await;
         let resp = actix_test::call_service(
             &app,
             actix_test::TestRequest::get().uri("/metrics").to_request(),

@@ -55,11 +55,26 @@ pub fn start_public<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    start_listener(bind, settings, move |cfg: &mut web::ServiceConfig| {
+        health::configure(cfg);
+        configure(cfg);
+    })
+}
+
+/// One actix-web listener with rookery's common parts: the `Server` header, the JSON 404,
+/// no signal handling of its own (`main` owns signals), and the given worker count.
+pub(crate) fn start_listener<F>(
+    bind: SocketAddr,
+    settings: ListenerSettings,
+    routes: F,
+) -> std::io::Result<(Server, Vec<SocketAddr>)>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
     let server = HttpServer::new(move || {
         App::new()
             .wrap(server_header())
-            .configure(health::configure)
-            .configure(configure.clone())
+            .configure(routes.clone())
             .default_service(web::to(not_found))
     })
     .workers(settings.workers)
