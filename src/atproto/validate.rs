@@ -167,7 +167,10 @@ pub enum CommitVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncVerdict {
     /// Emit the event and store `new_state`. `rollback` when its rev is below the stored one.
-    Accept { new_state: RepoState, rollback: bool },
+    Accept {
+        new_state: RepoState,
+        rollback: bool,
+    },
     /// Same rev and commit CID as stored: dropped (no signature was checked).
     Duplicate,
 }
@@ -257,7 +260,10 @@ fn load_commit(
     }
     let car = car::read_car(blocks.clone(), limits).map_err(ValidationError::Car)?;
     // read_car guarantees at least one root.
-    let root = *car.roots.first().ok_or(ValidationError::Car(CarError::NoRoots))?;
+    let root = *car
+        .roots
+        .first()
+        .ok_or(ValidationError::Car(CarError::NoRoots))?;
     let block = car
         .blocks
         .get(&root)
@@ -336,7 +342,8 @@ pub fn validate_commit(
 
     let discontinuity = stored.and_then(|state| {
         let prev_data_mismatch = evt.prev_data.is_some_and(|p| p != state.data);
-        let since_mismatch = evt.since.as_deref().and_then(|s| Tid::parse(s).ok()) != Some(state.rev);
+        let since_mismatch =
+            evt.since.as_deref().and_then(|s| Tid::parse(s).ok()) != Some(state.rev);
         (prev_data_mismatch || since_mismatch).then_some(Discontinuity {
             prev_data_mismatch,
             since_mismatch,
