@@ -151,6 +151,9 @@ pub struct Discontinuity {
     pub since_mismatch: bool,
 }
 
+/// Large `Accept` (two CIDs) next to an empty `Stale` is deliberate: a verdict lives for one
+/// call, and boxing would cost an allocation on every accepted event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitVerdict {
     /// Emit the event and store `new_state`.
@@ -164,6 +167,7 @@ pub enum CommitVerdict {
     Stale,
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncVerdict {
     /// Emit the event and store `new_state`. `rollback` when its rev is below the stored one.
