@@ -19,11 +19,10 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
 use super::car::BlockMap;
-use super::cbor::{self, DecodeLimits};
+
 use super::cid::{Cid, cid_for_dag_cbor, is_blessed_dag_cbor};
 
 /// Longest key accepted (indigo's cap; repo paths are far shorter in practice).
@@ -119,31 +118,6 @@ fn check_key(key: &[u8]) -> Result<(), MstError> {
 // ------------------------------------------------------------------------------------------
 // Wire form of a node
 
-/// `Option<Cid>` that must be present on the wire (as a link or explicit null).
-fn required_link<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cid>, D::Error> {
-    Option::<Cid>::deserialize(d)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeIn<'a> {
-    #[serde(borrow)]
-    e: Vec<EntryIn<'a>>,
-    #[serde(deserialize_with = "required_link")]
-    l: Option<Cid>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EntryIn<'a> {
-    #[serde(with = "serde_bytes", borrow)]
-    k: &'a [u8],
-    p: u64,
-    #[serde(deserialize_with = "required_link")]
-    t: Option<Cid>,
-    v: Cid,
-}
-
 /// One node as found on the wire, with prefix compression undone and per-node checks done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedNode {
@@ -152,65 +126,208 @@ pub struct DecodedNode {
     pub entries: Vec<(Vec<u8>, Cid, Option<Cid>)>,
 }
 
-fn node_limits() -> DecodeLimits {
-    DecodeLimits {
-        max_input: MAX_NODE_BYTES,
-        max_depth: 8,
-        max_collection_len: MAX_ENTRIES_PER_NODE,
+const TRUNCATED: MstError = MstError::NodeDecode("cbor-truncated");
+const MALFORMED: MstError = MstError::NodeDecode("cbor-malformed");
+const WRONG_SHAPE: MstError = MstError::NodeDecode("not-an-mst-node");
+const BAD_LINK: MstError = MstError::NodeDecode("bad-cid-link");
+
+/// A cursor over one node block. Node decoding is written by hand (not serde + the generic
+/// scanner) because it runs for every node of every commit slice: a node has a fixed shape,
+/// so one bounds-checked pass with no intermediate structs, no recursion and one allocation
+/// per key is enough, and it accepts only that shape (unknown, duplicate or missing fields,
+/// wrong types, indefinite lengths and trailing bytes are all errors).
+struct NodeReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> NodeReader<'a> {
+    /// `(major type, argument)` of the next item head.
+    fn head(&mut self) -> Result<(u8, u64), MstError> {
+        let first = *self.bytes.get(self.pos).ok_or(TRUNCATED)?;
+        self.pos += 1;
+        let info = first & 0x1f;
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24..=27 => {
+                let n = 1usize << (info - 24);
+                let arg = self.bytes.get(self.pos..self.pos + n).ok_or(TRUNCATED)?;
+                self.pos += n;
+                arg.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
+            }
+            _ => return Err(MALFORMED),
+        };
+        Ok((first >> 5, arg))
     }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], MstError> {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.pos.checked_add(len))
+            .ok_or(TRUNCATED)?;
+        let out = self.bytes.get(self.pos..end).ok_or(TRUNCATED)?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    /// A map key (text string).
+    fn key(&mut self) -> Result<&'a [u8], MstError> {
+        match self.head()? {
+            (3, len) => self.take(len),
+            _ => Err(MALFORMED),
+        }
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], MstError> {
+        match self.head()? {
+            (2, len) => self.take(len),
+            _ => Err(WRONG_SHAPE),
+        }
+    }
+
+    fn uint(&mut self) -> Result<u64, MstError> {
+        match self.head()? {
+            (0, v) => Ok(v),
+            _ => Err(WRONG_SHAPE),
+        }
+    }
+
+    /// A CID link: tag 42 around a byte string `0x00 ‖ cid`.
+    fn link(&mut self) -> Result<Cid, MstError> {
+        if self.head()? != (6, 42) {
+            return Err(WRONG_SHAPE);
+        }
+        let raw = self.bytes()?;
+        match raw.split_first() {
+            Some((0, cid)) => parse_link_cid(cid),
+            _ => Err(BAD_LINK),
+        }
+    }
+
+    fn link_or_null(&mut self) -> Result<Option<Cid>, MstError> {
+        if self.bytes.get(self.pos) == Some(&0xf6) {
+            self.pos += 1;
+            return Ok(None);
+        }
+        self.link().map(Some)
+    }
+
+    /// One `{k, p, t, v}` entry map, keys in any order, each exactly once.
+    fn entry(&mut self) -> Result<(&'a [u8], u64, Option<Cid>, Cid), MstError> {
+        let (major, fields) = self.head()?;
+        if major != 5 || fields != 4 {
+            return Err(WRONG_SHAPE);
+        }
+        let (mut k, mut p, mut t, mut v) = (None, None, None, None);
+        for _ in 0..4 {
+            match self.key()? {
+                b"k" if k.is_none() => k = Some(self.bytes()?),
+                b"p" if p.is_none() => p = Some(self.uint()?),
+                b"t" if t.is_none() => t = Some(self.link_or_null()?),
+                b"v" if v.is_none() => v = Some(self.link()?),
+                _ => return Err(WRONG_SHAPE),
+            }
+        }
+        match (k, p, t, v) {
+            (Some(k), Some(p), Some(t), Some(v)) => Ok((k, p, t, v)),
+            _ => Err(WRONG_SHAPE),
+        }
+    }
+}
+
+/// CID bytes of a link, all of them consumed. The usual dag-cbor/sha2-256 CIDv1 is built
+/// directly; anything else goes through the generic parser.
+fn parse_link_cid(bytes: &[u8]) -> Result<Cid, MstError> {
+    if let Some(digest) = bytes.strip_prefix(&[0x01, 0x71, 0x12, 0x20])
+        && digest.len() == 32
+    {
+        let hash = cid::multihash::Multihash::<64>::wrap(0x12, digest).map_err(|_| BAD_LINK)?;
+        return Ok(Cid::new_v1(0x71, hash));
+    }
+    let mut rest = bytes;
+    let cid = Cid::read_bytes(&mut rest).map_err(|_| BAD_LINK)?;
+    if !rest.is_empty() {
+        return Err(BAD_LINK);
+    }
+    Ok(cid)
 }
 
 /// Decodes and checks one MST node block (untrusted input). Layer and cross-node key bounds
 /// are checked by [`Mst::load`], which knows where the node sits.
 pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
-    let raw: NodeIn<'_> = cbor::decode(bytes, &node_limits()).map_err(|e| match e {
-        cbor::CborError::CollectionTooLong => MstError::TooManyEntries,
-        other => MstError::NodeDecode(other.reason()),
-    })?;
-    if raw.e.len() > MAX_ENTRIES_PER_NODE {
+    if bytes.len() > MAX_NODE_BYTES {
+        return Err(MstError::NodeDecode("cbor-too-large"));
+    }
+    let mut r = NodeReader { bytes, pos: 0 };
+    let (major, fields) = r.head()?;
+    if major != 5 || fields != 2 {
+        return Err(WRONG_SHAPE);
+    }
+    let mut left: Option<Option<Cid>> = None;
+    let mut entries: Option<Vec<(Vec<u8>, Cid, Option<Cid>)>> = None;
+    for _ in 0..2 {
+        match r.key()? {
+            b"l" if left.is_none() => {
+                let l = r.link_or_null()?;
+                if l.as_ref().is_some_and(|l| !is_blessed_dag_cbor(l)) {
+                    return Err(MstError::LinkNotBlessed);
+                }
+                left = Some(l);
+            }
+            b"e" if entries.is_none() => entries = Some(decode_entries(&mut r)?),
+            _ => return Err(WRONG_SHAPE),
+        }
+    }
+    if r.pos != bytes.len() {
+        return Err(MstError::NodeDecode("cbor-trailing-bytes"));
+    }
+    match (left, entries) {
+        (Some(left), Some(entries)) => Ok(DecodedNode { left, entries }),
+        _ => Err(WRONG_SHAPE),
+    }
+}
+
+/// The `e` array: undoes prefix compression and checks key order, key size and links.
+fn decode_entries(r: &mut NodeReader<'_>) -> Result<Vec<(Vec<u8>, Cid, Option<Cid>)>, MstError> {
+    let (major, count) = r.head()?;
+    if major != 4 {
+        return Err(WRONG_SHAPE);
+    }
+    if count > MAX_ENTRIES_PER_NODE as u64 {
         return Err(MstError::TooManyEntries);
     }
-    if let Some(l) = &raw.l
-        && !is_blessed_dag_cbor(l)
-    {
-        return Err(MstError::LinkNotBlessed);
-    }
-    let mut entries: Vec<(Vec<u8>, Cid, Option<Cid>)> = Vec::with_capacity(raw.e.len());
-    for (i, e) in raw.e.iter().enumerate() {
-        let prefix = usize::try_from(e.p).map_err(|_| MstError::BadPrefix)?;
+    // count <= MAX_ENTRIES_PER_NODE, so the cast is lossless and the reservation bounded.
+    let mut entries: Vec<(Vec<u8>, Cid, Option<Cid>)> = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (suffix, p, t, v) = r.entry()?;
+        let prefix = usize::try_from(p).map_err(|_| MstError::BadPrefix)?;
         let key = match entries.last() {
             None => {
                 if prefix != 0 {
                     return Err(MstError::BadPrefix);
                 }
-                e.k.to_vec()
+                suffix.to_vec()
             }
             Some((prev, _, _)) => {
-                if prefix > prev.len() || prefix + e.k.len() > MAX_KEY_LEN {
+                if prefix > prev.len() || prefix + suffix.len() > MAX_KEY_LEN {
                     return Err(MstError::BadPrefix);
                 }
-                let mut key = Vec::with_capacity(prefix + e.k.len());
+                let mut key = Vec::with_capacity(prefix + suffix.len());
                 key.extend_from_slice(&prev[..prefix]);
-                key.extend_from_slice(e.k);
+                key.extend_from_slice(suffix);
                 if key.as_slice() <= prev.as_slice() {
                     return Err(MstError::KeyOrder);
                 }
                 key
             }
         };
-        debug_assert!(i == entries.len());
         check_key(&key)?;
-        if let Some(t) = &e.t
-            && !is_blessed_dag_cbor(t)
-        {
+        if t.as_ref().is_some_and(|t| !is_blessed_dag_cbor(t)) {
             return Err(MstError::LinkNotBlessed);
         }
-        entries.push((key, e.v, e.t));
+        entries.push((key, v, t));
     }
-    Ok(DecodedNode {
-        left: raw.l,
-        entries,
-    })
+    Ok(entries)
 }
 
 /// Canonical encoding of one node from full keys (prefix compression applied here).
