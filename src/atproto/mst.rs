@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::car::BlockMap;
+use super::car::{BlockMap, CidHashBuilder};
 
 use super::cid::{Cid, cid_for_dag_cbor, is_blessed_dag_cbor};
 
@@ -380,6 +380,11 @@ fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
 fn write_link(out: &mut Vec<u8>, cid: Option<&Cid>) {
     match cid {
         None => out.push(0xf6),
+        Some(cid) if is_blessed_dag_cbor(cid) => {
+            // The usual link (CIDv1, dag-cbor, sha2-256): 37 bytes, written without varints.
+            out.extend_from_slice(&[0xd8, 0x2a, 0x58, 37, 0x00, 0x01, 0x71, 0x12, 0x20]);
+            out.extend_from_slice(cid.hash().digest());
+        }
         Some(cid) => {
             out.extend_from_slice(&[0xd8, 0x2a]);
             write_head(out, 2, cid.encoded_len() as u64 + 1);
@@ -783,7 +788,7 @@ fn collect_entries(link: Option<&Link>, out: &mut Vec<(Vec<u8>, Cid)>) -> Result
 
 struct Loader<'a> {
     blocks: &'a BlockMap,
-    visited: HashSet<Cid>,
+    visited: HashSet<Cid, CidHashBuilder>,
 }
 
 impl Loader<'_> {
@@ -917,7 +922,7 @@ impl Mst {
             .clone();
         let mut loader = Loader {
             blocks,
-            visited: HashSet::new(),
+            visited: HashSet::default(),
         };
         let node = loader.node(root, bytes, None, None, None)?;
         Ok(Mst {
