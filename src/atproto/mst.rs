@@ -192,28 +192,37 @@ impl<'a> NodeReader<'a> {
         }
     }
 
-    /// A CID link: tag 42 around a byte string `0x00 ‖ cid`.
-    fn link(&mut self) -> Result<Cid, MstError> {
+    /// A CID link: tag 42 around a byte string `0x00 ‖ cid`. Returns the CID bytes, checked
+    /// but not yet built: a `Cid` is ~90 bytes, so it is built once, where it is stored.
+    fn link(&mut self, blessed: bool) -> Result<&'a [u8], MstError> {
         if self.head()? != (6, 42) {
             return Err(WRONG_SHAPE);
         }
         let raw = self.bytes()?;
-        match raw.split_first() {
-            Some((0, cid)) => parse_link_cid(cid),
-            _ => Err(BAD_LINK),
+        let cid = match raw.split_first() {
+            Some((0, cid)) => cid,
+            _ => return Err(BAD_LINK),
+        };
+        if !is_blessed_link(cid) {
+            let parsed = parse_link_cid(cid)?;
+            if blessed && !is_blessed_dag_cbor(&parsed) {
+                return Err(MstError::LinkNotBlessed);
+            }
         }
+        Ok(cid)
     }
 
-    fn link_or_null(&mut self) -> Result<Option<Cid>, MstError> {
+    /// A subtree link (blessed dag-cbor) or null.
+    fn subtree_or_null(&mut self) -> Result<Option<&'a [u8]>, MstError> {
         if self.bytes.get(self.pos) == Some(&0xf6) {
             self.pos += 1;
             return Ok(None);
         }
-        self.link().map(Some)
+        self.link(true).map(Some)
     }
 
     /// One `{k, p, t, v}` entry map, keys in any order, each exactly once.
-    fn entry(&mut self) -> Result<(&'a [u8], u64, Option<Cid>, Cid), MstError> {
+    fn entry(&mut self) -> Result<RawEntryFields<'a>, MstError> {
         let (major, fields) = self.head()?;
         if major != 5 || fields != 4 {
             return Err(WRONG_SHAPE);
@@ -223,8 +232,8 @@ impl<'a> NodeReader<'a> {
             match self.key()? {
                 b"k" if k.is_none() => k = Some(self.bytes()?),
                 b"p" if p.is_none() => p = Some(self.uint()?),
-                b"t" if t.is_none() => t = Some(self.link_or_null()?),
-                b"v" if v.is_none() => v = Some(self.link()?),
+                b"t" if t.is_none() => t = Some(self.subtree_or_null()?),
+                b"v" if v.is_none() => v = Some(self.link(false)?),
                 _ => return Err(WRONG_SHAPE),
             }
         }
@@ -233,6 +242,27 @@ impl<'a> NodeReader<'a> {
             _ => Err(WRONG_SHAPE),
         }
     }
+}
+
+/// `(k, p, t, v)` of one entry as on the wire (CIDs as checked bytes).
+type RawEntryFields<'a> = (&'a [u8], u64, Option<&'a [u8]>, &'a [u8]);
+
+/// One entry with its full key; CIDs still as checked bytes.
+struct RawEntry<'a> {
+    key: Vec<u8>,
+    value: &'a [u8],
+    right: Option<&'a [u8]>,
+}
+
+/// A node block checked for shape, key order and links, borrowing its CIDs from the block.
+struct RawNode<'a> {
+    left: Option<&'a [u8]>,
+    entries: Vec<RawEntry<'a>>,
+}
+
+/// CIDv1 + dag-cbor + sha2-256 (32 bytes): the bytes of a blessed MST/commit link.
+fn is_blessed_link(cid: &[u8]) -> bool {
+    cid.len() == 36 && cid.starts_with(&[0x01, 0x71, 0x12, 0x20])
 }
 
 /// CID bytes of a link, all of them consumed. The usual dag-cbor/sha2-256 CIDv1 is built
@@ -255,6 +285,18 @@ fn parse_link_cid(bytes: &[u8]) -> Result<Cid, MstError> {
 /// Decodes and checks one MST node block (untrusted input). Layer and cross-node key bounds
 /// are checked by [`Mst::load`], which knows where the node sits.
 pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
+    let raw = decode_raw(bytes)?;
+    let left = raw.left.map(parse_link_cid).transpose()?;
+    let mut entries = Vec::with_capacity(raw.entries.len());
+    for e in raw.entries {
+        let right = e.right.map(parse_link_cid).transpose()?;
+        entries.push((e.key, parse_link_cid(e.value)?, right));
+    }
+    Ok(DecodedNode { left, entries })
+}
+
+/// Shape, links, prefix compression, key order and key size of one node block.
+fn decode_raw(bytes: &[u8]) -> Result<RawNode<'_>, MstError> {
     if bytes.len() > MAX_NODE_BYTES {
         return Err(MstError::NodeDecode("cbor-too-large"));
     }
@@ -263,17 +305,11 @@ pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
     if major != 5 || fields != 2 {
         return Err(WRONG_SHAPE);
     }
-    let mut left: Option<Option<Cid>> = None;
-    let mut entries: Option<Vec<(Vec<u8>, Cid, Option<Cid>)>> = None;
+    let mut left: Option<Option<&[u8]>> = None;
+    let mut entries: Option<Vec<RawEntry<'_>>> = None;
     for _ in 0..2 {
         match r.key()? {
-            b"l" if left.is_none() => {
-                let l = r.link_or_null()?;
-                if l.as_ref().is_some_and(|l| !is_blessed_dag_cbor(l)) {
-                    return Err(MstError::LinkNotBlessed);
-                }
-                left = Some(l);
-            }
+            b"l" if left.is_none() => left = Some(r.subtree_or_null()?),
             b"e" if entries.is_none() => entries = Some(decode_entries(&mut r)?),
             _ => return Err(WRONG_SHAPE),
         }
@@ -282,13 +318,13 @@ pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
         return Err(MstError::NodeDecode("cbor-trailing-bytes"));
     }
     match (left, entries) {
-        (Some(left), Some(entries)) => Ok(DecodedNode { left, entries }),
+        (Some(left), Some(entries)) => Ok(RawNode { left, entries }),
         _ => Err(WRONG_SHAPE),
     }
 }
 
-/// The `e` array: undoes prefix compression and checks key order, key size and links.
-fn decode_entries(r: &mut NodeReader<'_>) -> Result<Vec<(Vec<u8>, Cid, Option<Cid>)>, MstError> {
+/// The `e` array: undoes prefix compression and checks key order and key size.
+fn decode_entries<'a>(r: &mut NodeReader<'a>) -> Result<Vec<RawEntry<'a>>, MstError> {
     let (major, count) = r.head()?;
     if major != 4 {
         return Err(WRONG_SHAPE);
@@ -297,9 +333,9 @@ fn decode_entries(r: &mut NodeReader<'_>) -> Result<Vec<(Vec<u8>, Cid, Option<Ci
         return Err(MstError::TooManyEntries);
     }
     // count <= MAX_ENTRIES_PER_NODE, so the cast is lossless and the reservation bounded.
-    let mut entries: Vec<(Vec<u8>, Cid, Option<Cid>)> = Vec::with_capacity(count as usize);
+    let mut entries: Vec<RawEntry<'a>> = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let (suffix, p, t, v) = r.entry()?;
+        let (suffix, p, right, value) = r.entry()?;
         let prefix = usize::try_from(p).map_err(|_| MstError::BadPrefix)?;
         let key = match entries.last() {
             None => {
@@ -308,24 +344,22 @@ fn decode_entries(r: &mut NodeReader<'_>) -> Result<Vec<(Vec<u8>, Cid, Option<Ci
                 }
                 suffix.to_vec()
             }
-            Some((prev, _, _)) => {
+            Some(prev) => {
+                let prev = prev.key.as_slice();
                 if prefix > prev.len() || prefix + suffix.len() > MAX_KEY_LEN {
                     return Err(MstError::BadPrefix);
                 }
                 let mut key = Vec::with_capacity(prefix + suffix.len());
                 key.extend_from_slice(&prev[..prefix]);
                 key.extend_from_slice(suffix);
-                if key.as_slice() <= prev.as_slice() {
+                if key.as_slice() <= prev {
                     return Err(MstError::KeyOrder);
                 }
                 key
             }
         };
         check_key(&key)?;
-        if t.as_ref().is_some_and(|t| !is_blessed_dag_cbor(t)) {
-            return Err(MstError::LinkNotBlessed);
-        }
-        entries.push((key, v, t));
+        entries.push(RawEntry { key, value, right });
     }
     Ok(entries)
 }
@@ -825,7 +859,7 @@ impl Loader<'_> {
         if !self.visited.insert(cid) {
             return Err(MstError::DuplicateNode);
         }
-        let decoded = decode_node(&bytes)?;
+        let decoded = decode_raw(&bytes)?;
         let layer = match (layer, decoded.entries.first()) {
             (Some(layer), _) => {
                 if decoded.entries.is_empty() && decoded.left.is_none() {
@@ -833,46 +867,47 @@ impl Loader<'_> {
                 }
                 layer
             }
-            (None, Some((key, _, _))) => key_depth(key),
+            (None, Some(first)) => key_depth(&first.key),
             (None, None) if decoded.left.is_some() => return Err(MstError::UntrimmedRoot),
             (None, None) => 0,
         };
-        if let (Some(lo), Some((first, _, _))) = (lo, decoded.entries.first())
-            && first.as_slice() <= lo
+        if let (Some(lo), Some(first)) = (lo, decoded.entries.first())
+            && first.key.as_slice() <= lo
         {
             return Err(MstError::KeyOrder);
         }
-        if let (Some(hi), Some((last, _, _))) = (hi, decoded.entries.last())
-            && last.as_slice() >= hi
+        if let (Some(hi), Some(last)) = (hi, decoded.entries.last())
+            && last.key.as_slice() >= hi
         {
             return Err(MstError::KeyOrder);
         }
-        let has_links = decoded.left.is_some() || decoded.entries.iter().any(|e| e.2.is_some());
+        let has_links = decoded.left.is_some() || decoded.entries.iter().any(|e| e.right.is_some());
         if layer == 0 && has_links {
             return Err(MstError::LinkBelowLeaf);
         }
         let mut node = Node::new(layer);
+        node.entries.reserve_exact(decoded.entries.len());
         let mut rights = Vec::with_capacity(decoded.entries.len());
-        for (key, value, right) in decoded.entries {
-            if key_depth(&key) != layer {
+        for e in decoded.entries {
+            if key_depth(&e.key) != layer {
                 return Err(MstError::KeyDepth);
             }
-            rights.push(right);
+            rights.push(e.right);
             node.entries.push(Entry {
-                key: key.into_boxed_slice(),
-                value,
+                key: e.key.into_boxed_slice(),
+                value: parse_link_cid(e.value)?,
                 right: None,
             });
         }
         if let Some(l) = decoded.left {
             let first = node.entries.first().map(|e| e.key.as_ref()).or(hi);
-            node.left = Some(self.link(l, layer - 1, lo, first)?);
+            node.left = Some(self.link(parse_link_cid(l)?, layer - 1, lo, first)?);
         }
         for (i, right) in rights.into_iter().enumerate() {
             if let Some(t) = right {
                 let key = node.entries[i].key.as_ref();
                 let next = node.entries.get(i + 1).map(|e| e.key.as_ref()).or(hi);
-                let link = self.link(t, layer - 1, Some(key), next)?;
+                let link = self.link(parse_link_cid(t)?, layer - 1, Some(key), next)?;
                 node.entries[i].right = Some(link);
             }
         }
