@@ -1125,3 +1125,149 @@ impl Mst {
         Ok(out.blocks)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atproto::cid::cid_for_raw;
+
+    fn leaf() -> Cid {
+        cid_for_dag_cbor(b"\xa0")
+    }
+
+    /// `{"e": [<entry>], "l": null}` with the entry's raw bytes given.
+    fn node_with_entry(entry: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xa2, 0x61, b'e', 0x81];
+        out.extend_from_slice(entry);
+        out.extend_from_slice(&[0x61, b'l', 0xf6]);
+        out
+    }
+
+    fn link_bytes(cid: &Cid) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_link(&mut out, Some(cid));
+        out
+    }
+
+    /// Entry fields in the given order: `(name, raw value)`.
+    fn entry(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut out = vec![0xa0 | fields.len() as u8];
+        for (name, value) in fields {
+            out.push(0x60 | name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    fn k(key: &[u8]) -> (&'static str, Vec<u8>) {
+        let mut v = vec![0x40 | key.len() as u8];
+        v.extend_from_slice(key);
+        ("k", v)
+    }
+
+    #[test]
+    fn reader_matches_encoder_and_accepts_any_field_order() {
+        let v = leaf();
+        let canonical = encode_node(None, &[(b"app.bsky.feed.post/a", v, None)]);
+        let decoded = decode_node(&canonical).unwrap();
+        assert_eq!(
+            decoded.entries,
+            vec![(b"app.bsky.feed.post/a".to_vec(), v, None)]
+        );
+        // Same entry, fields in another order: still a node (CIDs are over the bytes as sent).
+        let shuffled = node_with_entry(&entry(&[
+            ("v", link_bytes(&v)),
+            ("t", vec![0xf6]),
+            ("p", vec![0x00]),
+            k(b"app.bsky.feed.post/a"),
+        ]));
+        assert_eq!(decode_node(&shuffled).unwrap(), decoded);
+        // Non-shortest integer heads are accepted (not canonical, but well-formed).
+        let wide_p = node_with_entry(&entry(&[
+            k(b"app.bsky.feed.post/a"),
+            ("p", vec![0x18, 0x00]),
+            ("t", vec![0xf6]),
+            ("v", link_bytes(&v)),
+        ]));
+        assert_eq!(decode_node(&wide_p).unwrap(), decoded);
+    }
+
+    #[test]
+    fn reader_rejects_everything_but_the_node_shape() {
+        let v = leaf();
+        let good = || {
+            vec![
+                k(b"app.bsky.feed.post/a"),
+                ("p", vec![0x00]),
+                ("t", vec![0xf6]),
+                ("v", link_bytes(&v)),
+            ]
+        };
+        let shape = |fields: Vec<(&str, Vec<u8>)>| decode_node(&node_with_entry(&entry(&fields)));
+        assert!(shape(good()).is_ok());
+        // Missing field, duplicate field, unknown field.
+        assert_eq!(shape(good()[..3].to_vec()), Err(WRONG_SHAPE));
+        let mut dup = good();
+        dup[2] = ("p", vec![0x00]);
+        assert_eq!(shape(dup), Err(WRONG_SHAPE));
+        let mut unknown = good();
+        unknown[2] = ("x", vec![0xf6]);
+        assert_eq!(shape(unknown), Err(WRONG_SHAPE));
+        // `k` as text, `p` negative, `v` null, `t` a raw-codec link, a link without the 0x00.
+        let mut text_k = good();
+        text_k[0] = ("k", vec![0x61, b'a']);
+        assert_eq!(shape(text_k), Err(WRONG_SHAPE));
+        let mut neg_p = good();
+        neg_p[1] = ("p", vec![0x20]);
+        assert_eq!(shape(neg_p), Err(WRONG_SHAPE));
+        let mut null_v = good();
+        null_v[3] = ("v", vec![0xf6]);
+        assert_eq!(shape(null_v), Err(WRONG_SHAPE));
+        let mut raw_t = good();
+        raw_t[2] = ("t", link_bytes(&cid_for_raw(b"x")));
+        assert_eq!(shape(raw_t), Err(MstError::LinkNotBlessed));
+        let mut no_prefix = good();
+        let mut bad_link = link_bytes(&v);
+        bad_link[4] = 0x01;
+        no_prefix[3] = ("v", bad_link);
+        assert_eq!(shape(no_prefix), Err(BAD_LINK));
+        // A link with bytes after the CID.
+        let mut long = good();
+        let mut l = vec![0xd8, 0x2a, 0x58, 38, 0x00];
+        l.extend_from_slice(&v.to_bytes());
+        l.push(0);
+        long[3] = ("v", l);
+        assert_eq!(shape(long), Err(BAD_LINK));
+        // Trailing bytes, indefinite-length array, a third top-level field, truncation.
+        let mut trailing = node_with_entry(&entry(&good()));
+        trailing.push(0xf6);
+        assert!(decode_node(&trailing).is_err());
+        let indefinite = [0xa2, 0x61, b'e', 0x9f, 0xff, 0x61, b'l', 0xf6];
+        assert_eq!(decode_node(&indefinite), Err(MALFORMED));
+        let three = [0xa3, 0x61, b'e', 0x80, 0x61, b'l', 0xf6, 0x61, b'x', 0xf6];
+        assert_eq!(decode_node(&three), Err(WRONG_SHAPE));
+        let full = node_with_entry(&entry(&good()));
+        for cut in 0..full.len() {
+            assert!(decode_node(&full[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn cid_hasher_keeps_distinct_cids_apart() {
+        let mut map = BlockMap::new();
+        for i in 0..500u32 {
+            let block = Bytes::from(i.to_be_bytes().to_vec());
+            map.insert(cid_for_raw(&block), block);
+        }
+        assert_eq!(map.len(), 500);
+        for i in 0..500u32 {
+            let bytes = i.to_be_bytes();
+            assert_eq!(
+                map.get(&cid_for_raw(&bytes)).map(|b| b.as_ref()),
+                Some(&bytes[..])
+            );
+        }
+        assert!(!map.contains(&cid_for_dag_cbor(&0u32.to_be_bytes())));
+    }
+}
