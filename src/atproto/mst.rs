@@ -332,8 +332,10 @@ fn decode_entries<'a>(r: &mut NodeReader<'a>) -> Result<Vec<RawEntry<'a>>, MstEr
     if count > MAX_ENTRIES_PER_NODE as u64 {
         return Err(MstError::TooManyEntries);
     }
-    // count <= MAX_ENTRIES_PER_NODE, so the cast is lossless and the reservation bounded.
-    let mut entries: Vec<RawEntry<'a>> = Vec::with_capacity(count as usize);
+    // count <= MAX_ENTRIES_PER_NODE, so the cast is lossless; an entry takes at least 15
+    // bytes, so a short block cannot make us reserve for entries it cannot hold.
+    let room = (r.bytes.len() - r.pos.min(r.bytes.len())) / 15;
+    let mut entries: Vec<RawEntry<'a>> = Vec::with_capacity((count as usize).min(room));
     for _ in 0..count {
         let (suffix, p, right, value) = r.entry()?;
         let prefix = usize::try_from(p).map_err(|_| MstError::BadPrefix)?;

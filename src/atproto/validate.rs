@@ -84,6 +84,7 @@ pub enum LegacyPolicy {
     Reject,
 }
 
+/// How strictly events are checked (PROTOCOL.md §5: [S] checks are strict-only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidationPolicy {
     /// Strict mode (default): reject deprecated `tooBig`/`rebase`, a missing `prevData` when
