@@ -12,3 +12,4 @@ pub mod mst;
 pub mod sync11;
 pub mod syntax;
 pub mod tid;
+pub mod validate;

@@ -19,11 +19,10 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
-use super::car::BlockMap;
-use super::cbor::{self, DecodeLimits};
+use super::car::{BlockMap, CidHashBuilder};
+
 use super::cid::{Cid, cid_for_dag_cbor, is_blessed_dag_cbor};
 
 /// Longest key accepted (indigo's cap; repo paths are far shorter in practice).
@@ -119,31 +118,6 @@ fn check_key(key: &[u8]) -> Result<(), MstError> {
 // ------------------------------------------------------------------------------------------
 // Wire form of a node
 
-/// `Option<Cid>` that must be present on the wire (as a link or explicit null).
-fn required_link<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cid>, D::Error> {
-    Option::<Cid>::deserialize(d)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeIn<'a> {
-    #[serde(borrow)]
-    e: Vec<EntryIn<'a>>,
-    #[serde(deserialize_with = "required_link")]
-    l: Option<Cid>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EntryIn<'a> {
-    #[serde(with = "serde_bytes", borrow)]
-    k: &'a [u8],
-    p: u64,
-    #[serde(deserialize_with = "required_link")]
-    t: Option<Cid>,
-    v: Cid,
-}
-
 /// One node as found on the wire, with prefix compression undone and per-node checks done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedNode {
@@ -152,65 +126,244 @@ pub struct DecodedNode {
     pub entries: Vec<(Vec<u8>, Cid, Option<Cid>)>,
 }
 
-fn node_limits() -> DecodeLimits {
-    DecodeLimits {
-        max_input: MAX_NODE_BYTES,
-        max_depth: 8,
-        max_collection_len: MAX_ENTRIES_PER_NODE,
+const TRUNCATED: MstError = MstError::NodeDecode("cbor-truncated");
+const MALFORMED: MstError = MstError::NodeDecode("cbor-malformed");
+const WRONG_SHAPE: MstError = MstError::NodeDecode("not-an-mst-node");
+const BAD_LINK: MstError = MstError::NodeDecode("bad-cid-link");
+
+/// A cursor over one node block. Node decoding is written by hand (not serde + the generic
+/// scanner) because it runs for every node of every commit slice: a node has a fixed shape,
+/// so one bounds-checked pass with no intermediate structs, no recursion and one allocation
+/// per key is enough, and it accepts only that shape (unknown, duplicate or missing fields,
+/// wrong types, indefinite lengths and trailing bytes are all errors).
+struct NodeReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> NodeReader<'a> {
+    /// `(major type, argument)` of the next item head.
+    fn head(&mut self) -> Result<(u8, u64), MstError> {
+        let first = *self.bytes.get(self.pos).ok_or(TRUNCATED)?;
+        self.pos += 1;
+        let info = first & 0x1f;
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24..=27 => {
+                let n = 1usize << (info - 24);
+                let arg = self.bytes.get(self.pos..self.pos + n).ok_or(TRUNCATED)?;
+                self.pos += n;
+                arg.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
+            }
+            _ => return Err(MALFORMED),
+        };
+        Ok((first >> 5, arg))
     }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], MstError> {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.pos.checked_add(len))
+            .ok_or(TRUNCATED)?;
+        let out = self.bytes.get(self.pos..end).ok_or(TRUNCATED)?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    /// A map key (text string).
+    fn key(&mut self) -> Result<&'a [u8], MstError> {
+        match self.head()? {
+            (3, len) => self.take(len),
+            _ => Err(MALFORMED),
+        }
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], MstError> {
+        match self.head()? {
+            (2, len) => self.take(len),
+            _ => Err(WRONG_SHAPE),
+        }
+    }
+
+    fn uint(&mut self) -> Result<u64, MstError> {
+        match self.head()? {
+            (0, v) => Ok(v),
+            _ => Err(WRONG_SHAPE),
+        }
+    }
+
+    /// A CID link: tag 42 around a byte string `0x00 ‖ cid`. Returns the CID bytes, checked
+    /// but not yet built: a `Cid` is ~90 bytes, so it is built once, where it is stored.
+    fn link(&mut self, blessed: bool) -> Result<&'a [u8], MstError> {
+        if self.head()? != (6, 42) {
+            return Err(WRONG_SHAPE);
+        }
+        let raw = self.bytes()?;
+        let cid = match raw.split_first() {
+            Some((0, cid)) => cid,
+            _ => return Err(BAD_LINK),
+        };
+        if !is_blessed_link(cid) {
+            let parsed = parse_link_cid(cid)?;
+            if blessed && !is_blessed_dag_cbor(&parsed) {
+                return Err(MstError::LinkNotBlessed);
+            }
+        }
+        Ok(cid)
+    }
+
+    /// A subtree link (blessed dag-cbor) or null.
+    fn subtree_or_null(&mut self) -> Result<Option<&'a [u8]>, MstError> {
+        if self.bytes.get(self.pos) == Some(&0xf6) {
+            self.pos += 1;
+            return Ok(None);
+        }
+        self.link(true).map(Some)
+    }
+
+    /// One `{k, p, t, v}` entry map, keys in any order, each exactly once.
+    fn entry(&mut self) -> Result<RawEntryFields<'a>, MstError> {
+        let (major, fields) = self.head()?;
+        if major != 5 || fields != 4 {
+            return Err(WRONG_SHAPE);
+        }
+        let (mut k, mut p, mut t, mut v) = (None, None, None, None);
+        for _ in 0..4 {
+            match self.key()? {
+                b"k" if k.is_none() => k = Some(self.bytes()?),
+                b"p" if p.is_none() => p = Some(self.uint()?),
+                b"t" if t.is_none() => t = Some(self.subtree_or_null()?),
+                b"v" if v.is_none() => v = Some(self.link(false)?),
+                _ => return Err(WRONG_SHAPE),
+            }
+        }
+        match (k, p, t, v) {
+            (Some(k), Some(p), Some(t), Some(v)) => Ok((k, p, t, v)),
+            _ => Err(WRONG_SHAPE),
+        }
+    }
+}
+
+/// `(k, p, t, v)` of one entry as on the wire (CIDs as checked bytes).
+type RawEntryFields<'a> = (&'a [u8], u64, Option<&'a [u8]>, &'a [u8]);
+
+/// One entry with its full key; CIDs still as checked bytes.
+struct RawEntry<'a> {
+    key: Vec<u8>,
+    value: &'a [u8],
+    right: Option<&'a [u8]>,
+}
+
+/// A node block checked for shape, key order and links, borrowing its CIDs from the block.
+struct RawNode<'a> {
+    left: Option<&'a [u8]>,
+    entries: Vec<RawEntry<'a>>,
+}
+
+/// CIDv1 + dag-cbor + sha2-256 (32 bytes): the bytes of a blessed MST/commit link.
+fn is_blessed_link(cid: &[u8]) -> bool {
+    cid.len() == 36 && cid.starts_with(&[0x01, 0x71, 0x12, 0x20])
+}
+
+/// CID bytes of a link, all of them consumed. The usual dag-cbor/sha2-256 CIDv1 is built
+/// directly; anything else goes through the generic parser.
+fn parse_link_cid(bytes: &[u8]) -> Result<Cid, MstError> {
+    if let Some(digest) = bytes.strip_prefix(&[0x01, 0x71, 0x12, 0x20])
+        && digest.len() == 32
+    {
+        let hash = cid::multihash::Multihash::<64>::wrap(0x12, digest).map_err(|_| BAD_LINK)?;
+        return Ok(Cid::new_v1(0x71, hash));
+    }
+    let mut rest = bytes;
+    let cid = Cid::read_bytes(&mut rest).map_err(|_| BAD_LINK)?;
+    if !rest.is_empty() {
+        return Err(BAD_LINK);
+    }
+    Ok(cid)
 }
 
 /// Decodes and checks one MST node block (untrusted input). Layer and cross-node key bounds
 /// are checked by [`Mst::load`], which knows where the node sits.
 pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
-    let raw: NodeIn<'_> = cbor::decode(bytes, &node_limits()).map_err(|e| match e {
-        cbor::CborError::CollectionTooLong => MstError::TooManyEntries,
-        other => MstError::NodeDecode(other.reason()),
-    })?;
-    if raw.e.len() > MAX_ENTRIES_PER_NODE {
+    let raw = decode_raw(bytes)?;
+    let left = raw.left.map(parse_link_cid).transpose()?;
+    let mut entries = Vec::with_capacity(raw.entries.len());
+    for e in raw.entries {
+        let right = e.right.map(parse_link_cid).transpose()?;
+        entries.push((e.key, parse_link_cid(e.value)?, right));
+    }
+    Ok(DecodedNode { left, entries })
+}
+
+/// Shape, links, prefix compression, key order and key size of one node block.
+fn decode_raw(bytes: &[u8]) -> Result<RawNode<'_>, MstError> {
+    if bytes.len() > MAX_NODE_BYTES {
+        return Err(MstError::NodeDecode("cbor-too-large"));
+    }
+    let mut r = NodeReader { bytes, pos: 0 };
+    let (major, fields) = r.head()?;
+    if major != 5 || fields != 2 {
+        return Err(WRONG_SHAPE);
+    }
+    let mut left: Option<Option<&[u8]>> = None;
+    let mut entries: Option<Vec<RawEntry<'_>>> = None;
+    for _ in 0..2 {
+        match r.key()? {
+            b"l" if left.is_none() => left = Some(r.subtree_or_null()?),
+            b"e" if entries.is_none() => entries = Some(decode_entries(&mut r)?),
+            _ => return Err(WRONG_SHAPE),
+        }
+    }
+    if r.pos != bytes.len() {
+        return Err(MstError::NodeDecode("cbor-trailing-bytes"));
+    }
+    match (left, entries) {
+        (Some(left), Some(entries)) => Ok(RawNode { left, entries }),
+        _ => Err(WRONG_SHAPE),
+    }
+}
+
+/// The `e` array: undoes prefix compression and checks key order and key size.
+fn decode_entries<'a>(r: &mut NodeReader<'a>) -> Result<Vec<RawEntry<'a>>, MstError> {
+    let (major, count) = r.head()?;
+    if major != 4 {
+        return Err(WRONG_SHAPE);
+    }
+    if count > MAX_ENTRIES_PER_NODE as u64 {
         return Err(MstError::TooManyEntries);
     }
-    if let Some(l) = &raw.l
-        && !is_blessed_dag_cbor(l)
-    {
-        return Err(MstError::LinkNotBlessed);
-    }
-    let mut entries: Vec<(Vec<u8>, Cid, Option<Cid>)> = Vec::with_capacity(raw.e.len());
-    for (i, e) in raw.e.iter().enumerate() {
-        let prefix = usize::try_from(e.p).map_err(|_| MstError::BadPrefix)?;
+    // count <= MAX_ENTRIES_PER_NODE, so the cast is lossless; an entry takes at least 15
+    // bytes, so a short block cannot make us reserve for entries it cannot hold.
+    let room = (r.bytes.len() - r.pos.min(r.bytes.len())) / 15;
+    let mut entries: Vec<RawEntry<'a>> = Vec::with_capacity((count as usize).min(room));
+    for _ in 0..count {
+        let (suffix, p, right, value) = r.entry()?;
+        let prefix = usize::try_from(p).map_err(|_| MstError::BadPrefix)?;
         let key = match entries.last() {
             None => {
                 if prefix != 0 {
                     return Err(MstError::BadPrefix);
                 }
-                e.k.to_vec()
+                suffix.to_vec()
             }
-            Some((prev, _, _)) => {
-                if prefix > prev.len() || prefix + e.k.len() > MAX_KEY_LEN {
+            Some(prev) => {
+                let prev = prev.key.as_slice();
+                if prefix > prev.len() || prefix + suffix.len() > MAX_KEY_LEN {
                     return Err(MstError::BadPrefix);
                 }
-                let mut key = Vec::with_capacity(prefix + e.k.len());
+                let mut key = Vec::with_capacity(prefix + suffix.len());
                 key.extend_from_slice(&prev[..prefix]);
-                key.extend_from_slice(e.k);
-                if key.as_slice() <= prev.as_slice() {
+                key.extend_from_slice(suffix);
+                if key.as_slice() <= prev {
                     return Err(MstError::KeyOrder);
                 }
                 key
             }
         };
-        debug_assert!(i == entries.len());
         check_key(&key)?;
-        if let Some(t) = &e.t
-            && !is_blessed_dag_cbor(t)
-        {
-            return Err(MstError::LinkNotBlessed);
-        }
-        entries.push((key, e.v, e.t));
+        entries.push(RawEntry { key, value, right });
     }
-    Ok(DecodedNode {
-        left: raw.l,
-        entries,
-    })
+    Ok(entries)
 }
 
 /// Canonical encoding of one node from full keys (prefix compression applied here).
@@ -263,6 +416,11 @@ fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
 fn write_link(out: &mut Vec<u8>, cid: Option<&Cid>) {
     match cid {
         None => out.push(0xf6),
+        Some(cid) if is_blessed_dag_cbor(cid) => {
+            // The usual link (CIDv1, dag-cbor, sha2-256): 37 bytes, written without varints.
+            out.extend_from_slice(&[0xd8, 0x2a, 0x58, 37, 0x00, 0x01, 0x71, 0x12, 0x20]);
+            out.extend_from_slice(cid.hash().digest());
+        }
         Some(cid) => {
             out.extend_from_slice(&[0xd8, 0x2a]);
             write_head(out, 2, cid.encoded_len() as u64 + 1);
@@ -666,7 +824,7 @@ fn collect_entries(link: Option<&Link>, out: &mut Vec<(Vec<u8>, Cid)>) -> Result
 
 struct Loader<'a> {
     blocks: &'a BlockMap,
-    visited: HashSet<Cid>,
+    visited: HashSet<Cid, CidHashBuilder>,
 }
 
 impl Loader<'_> {
@@ -703,7 +861,7 @@ impl Loader<'_> {
         if !self.visited.insert(cid) {
             return Err(MstError::DuplicateNode);
         }
-        let decoded = decode_node(&bytes)?;
+        let decoded = decode_raw(&bytes)?;
         let layer = match (layer, decoded.entries.first()) {
             (Some(layer), _) => {
                 if decoded.entries.is_empty() && decoded.left.is_none() {
@@ -711,46 +869,47 @@ impl Loader<'_> {
                 }
                 layer
             }
-            (None, Some((key, _, _))) => key_depth(key),
+            (None, Some(first)) => key_depth(&first.key),
             (None, None) if decoded.left.is_some() => return Err(MstError::UntrimmedRoot),
             (None, None) => 0,
         };
-        if let (Some(lo), Some((first, _, _))) = (lo, decoded.entries.first())
-            && first.as_slice() <= lo
+        if let (Some(lo), Some(first)) = (lo, decoded.entries.first())
+            && first.key.as_slice() <= lo
         {
             return Err(MstError::KeyOrder);
         }
-        if let (Some(hi), Some((last, _, _))) = (hi, decoded.entries.last())
-            && last.as_slice() >= hi
+        if let (Some(hi), Some(last)) = (hi, decoded.entries.last())
+            && last.key.as_slice() >= hi
         {
             return Err(MstError::KeyOrder);
         }
-        let has_links = decoded.left.is_some() || decoded.entries.iter().any(|e| e.2.is_some());
+        let has_links = decoded.left.is_some() || decoded.entries.iter().any(|e| e.right.is_some());
         if layer == 0 && has_links {
             return Err(MstError::LinkBelowLeaf);
         }
         let mut node = Node::new(layer);
+        node.entries.reserve_exact(decoded.entries.len());
         let mut rights = Vec::with_capacity(decoded.entries.len());
-        for (key, value, right) in decoded.entries {
-            if key_depth(&key) != layer {
+        for e in decoded.entries {
+            if key_depth(&e.key) != layer {
                 return Err(MstError::KeyDepth);
             }
-            rights.push(right);
+            rights.push(e.right);
             node.entries.push(Entry {
-                key: key.into_boxed_slice(),
-                value,
+                key: e.key.into_boxed_slice(),
+                value: parse_link_cid(e.value)?,
                 right: None,
             });
         }
         if let Some(l) = decoded.left {
             let first = node.entries.first().map(|e| e.key.as_ref()).or(hi);
-            node.left = Some(self.link(l, layer - 1, lo, first)?);
+            node.left = Some(self.link(parse_link_cid(l)?, layer - 1, lo, first)?);
         }
         for (i, right) in rights.into_iter().enumerate() {
             if let Some(t) = right {
                 let key = node.entries[i].key.as_ref();
                 let next = node.entries.get(i + 1).map(|e| e.key.as_ref()).or(hi);
-                let link = self.link(t, layer - 1, Some(key), next)?;
+                let link = self.link(parse_link_cid(t)?, layer - 1, Some(key), next)?;
                 node.entries[i].right = Some(link);
             }
         }
@@ -800,7 +959,7 @@ impl Mst {
             .clone();
         let mut loader = Loader {
             blocks,
-            visited: HashSet::new(),
+            visited: HashSet::default(),
         };
         let node = loader.node(root, bytes, None, None, None)?;
         Ok(Mst {
@@ -966,5 +1125,151 @@ impl Mst {
             proof_for_key(root, key, &mut out)?;
         }
         Ok(out.blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atproto::cid::cid_for_raw;
+
+    fn leaf() -> Cid {
+        cid_for_dag_cbor(b"\xa0")
+    }
+
+    /// `{"e": [<entry>], "l": null}` with the entry's raw bytes given.
+    fn node_with_entry(entry: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xa2, 0x61, b'e', 0x81];
+        out.extend_from_slice(entry);
+        out.extend_from_slice(&[0x61, b'l', 0xf6]);
+        out
+    }
+
+    fn link_bytes(cid: &Cid) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_link(&mut out, Some(cid));
+        out
+    }
+
+    /// Entry fields in the given order: `(name, raw value)`.
+    fn entry(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut out = vec![0xa0 | fields.len() as u8];
+        for (name, value) in fields {
+            out.push(0x60 | name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    fn k(key: &[u8]) -> (&'static str, Vec<u8>) {
+        let mut v = vec![0x40 | key.len() as u8];
+        v.extend_from_slice(key);
+        ("k", v)
+    }
+
+    #[test]
+    fn reader_matches_encoder_and_accepts_any_field_order() {
+        let v = leaf();
+        let canonical = encode_node(None, &[(b"app.bsky.feed.post/a", v, None)]);
+        let decoded = decode_node(&canonical).unwrap();
+        assert_eq!(
+            decoded.entries,
+            vec![(b"app.bsky.feed.post/a".to_vec(), v, None)]
+        );
+        // Same entry, fields in another order: still a node (CIDs are over the bytes as sent).
+        let shuffled = node_with_entry(&entry(&[
+            ("v", link_bytes(&v)),
+            ("t", vec![0xf6]),
+            ("p", vec![0x00]),
+            k(b"app.bsky.feed.post/a"),
+        ]));
+        assert_eq!(decode_node(&shuffled).unwrap(), decoded);
+        // Non-shortest integer heads are accepted (not canonical, but well-formed).
+        let wide_p = node_with_entry(&entry(&[
+            k(b"app.bsky.feed.post/a"),
+            ("p", vec![0x18, 0x00]),
+            ("t", vec![0xf6]),
+            ("v", link_bytes(&v)),
+        ]));
+        assert_eq!(decode_node(&wide_p).unwrap(), decoded);
+    }
+
+    #[test]
+    fn reader_rejects_everything_but_the_node_shape() {
+        let v = leaf();
+        let good = || {
+            vec![
+                k(b"app.bsky.feed.post/a"),
+                ("p", vec![0x00]),
+                ("t", vec![0xf6]),
+                ("v", link_bytes(&v)),
+            ]
+        };
+        let shape = |fields: Vec<(&str, Vec<u8>)>| decode_node(&node_with_entry(&entry(&fields)));
+        assert!(shape(good()).is_ok());
+        // Missing field, duplicate field, unknown field.
+        assert_eq!(shape(good()[..3].to_vec()), Err(WRONG_SHAPE));
+        let mut dup = good();
+        dup[2] = ("p", vec![0x00]);
+        assert_eq!(shape(dup), Err(WRONG_SHAPE));
+        let mut unknown = good();
+        unknown[2] = ("x", vec![0xf6]);
+        assert_eq!(shape(unknown), Err(WRONG_SHAPE));
+        // `k` as text, `p` negative, `v` null, `t` a raw-codec link, a link without the 0x00.
+        let mut text_k = good();
+        text_k[0] = ("k", vec![0x61, b'a']);
+        assert_eq!(shape(text_k), Err(WRONG_SHAPE));
+        let mut neg_p = good();
+        neg_p[1] = ("p", vec![0x20]);
+        assert_eq!(shape(neg_p), Err(WRONG_SHAPE));
+        let mut null_v = good();
+        null_v[3] = ("v", vec![0xf6]);
+        assert_eq!(shape(null_v), Err(WRONG_SHAPE));
+        let mut raw_t = good();
+        raw_t[2] = ("t", link_bytes(&cid_for_raw(b"x")));
+        assert_eq!(shape(raw_t), Err(MstError::LinkNotBlessed));
+        let mut no_prefix = good();
+        let mut bad_link = link_bytes(&v);
+        bad_link[4] = 0x01;
+        no_prefix[3] = ("v", bad_link);
+        assert_eq!(shape(no_prefix), Err(BAD_LINK));
+        // A link with bytes after the CID.
+        let mut long = good();
+        let mut l = vec![0xd8, 0x2a, 0x58, 38, 0x00];
+        l.extend_from_slice(&v.to_bytes());
+        l.push(0);
+        long[3] = ("v", l);
+        assert_eq!(shape(long), Err(BAD_LINK));
+        // Trailing bytes, indefinite-length array, a third top-level field, truncation.
+        let mut trailing = node_with_entry(&entry(&good()));
+        trailing.push(0xf6);
+        assert!(decode_node(&trailing).is_err());
+        let indefinite = [0xa2, 0x61, b'e', 0x9f, 0xff, 0x61, b'l', 0xf6];
+        assert_eq!(decode_node(&indefinite), Err(MALFORMED));
+        let three = [0xa3, 0x61, b'e', 0x80, 0x61, b'l', 0xf6, 0x61, b'x', 0xf6];
+        assert_eq!(decode_node(&three), Err(WRONG_SHAPE));
+        let full = node_with_entry(&entry(&good()));
+        for cut in 0..full.len() {
+            assert!(decode_node(&full[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn cid_hasher_keeps_distinct_cids_apart() {
+        let mut map = BlockMap::new();
+        for i in 0..500u32 {
+            let block = Bytes::from(i.to_be_bytes().to_vec());
+            map.insert(cid_for_raw(&block), block);
+        }
+        assert_eq!(map.len(), 500);
+        for i in 0..500u32 {
+            let bytes = i.to_be_bytes();
+            assert_eq!(
+                map.get(&cid_for_raw(&bytes)).map(|b| b.as_ref()),
+                Some(&bytes[..])
+            );
+        }
+        assert!(!map.contains(&cid_for_dag_cbor(&0u32.to_be_bytes())));
     }
 }
