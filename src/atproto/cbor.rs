@@ -193,6 +193,26 @@ fn skip(bytes: &[u8], pos: usize, len: u64) -> Result<usize, CborError> {
     Ok(end)
 }
 
+/// Writes a CBOR item head (major type and argument) in the shortest form, as canonical
+/// DAG-CBOR requires. For the hand-written encoders on hot paths (frames, MST nodes).
+pub fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= 0xff {
+        out.extend_from_slice(&[m | 24, arg as u8]);
+    } else if arg <= 0xffff {
+        out.push(m | 25);
+        out.extend_from_slice(&(arg as u16).to_be_bytes());
+    } else if arg <= 0xffff_ffff {
+        out.push(m | 26);
+        out.extend_from_slice(&(arg as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
 /// Decodes exactly one DAG-CBOR item from untrusted `bytes` after checking it with
 /// [`scan_item`]. `T` may borrow from `bytes`.
 pub fn decode<'de, T: Deserialize<'de>>(

@@ -18,7 +18,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::cbor::{self, CborError, DecodeLimits};
+use super::cbor::{self, CborError, DecodeLimits, write_head};
 use super::cid::Cid;
 use super::sync11::CommitOp;
 
@@ -105,24 +105,6 @@ fn head(bytes: &[u8], pos: usize) -> Result<(u8, u64, usize), FrameError> {
             Ok((major, arg, 1 + n))
         }
         _ => Err(FrameError::Cbor(CborError::Malformed("unsupported head"))),
-    }
-}
-
-fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    if arg < 24 {
-        out.push(m | arg as u8);
-    } else if arg <= 0xff {
-        out.extend_from_slice(&[m | 24, arg as u8]);
-    } else if arg <= 0xffff {
-        out.push(m | 25);
-        out.extend_from_slice(&(arg as u16).to_be_bytes());
-    } else if arg <= 0xffff_ffff {
-        out.push(m | 26);
-        out.extend_from_slice(&(arg as u32).to_be_bytes());
-    } else {
-        out.push(m | 27);
-        out.extend_from_slice(&arg.to_be_bytes());
     }
 }
 

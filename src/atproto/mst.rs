@@ -22,7 +22,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::car::{BlockMap, CidHashBuilder};
-
+use super::cbor::write_head;
 use super::cid::{Cid, cid_for_dag_cbor, is_blessed_dag_cbor};
 
 /// Longest key accepted (indigo's cap; repo paths are far shorter in practice).
@@ -392,24 +392,6 @@ pub fn encode_node(left: Option<Cid>, entries: &[(&[u8], Cid, Option<Cid>)]) -> 
     out.extend_from_slice(&[0x61, b'l']);
     write_link(&mut out, left.as_ref());
     out
-}
-
-fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    if arg < 24 {
-        out.push(m | arg as u8);
-    } else if arg <= 0xff {
-        out.extend_from_slice(&[m | 24, arg as u8]);
-    } else if arg <= 0xffff {
-        out.push(m | 25);
-        out.extend_from_slice(&(arg as u16).to_be_bytes());
-    } else if arg <= 0xffff_ffff {
-        out.push(m | 26);
-        out.extend_from_slice(&(arg as u32).to_be_bytes());
-    } else {
-        out.push(m | 27);
-        out.extend_from_slice(&arg.to_be_bytes());
-    }
 }
 
 /// A CID link (tag 42, bytes `0x00 ‖ cid`) or null.
