@@ -5,6 +5,8 @@
 //! event log and Postgres access, `http` the HTTP surfaces, `config` the one
 //! configuration struct.
 
+#![forbid(unsafe_code)]
+
 pub mod atproto;
 pub mod config;
 pub mod http;
