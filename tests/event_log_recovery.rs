@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use rookery::store::event_log::{
     AppendRecord, EventLog, EventLogConfig, EventLogError, EventLogReader, LogRecord,
-    RECORD_HEADER_LEN, did_hash, segment_file_name,
+    RECORD_HEADER_LEN, RetentionPolicy, SyncPolicy, did_hash, segment_file_name,
 };
 
 const FLAGS_OFFSET: usize = 29;
@@ -183,8 +183,92 @@ fn corruption_inside_the_tail_truncates_from_the_first_bad_record() {
     let (log, report) = EventLog::open(small_config(dir.path())).expect("open");
     assert_eq!(report.last_intact_seq, Some(first_in_tail));
     assert_eq!(report.records_dropped, LAST - second + 1);
-    assert_eq!(log.next_seq(), first_in_tail + 1);
+    // Records `second + 1..=LAST` were reported durable and still verify: their seqs
+    // must never be handed out again, although they are cut with the bad record.
+    assert_eq!(report.highest_dropped_seq, Some(LAST));
+    assert_eq!(log.next_seq(), LAST + 1);
     assert_eq!(read_all(&log.reader()).len() as u64, first_in_tail);
+    drop(log);
+    // The cut records are gone from disk now; the floor must survive a reopen too.
+    let (log, report) = EventLog::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(report.bytes_truncated, 0);
+    assert_eq!(log.next_seq(), LAST + 1);
+}
+
+#[test]
+fn a_tail_whose_first_record_is_bad_keeps_the_seqs_of_intact_records_behind_it() {
+    let (files, tail, _) = build_log();
+    let first_in_tail: u64 = tail[..20].parse().expect("name");
+    let mut files = files.clone();
+    if let Some(bytes) = files.get_mut(&tail) {
+        bytes[16 + RECORD_HEADER_LEN] ^= 0x01; // first body byte of the first record
+    }
+    let dir = restore(&files);
+    let (log, report) = EventLog::open(small_config(dir.path())).expect("open");
+    assert!(report.removed_empty_tail);
+    assert_eq!(report.last_intact_seq, Some(first_in_tail - 1));
+    assert_eq!(report.highest_dropped_seq, Some(LAST));
+    assert_eq!(log.next_seq(), LAST + 1);
+    drop(log);
+    let (log, _) = EventLog::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(log.next_seq(), LAST + 1);
+}
+
+/// Power loss right after the writer rolled to a new segment whose first records were
+/// never synced, while retention had already deleted every older segment: recovery
+/// removes the empty tail and finds no record at all. Seqs that were reported durable
+/// (and deleted by retention) must still never be reused.
+#[test]
+fn next_seq_stays_above_what_retention_deleted_when_the_tail_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.segment_max_records = 1;
+    config.sync = SyncPolicy::Interval(std::time::Duration::from_secs(3600));
+    config.retention = RetentionPolicy {
+        max_total_bytes: Some(1),
+        ..RetentionPolicy::default()
+    };
+    const DURABLE: u64 = 5;
+    let (mut log, _) = EventLog::open(config.clone()).expect("open");
+    for seq in 1..=DURABLE {
+        log.append(&[rec(seq)]).expect("append");
+        assert_eq!(log.flush().expect("flush"), seq);
+    }
+    // Rolls to a new segment; written but not synced, so not reported durable.
+    assert_eq!(log.append(&[rec(DURABLE + 1)]).expect("append"), DURABLE);
+    let retained = log
+        .reader()
+        .retain_once(std::time::SystemTime::now())
+        .expect("retain");
+    assert_eq!(retained.segments_deleted, DURABLE as usize);
+    drop(log);
+    // Power loss: the unsynced record of the new segment did not survive.
+    let tail = dir
+        .path()
+        .join("events")
+        .join(segment_file_name(DURABLE + 1));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tail)
+        .and_then(|f| f.set_len(16))
+        .expect("cut tail");
+    let (mut log, report) = EventLog::open(config).expect("reopen");
+    assert!(report.removed_empty_tail);
+    assert_eq!(log.next_seq(), DURABLE + 1);
+    assert!(matches!(
+        log.append(&[rec(DURABLE)]),
+        Err(EventLogError::SeqNotAfterHead { .. })
+    ));
+    // A cursor inside what retention deleted is outdated even while the log is empty.
+    assert!(matches!(
+        log.reader().read_after(0),
+        Err(EventLogError::Outdated { .. })
+    ));
+    log.append(&[rec(DURABLE + 1)]).expect("append");
+    assert!(matches!(
+        log.reader().read_after(0),
+        Err(EventLogError::Outdated { .. })
+    ));
 }
 
 #[test]

@@ -39,11 +39,17 @@ impl EventLogReader {
     pub fn read_after(&self, cursor: u64) -> Result<Replay, EventLogError> {
         let target = cursor.saturating_add(1);
         let segs = self.shared.segments_read();
-        let Some(oldest) = oldest_seq(&segs) else {
+        let deleted_through = self.shared.deleted_through.load(Ordering::Acquire);
+        let oldest = oldest_seq(&segs);
+        // Checked before the empty-log case: a log whose retained records were all lost
+        // (see recovery) still knows that everything up to the marker was deleted.
+        if target <= deleted_through {
+            return Err(EventLogError::Outdated {
+                oldest_seq: oldest.unwrap_or(deleted_through.saturating_add(1)),
+            });
+        }
+        if oldest.is_none() {
             return Ok(self.unpositioned(cursor));
-        };
-        if target <= self.shared.deleted_through.load(Ordering::Acquire) {
-            return Err(EventLogError::Outdated { oldest_seq: oldest });
         }
         let i = segs.partition_point(|s| s.first_seq <= target).max(1);
         let seg = Arc::clone(&segs[i - 1]);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use super::retention::read_deleted_through;
+use super::retention::{SEQ_FLOOR_FILE, read_deleted_through, read_marker, write_marker};
 use super::segment::{
     IndexBuilder, Segment, encode_segment_header, index_file_name, load_index_file,
     parse_segment_name, scan_segment, sync_dir, write_index_file,
@@ -50,6 +50,10 @@ pub struct RecoveryReport {
     pub repaired_tail_header: bool,
     /// Segments deleted at open because a crash interrupted a retention pass.
     pub interrupted_retention_segments: usize,
+    /// Highest seq among checksum-verified records found behind the first bad record of
+    /// the tail and cut with it (e.g. bit rot in a durable record). They may have been
+    /// reported durable, so the next seq stays above it (persisted in `SEQ_FLOOR`).
+    pub highest_dropped_seq: Option<u64>,
 }
 
 pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport), EventLogError> {
@@ -74,6 +78,7 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
     let mut report = RecoveryReport::default();
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(names.len());
     let mut current: Option<OpenSegment> = None;
+    let mut seq_floor = read_marker(&dir, SEQ_FLOOR_FILE);
 
     for (i, &first_seq) in names.iter().enumerate() {
         let path = dir.join(super::segment_file_name(first_seq));
@@ -119,6 +124,24 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         let summary = scan_segment(&wfile, first_seq, interval)
             .map_err(EventLogError::io("scan segment", &path))?;
         report.records_dropped += summary.records_after_defect;
+        if summary.highest_seq_after_defect > 0 {
+            // Intact records behind the first bad one are cut with it; persist a floor
+            // above them before they leave the disk, so their seqs are never reused.
+            let highest = summary.highest_seq_after_defect;
+            report.highest_dropped_seq = Some(highest);
+            if highest >= seq_floor {
+                seq_floor = highest.saturating_add(1);
+                write_marker(&dir, SEQ_FLOOR_FILE, seq_floor).map_err(EventLogError::io(
+                    "write seq floor",
+                    dir.join(SEQ_FLOOR_FILE),
+                ))?;
+            }
+            tracing::warn!(
+                segment = first_seq,
+                highest_dropped_seq = highest,
+                "event log: intact records behind a bad record were cut"
+            );
+        }
         if summary.record_count == 0 {
             report.bytes_truncated += summary.file_len;
             report.removed_empty_tail = true;
@@ -193,7 +216,16 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         .map(|s| s.max_timestamp_ms.load(Ordering::Acquire))
         .max()
         .unwrap_or(0);
-    let next_seq = last_intact.saturating_add(1).max(config.initial_seq).max(1);
+    // Retention never deletes the newest segment, but that segment can be one the writer
+    // had just created and whose records a power loss took (it is removed above), so the
+    // retained segments alone may hold nothing: seqs retention deleted were durable once
+    // and must never be handed out again.
+    let next_seq = last_intact
+        .max(deleted_through)
+        .saturating_add(1)
+        .max(seq_floor)
+        .max(config.initial_seq)
+        .max(1);
     report.segments = segments.len();
     report.last_intact_seq = (last_intact > 0).then_some(last_intact);
     report.next_seq = next_seq;

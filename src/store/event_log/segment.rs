@@ -123,6 +123,9 @@ pub struct ScanSummary {
     pub records_after_defect: u64,
     /// The file header itself is missing or wrong (records may still be intact).
     pub bad_file_header: bool,
+    /// Highest seq of a checksum-verified record found after the defect by following
+    /// length fields (0 if none). Such a record was intact, possibly reported durable.
+    pub highest_seq_after_defect: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,15 +248,26 @@ pub fn scan_segment(file: &File, first_seq: u64, index_interval: u64) -> io::Res
     }
     summary.valid_len = offset;
     if summary.defect.is_some() {
-        summary.records_after_defect = count_framed_records(file, offset, file_len)?;
+        let (count, highest) = follow_framed_records(file, offset, file_len, buf)?;
+        summary.records_after_defect = count;
+        summary.highest_seq_after_defect = highest;
     }
     Ok(summary)
 }
 
-/// Count record frames in `[offset, end)` by following length fields (used only to
-/// report how many records a truncation dropped).
-fn count_framed_records(file: &File, mut offset: u64, end: u64) -> io::Result<u64> {
+/// Follow length fields through `[offset, end)`: count record frames (to report how
+/// many records a truncation drops) and find the highest seq among those that verify.
+/// A record behind a bad one that still passes its checksum is real data (bit rot in
+/// front of it, or a torn write persisted out of order), so recovery must keep the next
+/// seq above it. Memory: `buf` grows to at most one maximal record.
+fn follow_framed_records(
+    file: &File,
+    mut offset: u64,
+    end: u64,
+    mut buf: Vec<u8>,
+) -> io::Result<(u64, u64)> {
     let mut count = 0;
+    let mut highest = 0;
     let mut header = [0u8; RECORD_HEADER_LEN];
     while offset < end {
         count += 1;
@@ -261,12 +275,21 @@ fn count_framed_records(file: &File, mut offset: u64, end: u64) -> io::Result<u6
             break;
         }
         file.read_exact_at(&mut header, offset)?;
-        match decode_header(&header) {
-            Ok(h) => offset += h.total_len(),
-            Err(_) => break,
+        let Ok(h) = decode_header(&header) else {
+            break;
+        };
+        let total = h.total_len();
+        if total <= end - offset {
+            // total <= RECORD_HEADER_LEN + MAX_BODY_LEN, so this allocation is bounded.
+            buf.resize(total as usize, 0);
+            file.read_exact_at(&mut buf, offset)?;
+            if let Ok(h) = decode_record(&buf) {
+                highest = highest.max(h.seq);
+            }
         }
+        offset += total;
     }
-    Ok(count)
+    Ok((count, highest))
 }
 
 /// Serialize the sidecar index of a sealed segment.
