@@ -544,3 +544,23 @@ fn a_damaged_tail_header_does_not_cost_the_records_behind_it() {
     let (_, report) = EventLog::open(small_config(dir.path())).expect("reopen");
     assert!(!report.repaired_tail_header);
 }
+
+/// Bit rot in the first record of a sealed segment whose sidecar is gone (the sidecar is
+/// not fsynced, so a power loss after sealing can take it): the segment has no readable
+/// record, but no retention ever ran, so it must be kept and reported, never deleted
+/// as if a retention pass had been interrupted.
+#[test]
+fn a_sealed_segment_without_readable_records_is_not_taken_for_interrupted_retention() {
+    let (mut files, _, _) = build_log();
+    let first = segment_file_name(1);
+    if let Some(bytes) = files.get_mut(&first) {
+        bytes[16 + RECORD_HEADER_LEN] ^= 0x01; // first body byte of record 1
+    }
+    files.retain(|name, _| !name.ends_with(".idx"));
+    let dir = restore(&files);
+    let (log, report) = EventLog::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.interrupted_retention_segments, 0);
+    assert_eq!(report.damaged_segments, vec![1]);
+    assert!(dir.path().join("events").join(&first).exists());
+    assert_eq!(log.next_seq(), LAST + 1);
+}

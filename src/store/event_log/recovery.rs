@@ -194,8 +194,12 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
     }
 
     // Finish a retention pass that a crash interrupted after persisting its marker.
+    // Retention deletes a prefix of whole segments and the marker is the last seq of the
+    // last one, so a segment belongs to the pass iff its *name* (first seq) is at or below
+    // the marker. Not `last_seq`: a damaged segment with no readable record has
+    // last_seq 0, which would pass for "deleted" even when no retention ever ran.
     let deleted_through = read_deleted_through(&dir);
-    while segments.len() > 1 && segments[0].last_seq.load(Ordering::Acquire) <= deleted_through {
+    while segments.len() > 1 && segments[0].first_seq <= deleted_through {
         let seg = segments.remove(0);
         for path in [seg.path.clone(), dir.join(index_file_name(seg.first_seq))] {
             remove_if_exists(&path).map_err(EventLogError::io("remove retained segment", &path))?;
