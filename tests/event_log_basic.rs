@@ -689,3 +689,62 @@ fn a_replay_that_finished_a_deleted_segment_continues_and_one_inside_it_is_outda
         Err(EventLogError::Outdated { .. })
     ));
 }
+
+/// Two retention passes at once (the retention thread and an operator's call) must not
+/// interleave their writes of the `DELETED_THROUGH` marker: a mangled, too-high marker
+/// makes the next open delete retained segments as an "interrupted retention pass".
+#[test]
+fn concurrent_retention_passes_keep_the_marker_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.segment_max_records = 1;
+    config.sync = SyncPolicy::None;
+    config.retention = RetentionPolicy {
+        max_total_bytes: Some(1),
+        ..RetentionPolicy::default()
+    };
+    let (mut log, _) = EventLog::open(config.clone()).expect("open");
+    let reader = log.reader();
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes: Vec<_> = (0..2)
+        .map(|_| {
+            let (reader, stop) = (reader.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    reader.retain_once(SystemTime::now()).expect("retain");
+                }
+            })
+        })
+        .collect();
+    // Seqs jump across decimal lengths, where interleaved writes of two values into one
+    // temp file leave a longer, bigger number.
+    let mut seq = 1u64;
+    for round in 0..3000u64 {
+        seq = if round % 2 == 0 {
+            seq + 1
+        } else {
+            seq * 10 - 1
+        };
+        if seq > u64::MAX / 100 {
+            break;
+        }
+        log.append(&[rec(seq, "did:plc:a")]).expect("append");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in passes {
+        p.join().expect("join");
+    }
+    reader.retain_once(SystemTime::now()).expect("retain");
+    let before = log.stats();
+    let last = log.last_seq().expect("last");
+    drop(log);
+    let text = std::fs::read_to_string(dir.path().join("events/DELETED_THROUGH")).expect("marker");
+    let marker: u64 = text.parse().expect("marker parses");
+    assert!(
+        marker < last,
+        "marker {marker} not below the newest seq {last}"
+    );
+    let (log, report) = EventLog::open(config).expect("reopen");
+    assert_eq!(report.interrupted_retention_segments, 0);
+    assert_eq!(log.stats().oldest_seq, before.oldest_seq);
+}

@@ -211,6 +211,9 @@ pub(crate) struct Shared {
     pub retention: RetentionPolicy,
     /// Serialises masking runs (never taken by the writer or readers).
     pub mask_lock: Mutex<()>,
+    /// Serialises retention passes (never taken by the writer or readers): two passes
+    /// would otherwise race on the `DELETED_THROUGH` temp file and its rename.
+    pub retention_lock: Mutex<()>,
     /// Highest seq retention may have deleted (0: nothing deleted yet). Persisted in
     /// `events/DELETED_THROUGH` before files are unlinked, so a cursor at or below it is
     /// reported [`EventLogError::Outdated`] even after a restart, while a cursor below

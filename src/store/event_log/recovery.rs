@@ -240,6 +240,7 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         durable_head: AtomicU64::new(last_intact),
         retention: config.retention.clone(),
         mask_lock: Mutex::new(()),
+        retention_lock: Mutex::new(()),
         deleted_through: AtomicU64::new(deleted_through),
     });
     let log = EventLog {

@@ -126,6 +126,10 @@ pub(crate) fn retain_once(
     shared: &Shared,
     now: SystemTime,
 ) -> Result<RetentionReport, EventLogError> {
+    let _serial = shared
+        .retention_lock
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let doomed: Vec<Arc<Segment>> = {
         let mut segs = shared.segments_write();
         let ages: Vec<SegmentAge> = segs
