@@ -629,3 +629,26 @@ fn readers_report_bit_rot_in_a_sealed_segment_as_corrupt() {
         assert_eq!(later, vec![LAST - 1, LAST], "{what}");
     }
 }
+
+/// The newest sealed segment has bit rot in its first record and no sidecar (it was the
+/// tail when the writer rolled; a power loss then took the new segment's records). Its
+/// records were synced before the roll, so their seqs (including the segment's name)
+/// must never be handed out again, and the writer must not collide with its file.
+#[test]
+fn a_damaged_newest_sealed_segment_still_bounds_the_next_seq() {
+    let (mut files, tail, _) = build_log();
+    let tail_first: u64 = tail[..20].parse().expect("name");
+    if let Some(bytes) = files.get_mut(&tail) {
+        bytes[16 + RECORD_HEADER_LEN] ^= 0x01; // first body byte of its first record
+    }
+    files.insert(segment_file_name(LAST + 1), b"RKEV".to_vec());
+    let dir = restore(&files);
+    let (mut log, report) = EventLog::open(small_config(dir.path())).expect("open");
+    assert!(report.removed_empty_tail);
+    assert_eq!(report.damaged_segments, vec![tail_first]);
+    assert_eq!(log.next_seq(), LAST + 1);
+    log.append(&[rec(LAST + 1)]).expect("append");
+    drop(log);
+    let (log, _) = EventLog::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(log.next_seq(), LAST + 2);
+}

@@ -79,6 +79,11 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(names.len());
     let mut current: Option<OpenSegment> = None;
     let mut seq_floor = read_marker(&dir, SEQ_FLOOR_FILE);
+    // Highest seq known to have been synced in a sealed segment beyond its intact prefix:
+    // its name (a sealed segment's first record was synced before the next segment was
+    // created) and any verified record behind damage. A damaged segment with no readable
+    // record has last_seq 0, and it may be the newest one left.
+    let mut sealed_high = 0u64;
 
     for (i, &first_seq) in names.iter().enumerate() {
         let path = dir.join(super::segment_file_name(first_seq));
@@ -101,6 +106,7 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
                             "event log: damaged sealed segment"
                         );
                         report.damaged_segments.push(first_seq);
+                        sealed_high = sealed_high.max(first_seq).max(s.highest_seq_after_defect);
                     } else {
                         report.rebuilt_indexes += 1;
                         if let Err(e) = write_index_file(&dir, first_seq, len, &s) {
@@ -226,6 +232,7 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
     // and must never be handed out again.
     let next_seq = last_intact
         .max(deleted_through)
+        .max(sealed_high)
         .saturating_add(1)
         .max(seq_floor)
         .max(config.initial_seq)
