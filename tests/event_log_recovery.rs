@@ -575,7 +575,8 @@ fn readers_report_bit_rot_in_a_sealed_segment_as_corrupt() {
     let first = segment_file_name(1);
     // Offset of record 3 in segment 1 (records 1 and 2 precede it).
     let third = 16 + 2 * RECORD_HEADER_LEN + body_for(1).len() + body_for(2).len();
-    let damages: [(&str, fn(&mut [u8], usize)); 3] = [
+    type Damage = (&'static str, fn(&mut [u8], usize));
+    let damages: [Damage; 3] = [
         ("body bit", |b, at| b[at + RECORD_HEADER_LEN + 3] ^= 0x10),
         ("length above the limit", |b, at| {
             b[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes())

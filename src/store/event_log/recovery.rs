@@ -58,7 +58,7 @@ pub struct RecoveryReport {
 
 pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport), EventLogError> {
     let dir = config.events_dir();
-    std::fs::create_dir_all(&dir).map_err(EventLogError::io("create dir", &dir))?;
+    create_dir_durably(&dir)?;
     let lock_path = dir.join("LOCK");
     let lock = OpenOptions::new()
         .create(true)
@@ -264,6 +264,25 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         _lock: lock,
     };
     Ok((log, report))
+}
+
+/// `create_dir_all`, then fsync the parent of every directory it created (deepest
+/// first), so a power loss cannot take `events/` with the records in it. Nothing is
+/// synced when the directory already existed.
+fn create_dir_durably(dir: &Path) -> Result<(), EventLogError> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir).map_err(EventLogError::io("create dir", dir))?;
+    for created in missing {
+        if let Some(parent) = created.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            sync_dir(parent).map_err(EventLogError::io("fsync dir", parent))?;
+        }
+    }
+    Ok(())
 }
 
 /// Segment first seqs in the directory, ascending. Leftover temp files are removed.

@@ -409,7 +409,30 @@ pub fn write_index_file(
 
 /// fsync a directory so a created, renamed or removed entry is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    durability_trace::record(format!("sync_dir {}", dir.display()));
+    Ok(())
+}
+
+/// Test-only record of durability-relevant operations on this thread, in order, so unit
+/// tests can check what a power loss would keep (a missing fsync cannot be observed on
+/// a running system).
+#[cfg(test)]
+pub(crate) mod durability_trace {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static EVENTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn record(event: String) {
+        EVENTS.with(|e| e.borrow_mut().push(event));
+    }
+
+    pub fn take() -> Vec<String> {
+        EVENTS.with(|e| std::mem::take(&mut *e.borrow_mut()))
+    }
 }
 
 #[cfg(test)]

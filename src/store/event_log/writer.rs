@@ -318,6 +318,8 @@ impl EventLog {
         if let Some(cur) = self.current.as_mut() {
             publish_segment(cur);
         }
+        #[cfg(test)]
+        super::segment::durability_trace::record(format!("publish {}", self.last_written_seq));
         self.unsynced = false;
         self.shared
             .durable_head
@@ -369,5 +371,69 @@ impl Drop for EventLog {
         {
             let _ = cur.file.sync_data();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::segment::durability_trace;
+    use super::*;
+    use bytes::Bytes;
+
+    fn rec(seq: u64) -> AppendRecord {
+        AppendRecord {
+            seq,
+            kind: 0,
+            did_hash: 1,
+            body: Bytes::from(vec![7u8; 40]),
+        }
+    }
+
+    /// Power loss keeps a file's directory entry only if the directory was fsynced: each
+    /// new segment's entry must be synced before any record in it is reported durable.
+    #[test]
+    fn a_new_segment_is_synced_into_its_directory_before_its_records_are_published() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut config = EventLogConfig::new(tmp.path());
+        config.segment_max_records = 2;
+        let events = config.events_dir();
+        let (mut log, _) = EventLog::open(config).expect("open");
+        durability_trace::take();
+        for seq in 1..=5 {
+            log.append(&[rec(seq)]).expect("append");
+        }
+        let sync = format!("sync_dir {}", events.display());
+        // Segments start at 1, 3 and 5: a dir sync precedes the first publish of each.
+        let expected: Vec<String> = vec![
+            sync.clone(),
+            "publish 1".into(),
+            "publish 2".into(),
+            sync.clone(),
+            "publish 3".into(),
+            "publish 4".into(),
+            sync,
+            "publish 5".into(),
+        ];
+        assert_eq!(durability_trace::take(), expected);
+    }
+
+    /// Opening a fresh data dir creates `events/`; its entry in the data dir (and the data
+    /// dir's in its parent, if created too) must be synced, or a power loss can take the
+    /// whole directory with every record reported durable in it.
+    #[test]
+    fn creating_the_events_directory_syncs_its_parents() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        durability_trace::take();
+        let (log, _) = EventLog::open(EventLogConfig::new(&data_dir)).expect("open");
+        let trace = durability_trace::take();
+        for dir in [tmp.path(), data_dir.as_path()] {
+            let want = format!("sync_dir {}", dir.display());
+            assert!(trace.contains(&want), "{want} missing from {trace:?}");
+        }
+        drop(log);
+        // Reopening an existing directory creates nothing and syncs nothing extra.
+        let (_log, _) = EventLog::open(EventLogConfig::new(&data_dir)).expect("reopen");
+        assert!(durability_trace::take().is_empty());
     }
 }
