@@ -748,3 +748,48 @@ fn concurrent_retention_passes_keep_the_marker_exact() {
     assert_eq!(report.interrupted_retention_segments, 0);
     assert_eq!(log.stats().oldest_seq, before.oldest_seq);
 }
+
+/// A pass that cannot persist its marker (disk full, permissions) must change nothing:
+/// no segment detached from the log (readers are not told Outdated for data still
+/// there) and none stranded on disk, so a later pass deletes them.
+#[test]
+fn a_retention_pass_that_cannot_persist_its_marker_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.retention = RetentionPolicy {
+        max_age: Duration::from_secs(72 * 3600),
+        max_total_bytes: Some(1),
+    };
+    let (mut log, _) = EventLog::open(config).expect("open");
+    append_seqs(&mut log, &gapped_seqs(300), "did:plc:a");
+    let before = log.stats();
+    assert!(before.segment_count > 2);
+    let events = dir.path().join("events");
+    let count_segment_files = || {
+        std::fs::read_dir(&events)
+            .expect("ls")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            })
+            .count()
+    };
+    // A directory in the way of the marker's temp file makes the marker write fail.
+    let blocker = events.join("DELETED_THROUGH.tmp");
+    std::fs::create_dir(&blocker).expect("blocker");
+    let reader = log.reader();
+    assert!(matches!(
+        reader.retain_once(SystemTime::now()),
+        Err(EventLogError::Io { .. })
+    ));
+    assert_eq!(log.stats(), before);
+    assert!(read_all_after(&reader, 0).is_ok());
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let r = reader.retain_once(SystemTime::now()).expect("retain");
+    assert_eq!(r.segments_deleted, before.segment_count - 1);
+    assert_eq!(count_segment_files(), 1);
+    assert!(matches!(
+        read_all_after(&reader, 0),
+        Err(EventLogError::Outdated { .. })
+    ));
+}

@@ -130,8 +130,13 @@ pub(crate) fn retain_once(
         .retention_lock
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let doomed: Vec<Arc<Segment>> = {
-        let mut segs = shared.segments_write();
+    // Plan under the read lock, persist the marker, and only then detach: a pass that
+    // cannot persist its marker (disk full) changes nothing, instead of detaching
+    // segments that no later pass could unlink and telling readers they are gone. The
+    // planned prefix cannot change meanwhile: passes are serialised and the writer only
+    // pushes segments at the end.
+    let planned: Vec<Arc<Segment>> = {
+        let segs = shared.segments_read();
         let ages: Vec<SegmentAge> = segs
             .iter()
             .map(|s| SegmentAge {
@@ -140,6 +145,27 @@ pub(crate) fn retain_once(
             })
             .collect();
         let n = plan_retention(&ages, unix_ms(now), &shared.retention);
+        segs[..n].to_vec()
+    };
+    if !planned.is_empty() {
+        let marker = planned
+            .iter()
+            .map(|s| s.last_seq.load(Ordering::Acquire))
+            .fold(shared.deleted_through.load(Ordering::Acquire), u64::max);
+        // Persist the marker before unlinking: a crash in between leaves files that the
+        // next open deletes, never a deletion that cursors cannot detect.
+        write_deleted_through(&shared.dir, marker).map_err(EventLogError::io(
+            "write marker",
+            shared.dir.join(DELETED_THROUGH_FILE),
+        ))?;
+    }
+    let doomed: Vec<Arc<Segment>> = {
+        let mut segs = shared.segments_write();
+        let n = planned
+            .iter()
+            .zip(segs.iter())
+            .take_while(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
         for s in &segs[..n] {
             // The marker first, so whoever sees `retired` also sees the marker.
             shared
@@ -149,15 +175,6 @@ pub(crate) fn retain_once(
         }
         segs.drain(..n).collect()
     };
-    if !doomed.is_empty() {
-        // Persist the marker before unlinking: a crash in between leaves files that the
-        // next open deletes, never a deletion that cursors cannot detect.
-        write_deleted_through(&shared.dir, shared.deleted_through.load(Ordering::Acquire))
-            .map_err(EventLogError::io(
-                "write marker",
-                shared.dir.join(DELETED_THROUGH_FILE),
-            ))?;
-    }
     let mut report = RetentionReport {
         segments_deleted: doomed.len(),
         ..RetentionReport::default()
