@@ -18,8 +18,9 @@ use rookery::atproto::mst::Mst;
 use rookery::atproto::sync11::Sync11Error;
 use rookery::atproto::tid::Tid;
 use rookery::atproto::validate::{
-    CommitVerdict, Discontinuity, Inversion, LegacyPolicy, RepoState, SyncVerdict, ValidationError,
-    ValidationPolicy, validate_commit, validate_sync,
+    CommitVerdict, Discontinuity, Inversion, LegacyPolicy, MAX_COMMIT_BLOCKS_BYTES,
+    MAX_RECORD_BLOCK_BYTES, RepoState, SyncVerdict, ValidationError, ValidationPolicy,
+    validate_commit, validate_sync,
 };
 use serde_json::Value;
 
@@ -361,6 +362,8 @@ struct Repo {
 
 enum Change {
     Create(String),
+    /// A create whose record's `text` is this many `x`s.
+    CreateSized(String, usize),
     Update(String),
     Delete(String),
 }
@@ -394,10 +397,13 @@ impl Repo {
         let mut records = Vec::new();
         for change in changes {
             match change {
-                Change::Create(p) | Change::Update(p) => {
-                    let (cid, bytes) = record(&format!("{p} v{}", self.clock));
+                Change::Create(p) | Change::Update(p) | Change::CreateSized(p, _) => {
+                    let (cid, bytes) = match change {
+                        Change::CreateSized(_, n) => record(&"x".repeat(*n)),
+                        _ => record(&format!("{p} v{}", self.clock)),
+                    };
                     let prev = self.tree.insert(p.as_bytes(), cid).unwrap();
-                    let action = if matches!(change, Change::Create(_)) {
+                    let action = if matches!(change, Change::Create(_) | Change::CreateSized(..)) {
                         assert!(prev.is_none());
                         "create"
                     } else {
@@ -938,6 +944,67 @@ fn sync_events() {
     ));
 }
 
+/// PROTOCOL.md §1: each record block may be at most 1,000,000 bytes, even inside a
+/// `#commit.blocks` that is within its own 2,000,000-byte limit.
+#[test]
+fn record_blocks_over_one_megabyte_are_rejected() {
+    // Block length for a `text` of n bytes (n >= 65,536: a 5-byte text head).
+    let overhead = record(&"x".repeat(70_000)).1.len() - 70_000;
+    let text_for = |block_len: usize| block_len - overhead;
+    assert_eq!(
+        record(&"x".repeat(text_for(MAX_RECORD_BLOCK_BYTES)))
+            .1
+            .len(),
+        MAX_RECORD_BLOCK_BYTES
+    );
+    for curve in [Curve::K256, Curve::P256] {
+        let (mut repo, stored) = repo_with_history(curve);
+        let key = repo.public();
+        let at_limit = repo.commit(&[Change::CreateSized(
+            path(3000),
+            text_for(MAX_RECORD_BLOCK_BYTES),
+        )]);
+        let (next, _, inversion) = accept(validate_commit(
+            &at_limit,
+            &key,
+            Some(&stored),
+            NOW,
+            &strict(),
+        ));
+        assert_eq!(inversion, Inversion::Verified);
+        let over = repo.commit(&[Change::CreateSized(
+            path(3001),
+            text_for(MAX_RECORD_BLOCK_BYTES + 1),
+        )]);
+        assert!(over.blocks.len() < MAX_COMMIT_BLOCKS_BYTES);
+        expect_err(
+            &over,
+            &key,
+            Some(&next),
+            &strict(),
+            ValidationError::RecordTooLarge,
+        );
+        // Also when no inversion runs (first commit, lenient without prevData).
+        let mut first = over.clone();
+        first.prev_data = None;
+        first.since = None;
+        expect_err(
+            &first,
+            &key,
+            None,
+            &strict(),
+            ValidationError::RecordTooLarge,
+        );
+        expect_err(
+            &first,
+            &key,
+            Some(&next),
+            &ValidationPolicy::lenient(),
+            ValidationError::RecordTooLarge,
+        );
+    }
+}
+
 #[test]
 fn every_reason_is_distinct_per_variant_group() {
     let reasons = [
@@ -954,6 +1021,7 @@ fn every_reason_is_distinct_per_variant_group() {
         ValidationError::BadTime.reason(),
         ValidationError::SyncExtraBlocks.reason(),
         ValidationError::LegacyOp.reason(),
+        ValidationError::RecordTooLarge.reason(),
         ValidationError::Signature(SigError::Invalid).reason(),
         ValidationError::Car(CarError::Truncated).reason(),
     ];

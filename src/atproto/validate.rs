@@ -17,7 +17,8 @@
 //! `#commit`: blocks size and op count (check 1), non-empty blocks, CAR parse, commit block at
 //! `roots[0]`, `evt.commit == roots[0]` (rookery checks it, indigo does not), commit decode,
 //! `evt.repo == commit.did` (the signature cannot catch a DID mismatch), `evt.rev == commit.rev`,
-//! future rev (check 3), rev ordering → [`CommitVerdict::Stale`] (check 5), then in strict mode
+//! future rev (check 3), rev ordering → [`CommitVerdict::Stale`] (check 5), the size of every
+//! op's record block (≤ [`MAX_RECORD_BLOCK_BYTES`], PROTOCOL.md §1), then in strict mode
 //! `tooBig`/`rebase` (check 6), the `prevData` rule, `time` syntax (check 9), MST inversion
 //! (check 8), and finally the signature (check 4). Chain continuity (check 7) is never an error:
 //! a `prevData`/`since` mismatch with the stored state is reported as a [`Discontinuity`] on the
@@ -56,6 +57,8 @@ use super::tid::Tid;
 pub const MAX_COMMIT_BLOCKS_BYTES: usize = 2_000_000;
 /// Most ops one `#commit` may carry (lexicon `maxLength`).
 pub const MAX_COMMIT_OPS: usize = sync11::MAX_OPS;
+/// Largest record block a create/update op may point to (PROTOCOL.md §1).
+pub const MAX_RECORD_BLOCK_BYTES: usize = 1_000_000;
 /// Largest `#sync.blocks` accepted (lexicon `maxLength`).
 pub const MAX_SYNC_BLOCKS_BYTES: usize = 10_000;
 /// Default clock-skew allowance for a `rev` (indigo's `futureRevTolerance`).
@@ -186,6 +189,8 @@ pub enum ValidationError {
     TooLarge,
     #[error("more than {MAX_COMMIT_OPS} ops")]
     TooManyOps,
+    #[error("a record block is larger than {MAX_RECORD_BLOCK_BYTES} bytes")]
+    RecordTooLarge,
     #[error("event has empty blocks")]
     EmptyBlocks,
     #[error("bad CAR: {0}")]
@@ -225,6 +230,7 @@ impl ValidationError {
         match self {
             ValidationError::TooLarge => "blocks-too-large",
             ValidationError::TooManyOps => "too-many-ops",
+            ValidationError::RecordTooLarge => "record-too-large",
             ValidationError::EmptyBlocks => "empty-blocks",
             ValidationError::Car(e) => e.reason(),
             ValidationError::MissingCommitBlock => "missing-commit-block",
@@ -329,6 +335,15 @@ pub fn validate_commit(
         && commit.rev <= state.rev
     {
         return Ok(CommitVerdict::Stale);
+    }
+    // Checked for every op, whether or not inversion runs below: a record block in the slice
+    // larger than the limit is an error (an op whose block is absent is sync11's business).
+    for op in &evt.ops {
+        if let Some(block) = op.cid.as_ref().and_then(|cid| car.blocks.get(cid))
+            && block.len() > MAX_RECORD_BLOCK_BYTES
+        {
+            return Err(ValidationError::RecordTooLarge);
+        }
     }
     if policy.strict {
         if evt.too_big {
