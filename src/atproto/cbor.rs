@@ -148,13 +148,16 @@ fn canonical_key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 /// canonical order is checked against its previous key alone, any other map is sorted once
 /// when it closes. Text strings (keys and values) must be UTF-8, as DAG-CBOR requires.
 pub fn scan_item(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, CborError> {
-    if bytes.len() > limits.max_input {
+    // Key offsets are stored as u32 (8 bytes per key, at most 4× the input); no real limit
+    // comes near 4 GiB.
+    if bytes.len() > limits.max_input || u32::try_from(bytes.len()).is_err() {
         return Err(CborError::TooLarge);
     }
     let mut pos = 0usize;
     let mut stack: Vec<Open> = Vec::new();
     // `(start, end)` of each key of every open map, innermost map last.
-    let mut keys: Vec<(usize, usize)> = Vec::new();
+    let mut keys: Vec<(u32, u32)> = Vec::new();
+    let key_bytes = |k: (u32, u32)| &bytes[k.0 as usize..k.1 as usize];
     loop {
         let key_expected = matches!(stack.last(), Some(o) if o.is_map && o.remaining % 2 == 0);
         let head = read_head(bytes, pos)?;
@@ -174,14 +177,14 @@ pub fn scan_item(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, CborError
                 }
                 if key_expected && let Some(open) = stack.last_mut() {
                     if keys.len() > open.keys_from {
-                        let (ps, pe) = keys[keys.len() - 1];
-                        match canonical_key_order(&bytes[ps..pe], text) {
+                        match canonical_key_order(key_bytes(keys[keys.len() - 1]), text) {
                             std::cmp::Ordering::Less => {}
                             std::cmp::Ordering::Equal => return Err(CborError::DuplicateKey),
                             std::cmp::Ordering::Greater => open.sorted = false,
                         }
                     }
-                    keys.push((start, pos));
+                    // Both offsets are <= bytes.len(), checked to fit in u32 above.
+                    keys.push((start as u32, pos as u32));
                 }
             }
             4 | 5 => {
@@ -226,12 +229,9 @@ pub fn scan_item(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, CborError
                             let own = &mut keys[open.keys_from..];
                             if !open.sorted {
                                 own.sort_unstable_by(|a, b| {
-                                    canonical_key_order(&bytes[a.0..a.1], &bytes[b.0..b.1])
+                                    canonical_key_order(key_bytes(*a), key_bytes(*b))
                                 });
-                                if own
-                                    .windows(2)
-                                    .any(|w| bytes[w[0].0..w[0].1] == bytes[w[1].0..w[1].1])
-                                {
+                                if own.windows(2).any(|w| key_bytes(w[0]) == key_bytes(w[1])) {
                                     return Err(CborError::DuplicateKey);
                                 }
                             }
