@@ -350,6 +350,31 @@ fn duplicate_keys_are_rejected_by_every_reader() {
     assert_eq!((re.seq, re.did, re.time), (9, id.did, id.time));
 }
 
+/// A `seq` above i64::MAX cannot be decoded by `decode_frame`; `peek_event` must not hand
+/// the Subscriber a seq the validator never sees.
+#[test]
+fn peek_seq_agrees_with_decode_frame_at_the_i64_edge() {
+    let did = text("did:plc:a");
+    let time = text("2025-01-01T00:00:00Z");
+    let with_seq = |seq: u64| {
+        let mut item = Vec::new();
+        rookery::atproto::cbor::write_head(&mut item, 0, seq);
+        identity_with_entries(&[("did", did.clone()), ("seq", item), ("time", time.clone())])
+    };
+    let max = with_seq(i64::MAX as u64);
+    assert_eq!(frame::peek_event(&max).unwrap().seq, Some(i64::MAX as u64));
+    assert!(matches!(
+        frame::decode_frame(&Bytes::from(max)),
+        Ok(Frame::Identity(id)) if id.seq == i64::MAX
+    ));
+    let over = with_seq(i64::MAX as u64 + 1);
+    assert_eq!(frame::peek_event(&over).unwrap().seq, None);
+    assert!(matches!(
+        frame::decode_frame(&Bytes::from(over)),
+        Err(FrameError::BadBody(_))
+    ));
+}
+
 fn arb_text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9:._-]{0,20}"
 }

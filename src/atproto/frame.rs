@@ -272,7 +272,8 @@ fn read_event(msg: &[u8]) -> Result<(FrameHeader<'_>, Vec<RawEntry<'_>>), FrameE
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventPeek<'a> {
     pub header: FrameHeader<'a>,
-    /// `seq` of the body, when present and an unsigned integer.
+    /// `seq` of the body, when present and an unsigned integer that fits the `i64` of
+    /// [`decode_frame`] (a larger one is `None`: the two readers must not disagree).
     pub seq: Option<u64>,
     /// `repo` for `#commit`, `did` for the other types.
     pub did: Option<&'a str>,
@@ -290,7 +291,7 @@ pub fn peek_event(msg: &[u8]) -> Result<EventPeek<'_>, FrameError> {
     let mut did = None;
     let body_len = walk_map(&msg[header.body_offset..], |entry| {
         if entry.key == "seq" {
-            seq = read_uint(entry.raw_value);
+            seq = read_uint(entry.raw_value).filter(|s| i64::try_from(*s).is_ok());
         } else if entry.key == did_key {
             did = read_text(entry.raw_value);
         }
