@@ -652,6 +652,32 @@ fn every_commit_error_variant() {
     e.commit = stored.commit;
     expect_err(&e, &key, s, &strict(), ValidationError::CommitRootMismatch);
 
+    // The commit block under a CID that is not CIDv1 dag-cbor (here: raw codec, same hash).
+    // Its content verifies, but the relay would store the dag-cbor CID while re-broadcasting
+    // the event's other one.
+    let commit_block = car.blocks.get(&good.commit).unwrap().clone();
+    let raw_cid = Cid::new_v1(0x55, *good.commit.hash());
+    let mut blocks = vec![(&raw_cid, commit_block.as_ref())];
+    blocks.extend(without_commit.iter().copied());
+    let mut e = good.clone();
+    e.commit = raw_cid;
+    e.blocks = Bytes::from(car::write_car(&[raw_cid], blocks.clone()));
+    expect_err(&e, &key, s, &strict(), ValidationError::CommitCidNotBlessed);
+    let sync = SyncEvent {
+        seq: 1,
+        did: DID.into(),
+        blocks: Bytes::from(car::write_car(
+            &[raw_cid],
+            [(&raw_cid, commit_block.as_ref())],
+        )),
+        rev: good.rev.clone(),
+        time: good.time.clone(),
+    };
+    assert_eq!(
+        validate_sync(&sync, &key, s, NOW, &strict()),
+        Err(ValidationError::CommitCidNotBlessed)
+    );
+
     // roots[0] is not a commit (a record block).
     let (rec_cid, rec) = record("not a commit");
     let mut e = good.clone();
@@ -1022,6 +1048,7 @@ fn every_reason_is_distinct_per_variant_group() {
         ValidationError::SyncExtraBlocks.reason(),
         ValidationError::LegacyOp.reason(),
         ValidationError::RecordTooLarge.reason(),
+        ValidationError::CommitCidNotBlessed.reason(),
         ValidationError::Signature(SigError::Invalid).reason(),
         ValidationError::Car(CarError::Truncated).reason(),
     ];

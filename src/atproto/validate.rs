@@ -15,7 +15,8 @@
 //!   trigger an identity lookup.
 //!
 //! `#commit`: blocks size and op count (check 1), non-empty blocks, CAR parse, commit block at
-//! `roots[0]`, `evt.commit == roots[0]` (rookery checks it, indigo does not), commit decode,
+//! `roots[0]`, `evt.commit == roots[0]` (rookery checks it, indigo does not), `roots[0]` is a
+//! CIDv1 dag-cbor sha2-256 CID (else the stored commit CID would not be the event's), commit decode,
 //! `evt.repo == commit.did` (the signature cannot catch a DID mismatch), `evt.rev == commit.rev`,
 //! future rev (check 3), rev ordering → [`CommitVerdict::Stale`] (check 5), the size of every
 //! op's record block (≤ [`MAX_RECORD_BLOCK_BYTES`], PROTOCOL.md §1), then in strict mode
@@ -45,7 +46,7 @@
 use bytes::Bytes;
 
 use super::car::{self, CarError, CarLimits};
-use super::cid::Cid;
+use super::cid::{Cid, is_blessed_dag_cbor};
 use super::commit::{Commit, CommitError};
 use super::frame::{CommitEvent, SyncEvent};
 use super::keys::{PublicKey, SigError};
@@ -199,6 +200,8 @@ pub enum ValidationError {
     MissingCommitBlock,
     #[error("event commit CID differs from the CAR root")]
     CommitRootMismatch,
+    #[error("commit CID is not CIDv1 dag-cbor sha2-256")]
+    CommitCidNotBlessed,
     #[error("bad commit: {0}")]
     Commit(CommitError),
     #[error("commit did differs from the event's account")]
@@ -235,6 +238,7 @@ impl ValidationError {
             ValidationError::Car(e) => e.reason(),
             ValidationError::MissingCommitBlock => "missing-commit-block",
             ValidationError::CommitRootMismatch => "commit-root-mismatch",
+            ValidationError::CommitCidNotBlessed => "commit-cid-not-blessed",
             ValidationError::Commit(e) => e.reason(),
             ValidationError::RepoMismatch => "repo-mismatch",
             ValidationError::RevMismatch => "rev-mismatch",
@@ -281,6 +285,11 @@ fn load_commit(
         .ok_or(ValidationError::MissingCommitBlock)?;
     if evt_commit.is_some_and(|c| *c != root) {
         return Err(ValidationError::CommitRootMismatch);
+    }
+    // `Commit::cid` is the dag-cbor CID of the block; a root with another codec (same hash)
+    // would make the stored commit CID differ from the one the event carries.
+    if !is_blessed_dag_cbor(&root) {
+        return Err(ValidationError::CommitCidNotBlessed);
     }
     let commit = Commit::decode(block).map_err(ValidationError::Commit)?;
     if commit.did != evt_did {
