@@ -514,6 +514,56 @@ proptest! {
         let _ = frame::decode_frame(&Bytes::from(bytes));
     }
 
+    /// Identity bodies with keys drawn (in any order, possibly repeated) from the known fields
+    /// plus an unknown one: the four readers either all refuse with DuplicateKey or all agree
+    /// on seq and did, and re-sequencing keeps every other field.
+    #[test]
+    fn readers_agree_on_any_key_order_and_repetition(
+        picks in proptest::collection::vec((0usize..5, 1u64..1000), 3..8)
+    ) {
+        const KEYS: [&str; 5] = ["seq", "did", "time", "handle", "zz"];
+        let entries: Vec<(&str, Vec<u8>)> = picks
+            .iter()
+            .map(|(k, v)| {
+                let value = match KEYS[*k] {
+                    "seq" => {
+                        let mut item = Vec::new();
+                        rookery::atproto::cbor::write_head(&mut item, 0, *v);
+                        item
+                    }
+                    "did" => text(&format!("did:plc:{v}")),
+                    "handle" => text(&format!("h{v}.test")),
+                    _ => text("2025-01-01T00:00:00Z"),
+                };
+                (KEYS[*k], value)
+            })
+            .collect();
+        let m = identity_with_entries(&entries);
+        let distinct: std::collections::BTreeSet<usize> = picks.iter().map(|(k, _)| *k).collect();
+        if distinct.len() < picks.len() {
+            prop_assert_eq!(frame::decode_header(&m), Err(FrameError::DuplicateKey));
+            prop_assert_eq!(frame::peek_event(&m), Err(FrameError::DuplicateKey));
+            prop_assert_eq!(frame::resequence(&m, 7), Err(FrameError::DuplicateKey));
+            prop_assert_eq!(frame::decode_frame(&Bytes::from(m)), Err(FrameError::DuplicateKey));
+        } else {
+            let peek = frame::peek_event(&m).unwrap();
+            match frame::decode_frame(&Bytes::from(m.clone())) {
+                Ok(Frame::Identity(id)) => {
+                    prop_assert_eq!(peek.seq, Some(id.seq as u64));
+                    prop_assert_eq!(peek.did, Some(id.did.as_str()));
+                    let out = frame::resequence(&m, 7).unwrap();
+                    let Ok(Frame::Identity(re)) = frame::decode_frame(&Bytes::from(out)) else {
+                        return Err(TestCaseError::fail("resequenced frame does not decode"));
+                    };
+                    prop_assert_eq!(re, frame::IdentityEvent { seq: 7, ..id });
+                }
+                // A required field is missing: a body error, never a disagreement.
+                Err(FrameError::BadBody(_)) => {}
+                other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+            }
+        }
+    }
+
     #[test]
     fn mutated_real_frames_never_panic(idx in 0usize..40, pos in any::<usize>(), value in any::<u8>(), cut in any::<bool>()) {
         let frames = SCENARIO.with(|s| s.clone());
