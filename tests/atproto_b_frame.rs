@@ -240,6 +240,141 @@ fn framing_errors_and_unknowns() {
     assert_eq!(err.reason(), "frame-bad-body");
 }
 
+/// A CBOR text item.
+fn text(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    rookery::atproto::cbor::write_head(&mut out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// An `#identity` frame whose body map has the given raw `(key, value item)` entries, in order.
+fn identity_with_entries(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut m = cbor(&to_ipld(&serde_json::json!({"op": 1, "t": "#identity"})));
+    rookery::atproto::cbor::write_head(&mut m, 5, entries.len() as u64);
+    for (k, v) in entries {
+        m.extend(text(k));
+        m.extend(v);
+    }
+    m
+}
+
+/// The validator (decode_frame), the Subscriber (peek_event, decode_header) and the Sequencer
+/// (resequence) must never read different values out of one frame, so a duplicate key
+/// anywhere in the body is the same typed error for all of them, in or out of canonical order.
+#[test]
+fn duplicate_keys_are_rejected_by_every_reader() {
+    let did = text("did:plc:a");
+    let time = text("2025-01-01T00:00:00Z");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // `seq` twice, out of canonical order: serde would keep 2, a first-wins reader 1.
+        (
+            "seq out of order",
+            identity_with_entries(&[
+                ("seq", vec![0x01]),
+                ("did", did.clone()),
+                ("time", time.clone()),
+                ("seq", vec![0x02]),
+            ]),
+        ),
+        // `did` twice: the account the event is about would differ between readers.
+        (
+            "did twice",
+            identity_with_entries(&[
+                ("did", did.clone()),
+                ("did", text("did:plc:b")),
+                ("seq", vec![0x01]),
+                ("time", time.clone()),
+            ]),
+        ),
+        // An unknown field twice: serde ignores it, the broadcaster would copy both.
+        (
+            "unknown twice",
+            identity_with_entries(&[
+                ("x", vec![0x01]),
+                ("x", vec![0x02]),
+                ("did", did.clone()),
+                ("seq", vec![0x01]),
+                ("time", time.clone()),
+            ]),
+        ),
+        // A duplicate nested inside a value.
+        (
+            "nested",
+            identity_with_entries(&[
+                ("did", did.clone()),
+                ("seq", vec![0x01]),
+                ("ext", vec![0xa2, 0x61, b'a', 0x01, 0x61, b'a', 0x02]),
+                ("time", time.clone()),
+            ]),
+        ),
+    ];
+    for (name, m) in cases {
+        assert_eq!(
+            frame::decode_header(&m),
+            Err(FrameError::DuplicateKey),
+            "{name}: decode_header"
+        );
+        assert_eq!(
+            frame::peek_event(&m),
+            Err(FrameError::DuplicateKey),
+            "{name}: peek_event"
+        );
+        assert_eq!(
+            frame::resequence(&m, 7),
+            Err(FrameError::DuplicateKey),
+            "{name}: resequence"
+        );
+        assert_eq!(
+            frame::decode_frame(&Bytes::from(m)),
+            Err(FrameError::DuplicateKey),
+            "{name}: decode_frame"
+        );
+    }
+    // Out of canonical order but without duplicates: every reader accepts and agrees.
+    let m = identity_with_entries(&[
+        ("time", time.clone()),
+        ("seq", vec![0x05]),
+        ("did", did.clone()),
+    ]);
+    let peek = frame::peek_event(&m).unwrap();
+    assert_eq!((peek.seq, peek.did), (Some(5), Some("did:plc:a")));
+    let Frame::Identity(id) = frame::decode_frame(&Bytes::from(m.clone())).unwrap() else {
+        panic!("not an identity frame");
+    };
+    assert_eq!((id.seq, id.did.as_str()), (5, "did:plc:a"));
+    let out = frame::resequence(&m, 9).unwrap();
+    let Frame::Identity(re) = frame::decode_frame(&Bytes::from(out)).unwrap() else {
+        panic!("not an identity frame");
+    };
+    assert_eq!((re.seq, re.did, re.time), (9, id.did, id.time));
+}
+
+/// A `seq` above i64::MAX cannot be decoded by `decode_frame`; `peek_event` must not hand
+/// the Subscriber a seq the validator never sees.
+#[test]
+fn peek_seq_agrees_with_decode_frame_at_the_i64_edge() {
+    let did = text("did:plc:a");
+    let time = text("2025-01-01T00:00:00Z");
+    let with_seq = |seq: u64| {
+        let mut item = Vec::new();
+        rookery::atproto::cbor::write_head(&mut item, 0, seq);
+        identity_with_entries(&[("did", did.clone()), ("seq", item), ("time", time.clone())])
+    };
+    let max = with_seq(i64::MAX as u64);
+    assert_eq!(frame::peek_event(&max).unwrap().seq, Some(i64::MAX as u64));
+    assert!(matches!(
+        frame::decode_frame(&Bytes::from(max)),
+        Ok(Frame::Identity(id)) if id.seq == i64::MAX
+    ));
+    let over = with_seq(i64::MAX as u64 + 1);
+    assert_eq!(frame::peek_event(&over).unwrap().seq, None);
+    assert!(matches!(
+        frame::decode_frame(&Bytes::from(over)),
+        Err(FrameError::BadBody(_))
+    ));
+}
+
 fn arb_text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9:._-]{0,20}"
 }
@@ -377,6 +512,56 @@ proptest! {
         let _ = frame::peek_event(&bytes);
         let _ = frame::resequence(&bytes, 5);
         let _ = frame::decode_frame(&Bytes::from(bytes));
+    }
+
+    /// Identity bodies with keys drawn (in any order, possibly repeated) from the known fields
+    /// plus an unknown one: the four readers either all refuse with DuplicateKey or all agree
+    /// on seq and did, and re-sequencing keeps every other field.
+    #[test]
+    fn readers_agree_on_any_key_order_and_repetition(
+        picks in proptest::collection::vec((0usize..5, 1u64..1000), 3..8)
+    ) {
+        const KEYS: [&str; 5] = ["seq", "did", "time", "handle", "zz"];
+        let entries: Vec<(&str, Vec<u8>)> = picks
+            .iter()
+            .map(|(k, v)| {
+                let value = match KEYS[*k] {
+                    "seq" => {
+                        let mut item = Vec::new();
+                        rookery::atproto::cbor::write_head(&mut item, 0, *v);
+                        item
+                    }
+                    "did" => text(&format!("did:plc:{v}")),
+                    "handle" => text(&format!("h{v}.test")),
+                    _ => text("2025-01-01T00:00:00Z"),
+                };
+                (KEYS[*k], value)
+            })
+            .collect();
+        let m = identity_with_entries(&entries);
+        let distinct: std::collections::BTreeSet<usize> = picks.iter().map(|(k, _)| *k).collect();
+        if distinct.len() < picks.len() {
+            prop_assert_eq!(frame::decode_header(&m), Err(FrameError::DuplicateKey));
+            prop_assert_eq!(frame::peek_event(&m), Err(FrameError::DuplicateKey));
+            prop_assert_eq!(frame::resequence(&m, 7), Err(FrameError::DuplicateKey));
+            prop_assert_eq!(frame::decode_frame(&Bytes::from(m)), Err(FrameError::DuplicateKey));
+        } else {
+            let peek = frame::peek_event(&m).unwrap();
+            match frame::decode_frame(&Bytes::from(m.clone())) {
+                Ok(Frame::Identity(id)) => {
+                    prop_assert_eq!(peek.seq, Some(id.seq as u64));
+                    prop_assert_eq!(peek.did, Some(id.did.as_str()));
+                    let out = frame::resequence(&m, 7).unwrap();
+                    let Ok(Frame::Identity(re)) = frame::decode_frame(&Bytes::from(out)) else {
+                        return Err(TestCaseError::fail("resequenced frame does not decode"));
+                    };
+                    prop_assert_eq!(re, frame::IdentityEvent { seq: 7, ..id });
+                }
+                // A required field is missing: a body error, never a disagreement.
+                Err(FrameError::BadBody(_)) => {}
+                other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+            }
+        }
     }
 
     #[test]

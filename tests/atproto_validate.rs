@@ -18,8 +18,9 @@ use rookery::atproto::mst::Mst;
 use rookery::atproto::sync11::Sync11Error;
 use rookery::atproto::tid::Tid;
 use rookery::atproto::validate::{
-    CommitVerdict, Discontinuity, Inversion, LegacyPolicy, RepoState, SyncVerdict, ValidationError,
-    ValidationPolicy, validate_commit, validate_sync,
+    CommitVerdict, Discontinuity, Inversion, LegacyPolicy, MAX_COMMIT_BLOCKS_BYTES,
+    MAX_RECORD_BLOCK_BYTES, RepoState, SyncVerdict, ValidationError, ValidationPolicy,
+    validate_commit, validate_sync,
 };
 use serde_json::Value;
 
@@ -361,6 +362,8 @@ struct Repo {
 
 enum Change {
     Create(String),
+    /// A create whose record's `text` is this many `x`s.
+    CreateSized(String, usize),
     Update(String),
     Delete(String),
 }
@@ -394,10 +397,13 @@ impl Repo {
         let mut records = Vec::new();
         for change in changes {
             match change {
-                Change::Create(p) | Change::Update(p) => {
-                    let (cid, bytes) = record(&format!("{p} v{}", self.clock));
+                Change::Create(p) | Change::Update(p) | Change::CreateSized(p, _) => {
+                    let (cid, bytes) = match change {
+                        Change::CreateSized(_, n) => record(&"x".repeat(*n)),
+                        _ => record(&format!("{p} v{}", self.clock)),
+                    };
                     let prev = self.tree.insert(p.as_bytes(), cid).unwrap();
-                    let action = if matches!(change, Change::Create(_)) {
+                    let action = if matches!(change, Change::Create(_) | Change::CreateSized(..)) {
                         assert!(prev.is_none());
                         "create"
                     } else {
@@ -645,6 +651,32 @@ fn every_commit_error_variant() {
     let mut e = good.clone();
     e.commit = stored.commit;
     expect_err(&e, &key, s, &strict(), ValidationError::CommitRootMismatch);
+
+    // The commit block under a CID that is not CIDv1 dag-cbor (here: raw codec, same hash).
+    // Its content verifies, but the relay would store the dag-cbor CID while re-broadcasting
+    // the event's other one.
+    let commit_block = car.blocks.get(&good.commit).unwrap().clone();
+    let raw_cid = Cid::new_v1(0x55, *good.commit.hash());
+    let mut blocks = vec![(&raw_cid, commit_block.as_ref())];
+    blocks.extend(without_commit.iter().copied());
+    let mut e = good.clone();
+    e.commit = raw_cid;
+    e.blocks = Bytes::from(car::write_car(&[raw_cid], blocks.clone()));
+    expect_err(&e, &key, s, &strict(), ValidationError::CommitCidNotBlessed);
+    let sync = SyncEvent {
+        seq: 1,
+        did: DID.into(),
+        blocks: Bytes::from(car::write_car(
+            &[raw_cid],
+            [(&raw_cid, commit_block.as_ref())],
+        )),
+        rev: good.rev.clone(),
+        time: good.time.clone(),
+    };
+    assert_eq!(
+        validate_sync(&sync, &key, s, NOW, &strict()),
+        Err(ValidationError::CommitCidNotBlessed)
+    );
 
     // roots[0] is not a commit (a record block).
     let (rec_cid, rec) = record("not a commit");
@@ -938,6 +970,67 @@ fn sync_events() {
     ));
 }
 
+/// PROTOCOL.md §1: each record block may be at most 1,000,000 bytes, even inside a
+/// `#commit.blocks` that is within its own 2,000,000-byte limit.
+#[test]
+fn record_blocks_over_one_megabyte_are_rejected() {
+    // Block length for a `text` of n bytes (n >= 65,536: a 5-byte text head).
+    let overhead = record(&"x".repeat(70_000)).1.len() - 70_000;
+    let text_for = |block_len: usize| block_len - overhead;
+    assert_eq!(
+        record(&"x".repeat(text_for(MAX_RECORD_BLOCK_BYTES)))
+            .1
+            .len(),
+        MAX_RECORD_BLOCK_BYTES
+    );
+    for curve in [Curve::K256, Curve::P256] {
+        let (mut repo, stored) = repo_with_history(curve);
+        let key = repo.public();
+        let at_limit = repo.commit(&[Change::CreateSized(
+            path(3000),
+            text_for(MAX_RECORD_BLOCK_BYTES),
+        )]);
+        let (next, _, inversion) = accept(validate_commit(
+            &at_limit,
+            &key,
+            Some(&stored),
+            NOW,
+            &strict(),
+        ));
+        assert_eq!(inversion, Inversion::Verified);
+        let over = repo.commit(&[Change::CreateSized(
+            path(3001),
+            text_for(MAX_RECORD_BLOCK_BYTES + 1),
+        )]);
+        assert!(over.blocks.len() < MAX_COMMIT_BLOCKS_BYTES);
+        expect_err(
+            &over,
+            &key,
+            Some(&next),
+            &strict(),
+            ValidationError::RecordTooLarge,
+        );
+        // Also when no inversion runs (first commit, lenient without prevData).
+        let mut first = over.clone();
+        first.prev_data = None;
+        first.since = None;
+        expect_err(
+            &first,
+            &key,
+            None,
+            &strict(),
+            ValidationError::RecordTooLarge,
+        );
+        expect_err(
+            &first,
+            &key,
+            Some(&next),
+            &ValidationPolicy::lenient(),
+            ValidationError::RecordTooLarge,
+        );
+    }
+}
+
 #[test]
 fn every_reason_is_distinct_per_variant_group() {
     let reasons = [
@@ -954,6 +1047,8 @@ fn every_reason_is_distinct_per_variant_group() {
         ValidationError::BadTime.reason(),
         ValidationError::SyncExtraBlocks.reason(),
         ValidationError::LegacyOp.reason(),
+        ValidationError::RecordTooLarge.reason(),
+        ValidationError::CommitCidNotBlessed.reason(),
         ValidationError::Signature(SigError::Invalid).reason(),
         ValidationError::Car(CarError::Truncated).reason(),
     ];

@@ -9,7 +9,9 @@
 //!
 //! Shortest-form integers and key order are not enforced on decode: hashes are always computed
 //! over the bytes as received, so a non-canonical block simply has a different CID, and being
-//! strict here would drop events from PDSes that verify fine.
+//! strict here would drop events from PDSes that verify fine. Duplicate map keys and non-UTF-8
+//! text *are* rejected: they are not a matter of form but of meaning (decoders disagree on
+//! which of two equal keys wins), see [`scan_item`].
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,8 @@ pub enum CborError {
     Malformed(&'static str),
     #[error("bytes after the CBOR item")]
     TrailingBytes,
+    #[error("CBOR map has a duplicate key")]
+    DuplicateKey,
     #[error("DAG-CBOR decode failed: {0}")]
     Decode(String),
     #[error("DAG-CBOR encode failed: {0}")]
@@ -64,6 +68,7 @@ impl CborError {
             CborError::Truncated => "cbor-truncated",
             CborError::Malformed(_) => "cbor-malformed",
             CborError::TrailingBytes => "cbor-trailing-bytes",
+            CborError::DuplicateKey => "cbor-duplicate-key",
             CborError::Decode(_) => "cbor-decode",
             CborError::Encode(_) => "cbor-encode",
         }
@@ -121,16 +126,38 @@ struct Open {
     /// Items still to read; for a map this counts keys and values separately.
     remaining: u64,
     is_map: bool,
+    /// For a map: index in the shared key stack where this map's keys start.
+    keys_from: usize,
+    /// For a map: whether every key so far came in canonical order (then a duplicate can
+    /// only be the previous key, and no sort is needed when the map closes).
+    sorted: bool,
+}
+
+/// Canonical DAG-CBOR key order: shorter first, then bytewise.
+fn canonical_key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// Checks that `bytes` starts with one well-formed DAG-CBOR item within `limits` and returns
 /// its encoded length. Bytes after the item are not looked at (a firehose frame is two items).
+///
+/// Duplicate map keys are an error ([`CborError::DuplicateKey`]) at every level: serde keeps
+/// the last of two equal keys while other decoders keep the first, so a duplicate would let
+/// what the relay validated differ from what a consumer reads out of the same bytes. Keys
+/// of the open maps live on one shared stack (offsets only); a map whose keys come in
+/// canonical order is checked against its previous key alone, any other map is sorted once
+/// when it closes. Text strings (keys and values) must be UTF-8, as DAG-CBOR requires.
 pub fn scan_item(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, CborError> {
-    if bytes.len() > limits.max_input {
+    // Key offsets are stored as u32 (8 bytes per key, at most 4× the input); no real limit
+    // comes near 4 GiB.
+    if bytes.len() > limits.max_input || u32::try_from(bytes.len()).is_err() {
         return Err(CborError::TooLarge);
     }
     let mut pos = 0usize;
     let mut stack: Vec<Open> = Vec::new();
+    // `(start, end)` of each key of every open map, innermost map last.
+    let mut keys: Vec<(u32, u32)> = Vec::new();
+    let key_bytes = |k: (u32, u32)| &bytes[k.0 as usize..k.1 as usize];
     loop {
         let key_expected = matches!(stack.last(), Some(o) if o.is_map && o.remaining % 2 == 0);
         let head = read_head(bytes, pos)?;
@@ -140,7 +167,26 @@ pub fn scan_item(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, CborError
         }
         match head.major {
             0 | 1 | 7 => {}
-            2 | 3 => pos = skip(bytes, pos, head.arg)?,
+            2 => pos = skip(bytes, pos, head.arg)?,
+            3 => {
+                let start = pos;
+                pos = skip(bytes, pos, head.arg)?;
+                let text = &bytes[start..pos];
+                if std::str::from_utf8(text).is_err() {
+                    return Err(CborError::Malformed("text string is not UTF-8"));
+                }
+                if key_expected && let Some(open) = stack.last_mut() {
+                    if keys.len() > open.keys_from {
+                        match canonical_key_order(key_bytes(keys[keys.len() - 1]), text) {
+                            std::cmp::Ordering::Less => {}
+                            std::cmp::Ordering::Equal => return Err(CborError::DuplicateKey),
+                            std::cmp::Ordering::Greater => open.sorted = false,
+                        }
+                    }
+                    // Both offsets are <= bytes.len(), checked to fit in u32 above.
+                    keys.push((start as u32, pos as u32));
+                }
+            }
             4 | 5 => {
                 if head.arg > limits.max_collection_len as u64 {
                     return Err(CborError::CollectionTooLong);
@@ -151,7 +197,12 @@ pub fn scan_item(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, CborError
                     }
                     let is_map = head.major == 5;
                     let remaining = if is_map { head.arg * 2 } else { head.arg };
-                    stack.push(Open { remaining, is_map });
+                    stack.push(Open {
+                        remaining,
+                        is_map,
+                        keys_from: keys.len(),
+                        sorted: true,
+                    });
                     continue;
                 }
             }
@@ -174,6 +225,18 @@ pub fn scan_item(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, CborError
                 Some(open) => {
                     open.remaining -= 1;
                     if open.remaining == 0 {
+                        if open.is_map {
+                            let own = &mut keys[open.keys_from..];
+                            if !open.sorted {
+                                own.sort_unstable_by(|a, b| {
+                                    canonical_key_order(key_bytes(*a), key_bytes(*b))
+                                });
+                                if own.windows(2).any(|w| key_bytes(w[0]) == key_bytes(w[1])) {
+                                    return Err(CborError::DuplicateKey);
+                                }
+                            }
+                            keys.truncate(open.keys_from);
+                        }
                         stack.pop();
                     } else {
                         break;
@@ -323,6 +386,65 @@ mod tests {
         );
     }
 
+    /// A map of `(key, uint value)` pairs, in the order given, keys written as text.
+    fn raw_map(entries: &[(&str, u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_head(&mut out, 5, entries.len() as u64);
+        for (k, v) in entries {
+            write_head(&mut out, 3, k.len() as u64);
+            out.extend_from_slice(k.as_bytes());
+            write_head(&mut out, 0, u64::from(*v));
+        }
+        out
+    }
+
+    #[test]
+    fn rejects_duplicate_map_keys_at_any_level_and_in_any_order() {
+        let l = lim();
+        // Adjacent duplicate in canonical position.
+        let dup = raw_map(&[("a", 1), ("a", 2)]);
+        assert_eq!(scan_item(&dup, &l), Err(CborError::DuplicateKey));
+        assert_eq!(decode::<Ipld>(&dup, &l), Err(CborError::DuplicateKey));
+        // Duplicate hidden by non-canonical order.
+        let hidden = raw_map(&[("seq", 1), ("a", 2), ("seq", 3)]);
+        assert_eq!(scan_item(&hidden, &l), Err(CborError::DuplicateKey));
+        // Nested: [ {"x":1, "x":2} ] and {"m": {"b":1, "a":1, "b":2}}.
+        let mut nested = vec![0x81];
+        nested.extend(raw_map(&[("x", 1), ("x", 2)]));
+        assert_eq!(scan_item(&nested, &l), Err(CborError::DuplicateKey));
+        let mut outer = vec![0xa1, 0x61, b'm'];
+        outer.extend(raw_map(&[("b", 1), ("a", 1), ("b", 2)]));
+        assert_eq!(scan_item(&outer, &l), Err(CborError::DuplicateKey));
+        // The same key in sibling or nested maps is not a duplicate.
+        let mut siblings = vec![0xa2, 0x61, b'a'];
+        siblings.extend(raw_map(&[("a", 1)]));
+        siblings.extend([0x61, b'b']);
+        siblings.extend(raw_map(&[("a", 1), ("b", 2)]));
+        assert_eq!(scan_item(&siblings, &l), Ok(siblings.len()));
+        // Non-canonical order without duplicates is still accepted.
+        let unsorted = raw_map(&[("bb", 1), ("a", 2), ("c", 3)]);
+        assert_eq!(scan_item(&unsorted, &l), Ok(unsorted.len()));
+        assert_eq!(CborError::DuplicateKey.reason(), "cbor-duplicate-key");
+    }
+
+    #[test]
+    fn rejects_text_that_is_not_utf8() {
+        let l = lim();
+        // Text value "\xff".
+        assert!(matches!(
+            scan_item(&[0x61, 0xff], &l),
+            Err(CborError::Malformed(_))
+        ));
+        // Map key "\xc3" (truncated two-byte sequence).
+        assert!(matches!(
+            scan_item(&[0xa1, 0x61, 0xc3, 0x00], &l),
+            Err(CborError::Malformed(_))
+        ));
+        // Valid multi-byte text passes.
+        let ok = encode(&Ipld::String("héllo ✓".into())).unwrap();
+        assert_eq!(scan_item(&ok, &l), Ok(ok.len()));
+    }
+
     #[test]
     fn encodes_keys_length_first() {
         let mut m = BTreeMap::new();
@@ -339,6 +461,21 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = scan_item(&bytes, &lim());
             let _ = decode::<Ipld>(&bytes, &lim());
+        }
+
+        /// Any key sequence: the scanner rejects it exactly when some key repeats.
+        #[test]
+        fn duplicate_keys_are_found_in_any_order(
+            keys in proptest::collection::vec("[a-c]{0,2}", 0..12)
+        ) {
+            let entries: Vec<(&str, u8)> = keys.iter().map(|k| (k.as_str(), 0)).collect();
+            let bytes = raw_map(&entries);
+            let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
+            if distinct.len() == keys.len() {
+                prop_assert_eq!(scan_item(&bytes, &lim()), Ok(bytes.len()));
+            } else {
+                prop_assert_eq!(scan_item(&bytes, &lim()), Err(CborError::DuplicateKey));
+            }
         }
 
         #[test]

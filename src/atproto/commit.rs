@@ -14,7 +14,9 @@
 //! - The unsigned bytes are the canonical DAG-CBOR re-encoding of the block's map without
 //!   `sig` (as indigo does), and the commit CID is the CID of the signed block *as received*.
 //!   A block whose key order or integer widths are not canonical therefore still verifies; it
-//!   simply has its own CID.
+//!   simply has its own CID. A block with a **duplicate key** does not decode (the scanner's
+//!   `DuplicateKey`): the map keeps the last value, so the signature would cover only that
+//!   one while a first-wins consumer of the same CID would read the other.
 
 use std::collections::BTreeMap;
 
@@ -289,6 +291,38 @@ mod tests {
                 Err(CommitError::Signature(SigError::Invalid))
             );
         }
+    }
+
+    /// A signed block with `data` twice: the first (unsigned, attacker's) one would be what a
+    /// first-wins consumer reads, the last one what serde keeps and what the signature covers.
+    /// It must not decode, let alone verify.
+    #[test]
+    fn duplicate_field_is_rejected_before_the_signature() {
+        let key = PrivateKey::generate(Curve::K256);
+        let (_, block) = Commit::sign(DID, rev(), data(), &key).unwrap();
+        assert_eq!(block[0], 0xa6);
+        let other = cid_for_dag_cbor(b"other tree");
+        let mut spliced = vec![0xa7, 0x64];
+        spliced.extend_from_slice(b"data");
+        spliced.extend(cbor::encode(&Ipld::Link(other)).unwrap());
+        spliced.extend_from_slice(&block[1..]);
+        assert_eq!(
+            Commit::decode(&spliced),
+            Err(CommitError::Cbor(CborError::DuplicateKey))
+        );
+        // Same for a duplicate in canonical position (right after the real `data`).
+        let data_key = block.windows(5).position(|w| w == b"\x64data").unwrap();
+        let mut adjacent = block.clone();
+        adjacent[0] = 0xa7;
+        let after_data = data_key + 5 + cbor::encode(&Ipld::Link(data())).unwrap().len();
+        let mut dup = vec![0x64];
+        dup.extend_from_slice(b"data");
+        dup.extend(cbor::encode(&Ipld::Link(other)).unwrap());
+        adjacent.splice(after_data..after_data, dup);
+        assert_eq!(
+            Commit::decode(&adjacent),
+            Err(CommitError::Cbor(CborError::DuplicateKey))
+        );
     }
 
     #[test]

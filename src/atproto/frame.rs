@@ -124,13 +124,27 @@ fn map_entries<'a>(map: &'a [u8]) -> Result<(Vec<RawEntry<'a>>, usize), FrameErr
     Ok((out, len))
 }
 
+/// A scanner error as a frame error; a duplicate key keeps its own reason.
+fn cbor_error(e: CborError) -> FrameError {
+    match e {
+        CborError::DuplicateKey => FrameError::DuplicateKey,
+        other => FrameError::Cbor(other),
+    }
+}
+
 /// Calls `visit` for each entry of the map at the start of `map`; returns the map's length.
+///
+/// A duplicate key is [`FrameError::DuplicateKey`], as in [`decode_frame`] (the scanner) and
+/// [`resequence`]: all three must read the same value for every key. Keys in canonical order
+/// are checked against their predecessor; a map out of order is re-checked by the scanner.
 fn walk_map<'a>(map: &'a [u8], mut visit: impl FnMut(RawEntry<'a>)) -> Result<usize, FrameError> {
     let (major, count, mut pos) = head(map, 0)?;
     if major != MAJOR_MAP {
         return Err(FrameError::BodyNotMap);
     }
     let lim = limits();
+    let mut prev_key: Option<&str> = None;
+    let mut sorted = true;
     for _ in 0..count {
         let (kmajor, klen, khead) = head(map, pos)?;
         if kmajor != MAJOR_TEXT {
@@ -144,8 +158,16 @@ fn walk_map<'a>(map: &'a [u8], mut visit: impl FnMut(RawEntry<'a>)) -> Result<us
         let key_bytes = map.get(pos + khead..kend).ok_or(truncated)?;
         let key = std::str::from_utf8(key_bytes)
             .map_err(|_| FrameError::Cbor(CborError::Malformed("key not utf-8")))?;
+        if let Some(prev) = prev_key {
+            match canonical_order(prev, key) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return Err(FrameError::DuplicateKey),
+                std::cmp::Ordering::Greater => sorted = false,
+            }
+        }
+        prev_key = Some(key);
         let raw_key = &map[pos..kend];
-        let vlen = cbor::scan_item(&map[kend..], &lim).map_err(FrameError::Cbor)?;
+        let vlen = cbor::scan_item(&map[kend..], &lim).map_err(cbor_error)?;
         let raw_value = &map[kend..kend + vlen];
         visit(RawEntry {
             key,
@@ -153,6 +175,9 @@ fn walk_map<'a>(map: &'a [u8], mut visit: impl FnMut(RawEntry<'a>)) -> Result<us
             raw_value,
         });
         pos = kend + vlen;
+    }
+    if !sorted {
+        cbor::scan_item(&map[..pos], &lim).map_err(cbor_error)?;
     }
     Ok(pos)
 }
@@ -205,7 +230,7 @@ fn read_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
         return Err(FrameError::TooLarge);
     }
     let lim = limits();
-    let header_len = cbor::scan_item(msg, &lim).map_err(FrameError::Cbor)?;
+    let header_len = cbor::scan_item(msg, &lim).map_err(cbor_error)?;
     if header_len == msg.len() {
         return Err(FrameError::MissingBody);
     }
@@ -225,8 +250,7 @@ fn read_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
 /// header. Cheap: no body decoding, no allocation.
 pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
     let header = read_header(msg)?;
-    let body_len =
-        cbor::scan_item(&msg[header.body_offset..], &limits()).map_err(FrameError::Cbor)?;
+    let body_len = cbor::scan_item(&msg[header.body_offset..], &limits()).map_err(cbor_error)?;
     if header.body_offset + body_len != msg.len() {
         return Err(FrameError::ExtraItems);
     }
@@ -248,7 +272,8 @@ fn read_event(msg: &[u8]) -> Result<(FrameHeader<'_>, Vec<RawEntry<'_>>), FrameE
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventPeek<'a> {
     pub header: FrameHeader<'a>,
-    /// `seq` of the body, when present and an unsigned integer.
+    /// `seq` of the body, when present and an unsigned integer that fits the `i64` of
+    /// [`decode_frame`] (a larger one is `None`: the two readers must not disagree).
     pub seq: Option<u64>,
     /// `repo` for `#commit`, `did` for the other types.
     pub did: Option<&'a str>,
@@ -266,7 +291,7 @@ pub fn peek_event(msg: &[u8]) -> Result<EventPeek<'_>, FrameError> {
     let mut did = None;
     let body_len = walk_map(&msg[header.body_offset..], |entry| {
         if entry.key == "seq" {
-            seq = read_uint(entry.raw_value);
+            seq = read_uint(entry.raw_value).filter(|s| i64::try_from(*s).is_ok());
         } else if entry.key == did_key {
             did = read_text(entry.raw_value);
         }
@@ -443,7 +468,7 @@ impl Frame {
 fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
     cbor::decode(bytes, &limits()).map_err(|e| match e {
         CborError::Decode(msg) => FrameError::BadBody(msg),
-        other => FrameError::Cbor(other),
+        other => cbor_error(other),
     })
 }
 

@@ -15,9 +15,11 @@
 //!   trigger an identity lookup.
 //!
 //! `#commit`: blocks size and op count (check 1), non-empty blocks, CAR parse, commit block at
-//! `roots[0]`, `evt.commit == roots[0]` (rookery checks it, indigo does not), commit decode,
+//! `roots[0]`, `evt.commit == roots[0]` (rookery checks it, indigo does not), `roots[0]` is a
+//! CIDv1 dag-cbor sha2-256 CID (else the stored commit CID would not be the event's), commit decode,
 //! `evt.repo == commit.did` (the signature cannot catch a DID mismatch), `evt.rev == commit.rev`,
-//! future rev (check 3), rev ordering → [`CommitVerdict::Stale`] (check 5), then in strict mode
+//! future rev (check 3), rev ordering → [`CommitVerdict::Stale`] (check 5), the size of every
+//! op's record block (≤ [`MAX_RECORD_BLOCK_BYTES`], PROTOCOL.md §1), then in strict mode
 //! `tooBig`/`rebase` (check 6), the `prevData` rule, `time` syntax (check 9), MST inversion
 //! (check 8), and finally the signature (check 4). Chain continuity (check 7) is never an error:
 //! a `prevData`/`since` mismatch with the stored state is reported as a [`Discontinuity`] on the
@@ -44,7 +46,7 @@
 use bytes::Bytes;
 
 use super::car::{self, CarError, CarLimits};
-use super::cid::Cid;
+use super::cid::{Cid, is_blessed_dag_cbor};
 use super::commit::{Commit, CommitError};
 use super::frame::{CommitEvent, SyncEvent};
 use super::keys::{PublicKey, SigError};
@@ -56,6 +58,8 @@ use super::tid::Tid;
 pub const MAX_COMMIT_BLOCKS_BYTES: usize = 2_000_000;
 /// Most ops one `#commit` may carry (lexicon `maxLength`).
 pub const MAX_COMMIT_OPS: usize = sync11::MAX_OPS;
+/// Largest record block a create/update op may point to (PROTOCOL.md §1).
+pub const MAX_RECORD_BLOCK_BYTES: usize = 1_000_000;
 /// Largest `#sync.blocks` accepted (lexicon `maxLength`).
 pub const MAX_SYNC_BLOCKS_BYTES: usize = 10_000;
 /// Default clock-skew allowance for a `rev` (indigo's `futureRevTolerance`).
@@ -186,6 +190,8 @@ pub enum ValidationError {
     TooLarge,
     #[error("more than {MAX_COMMIT_OPS} ops")]
     TooManyOps,
+    #[error("a record block is larger than {MAX_RECORD_BLOCK_BYTES} bytes")]
+    RecordTooLarge,
     #[error("event has empty blocks")]
     EmptyBlocks,
     #[error("bad CAR: {0}")]
@@ -194,6 +200,8 @@ pub enum ValidationError {
     MissingCommitBlock,
     #[error("event commit CID differs from the CAR root")]
     CommitRootMismatch,
+    #[error("commit CID is not CIDv1 dag-cbor sha2-256")]
+    CommitCidNotBlessed,
     #[error("bad commit: {0}")]
     Commit(CommitError),
     #[error("commit did differs from the event's account")]
@@ -225,10 +233,12 @@ impl ValidationError {
         match self {
             ValidationError::TooLarge => "blocks-too-large",
             ValidationError::TooManyOps => "too-many-ops",
+            ValidationError::RecordTooLarge => "record-too-large",
             ValidationError::EmptyBlocks => "empty-blocks",
             ValidationError::Car(e) => e.reason(),
             ValidationError::MissingCommitBlock => "missing-commit-block",
             ValidationError::CommitRootMismatch => "commit-root-mismatch",
+            ValidationError::CommitCidNotBlessed => "commit-cid-not-blessed",
             ValidationError::Commit(e) => e.reason(),
             ValidationError::RepoMismatch => "repo-mismatch",
             ValidationError::RevMismatch => "rev-mismatch",
@@ -275,6 +285,11 @@ fn load_commit(
         .ok_or(ValidationError::MissingCommitBlock)?;
     if evt_commit.is_some_and(|c| *c != root) {
         return Err(ValidationError::CommitRootMismatch);
+    }
+    // `Commit::cid` is the dag-cbor CID of the block; a root with another codec (same hash)
+    // would make the stored commit CID differ from the one the event carries.
+    if !is_blessed_dag_cbor(&root) {
+        return Err(ValidationError::CommitCidNotBlessed);
     }
     let commit = Commit::decode(block).map_err(ValidationError::Commit)?;
     if commit.did != evt_did {
@@ -329,6 +344,15 @@ pub fn validate_commit(
         && commit.rev <= state.rev
     {
         return Ok(CommitVerdict::Stale);
+    }
+    // Checked for every op, whether or not inversion runs below: a record block in the slice
+    // larger than the limit is an error (an op whose block is absent is sync11's business).
+    for op in &evt.ops {
+        if let Some(block) = op.cid.as_ref().and_then(|cid| car.blocks.get(cid))
+            && block.len() > MAX_RECORD_BLOCK_BYTES
+        {
+            return Err(ValidationError::RecordTooLarge);
+        }
     }
     if policy.strict {
         if evt.too_big {
