@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::{cbor, frame_bytes, scenario_frames, to_ipld};
 use ipld_core::ipld::Ipld;
 use proptest::prelude::*;
+use rookery::atproto::cbor::CborError;
 use rookery::atproto::cid::cid_for_dag_cbor;
 use rookery::atproto::frame::{self, Frame, FrameError};
 
@@ -138,6 +139,33 @@ fn resequence_keeps_absent_null_unknown_and_adds_commit_defaults() {
     let info = frame::encode_info(frame::OUTDATED_CURSOR, None).unwrap();
     assert_eq!(frame::resequence(&info, 6), Err(FrameError::MissingSeq));
     assert_eq!(frame::resequence(&account, 0), Err(FrameError::BadSeq));
+}
+
+#[test]
+fn op_lists_are_bounded_before_typed_decoding() {
+    let (_, f) = scenario_frames()
+        .into_iter()
+        .find(|(n, f)| n == "post_lifecycle.json" && f["header"]["t"] == "#commit")
+        .expect("commit frame");
+    let body = map(to_ipld(&f["body"]));
+    let op = match body.get("ops") {
+        Some(Ipld::List(ops)) => ops[0].clone(),
+        other => panic!("ops: {other:?}"),
+    };
+    let with_ops = |n: usize| {
+        let mut body = body.clone();
+        body.insert("ops".into(), Ipld::List(vec![op.clone(); n]));
+        let mut msg = cbor(&to_ipld(&f["header"]));
+        msg.extend(cbor(&Ipld::Map(body)));
+        Bytes::from(msg)
+    };
+    // Over the lexicon's 200 but under the cap: decodes; validation rejects it later.
+    match frame::decode_frame(&with_ops(201)) {
+        Ok(Frame::Commit(c)) => assert_eq!(c.ops.len(), 201),
+        other => panic!("201 ops: {other:?}"),
+    }
+    let err = frame::decode_frame(&with_ops(frame::MAX_FRAME_COLLECTION_LEN + 1)).unwrap_err();
+    assert_eq!(err, FrameError::Cbor(CborError::CollectionTooLong));
 }
 
 #[test]

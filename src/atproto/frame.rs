@@ -76,9 +76,15 @@ impl FrameError {
     }
 }
 
+/// Longest array or map accepted in a frame. The largest legitimate one is `ops` (at most
+/// 200 by the lexicon; validation enforces that with its own reason); this cap only keeps a
+/// hostile frame from making the typed decoder allocate ~16x its size in op structs.
+pub const MAX_FRAME_COLLECTION_LEN: usize = 4096;
+
 fn limits() -> DecodeLimits {
     DecodeLimits {
         max_input: MAX_FRAME_BYTES,
+        max_collection_len: MAX_FRAME_COLLECTION_LEN,
         ..DecodeLimits::default()
     }
 }
