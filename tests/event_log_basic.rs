@@ -22,6 +22,16 @@ fn small_config(dir: &Path) -> EventLogConfig {
     c
 }
 
+/// A small-segment log whose retention is bound by total size (age is the 72 h default).
+fn open_size_capped(dir: &Path, max_total_bytes: u64) -> EventLog {
+    let mut config = small_config(dir);
+    config.retention = RetentionPolicy {
+        max_age: Duration::from_secs(72 * 3600),
+        max_total_bytes: Some(max_total_bytes),
+    };
+    EventLog::open(config).expect("open").0
+}
+
 fn body_for(seq: u64) -> Bytes {
     let len = 8 + (seq * 37 % 150) as usize;
     let mut b = seq.to_le_bytes().to_vec();
@@ -389,12 +399,7 @@ fn a_cursor_below_the_first_record_is_not_outdated_when_nothing_was_deleted() {
 #[test]
 fn retention_by_size_keeps_the_log_under_the_cap() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = small_config(dir.path());
-    config.retention = RetentionPolicy {
-        max_age: Duration::from_secs(72 * 3600),
-        max_total_bytes: Some(10_000),
-    };
-    let (mut log, _) = EventLog::open(config).expect("open");
+    let mut log = open_size_capped(dir.path(), 10_000);
     append_seqs(&mut log, &gapped_seqs(300), "did:plc:a");
     assert!(log.stats().total_bytes > 10_000);
     let r = log.reader().retain_once(SystemTime::now()).expect("retain");
@@ -458,12 +463,7 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
 #[test]
 fn retention_beside_a_running_writer_and_readers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = small_config(dir.path());
-    config.retention = RetentionPolicy {
-        max_age: Duration::from_secs(72 * 3600),
-        max_total_bytes: Some(16 * 1024),
-    };
-    let (mut log, _) = EventLog::open(config).expect("open");
+    let mut log = open_size_capped(dir.path(), 16 * 1024);
     let reader = log.reader();
     const LAST: u64 = 3000;
     let done = Arc::new(AtomicBool::new(false));
@@ -609,12 +609,7 @@ fn records_larger_than_read_and_scan_blocks_round_trip() {
 #[test]
 fn the_retention_thread_deletes_and_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = small_config(dir.path());
-    config.retention = RetentionPolicy {
-        max_age: Duration::from_secs(72 * 3600),
-        max_total_bytes: Some(8 * 1024),
-    };
-    let (mut log, _) = EventLog::open(config).expect("open");
+    let mut log = open_size_capped(dir.path(), 8 * 1024);
     append_seqs(&mut log, &gapped_seqs(300), "did:plc:a");
     let before = log.stats().segment_count;
     let task = rookery::store::event_log::spawn_retention(log.reader(), Duration::from_millis(5))
@@ -755,12 +750,7 @@ fn concurrent_retention_passes_keep_the_marker_exact() {
 #[test]
 fn a_retention_pass_that_cannot_persist_its_marker_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = small_config(dir.path());
-    config.retention = RetentionPolicy {
-        max_age: Duration::from_secs(72 * 3600),
-        max_total_bytes: Some(1),
-    };
-    let (mut log, _) = EventLog::open(config).expect("open");
+    let mut log = open_size_capped(dir.path(), 1);
     append_seqs(&mut log, &gapped_seqs(300), "did:plc:a");
     let before = log.stats();
     assert!(before.segment_count > 2);
