@@ -471,11 +471,10 @@ impl Frame {
     }
 }
 
-fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
-    cbor::decode(bytes, &limits()).map_err(|e| match e {
-        CborError::Decode(msg) => FrameError::BadBody(msg),
-        other => cbor_error(other),
-    })
+/// Typed decode of a body that [`decode_header`] has already scanned: exactly one item, within
+/// the limits, no duplicate keys. Scanning it a second time would only repeat that work.
+fn body<'a, T: Deserialize<'a>>(scanned: &'a [u8]) -> Result<T, FrameError> {
+    serde_ipld_dagcbor::from_slice(scanned).map_err(|e| FrameError::BadBody(e.to_string()))
 }
 
 /// Full decode of one binary websocket message.
