@@ -3,119 +3,70 @@
 //!
 //! Run: `cargo bench --bench atproto_core -- --warm-up-time 1 --measurement-time 3`
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rookery::atproto::car::{self, BlockMap, CarLimits};
-use rookery::atproto::cid::{Cid, cid_for_dag_cbor};
+use rookery::atproto::cid::Cid;
 use rookery::atproto::frame::{self, CommitEvent, Frame, RepoOp};
+use rookery::atproto::keys::{Curve, PrivateKey};
 use rookery::atproto::mst::Mst;
 use rookery::atproto::sync11::{self, CommitOp, Sync11Outcome};
-
-fn record(text: &str) -> (Cid, Vec<u8>) {
-    let mut m = BTreeMap::new();
-    m.insert("$type", "app.bsky.feed.post");
-    m.insert("text", text);
-    m.insert("createdAt", "2025-04-16T21:30:26.717Z");
-    let bytes = serde_ipld_dagcbor::to_vec(&m).expect("record");
-    (cid_for_dag_cbor(&bytes), bytes)
-}
-
-fn key(i: usize) -> String {
-    // TID-like record keys in one collection, as a busy repo has.
-    format!(
-        "app.bsky.feed.post/3l{:011x}",
-        i.wrapping_mul(2_654_435_761) % 0xfff_ffff_ffff
-    )
-}
+use rookery::testkit::repo::{Change, SigningRepo, record_path, tree_of};
 
 struct Commit {
     data: Cid,
     prev_data: Cid,
     ops: Vec<RepoOp>,
     blocks: BlockMap,
-    car: Vec<u8>,
+    event: CommitEvent,
 }
 
 /// A commit creating `n_ops` records in a tree of `size` keys, with the slice a PDS would send.
 fn commit(base: &Mst, size: usize, n_ops: usize) -> Commit {
-    let mut old = base.clone();
-    let prev_data = old.root_cid();
-    let mut new = old.clone();
-    let mut ops = Vec::new();
-    let mut records = Vec::new();
-    for i in 0..n_ops {
-        let path = key(size + i);
-        let (cid, bytes) = record(&path);
-        new.insert(path.as_bytes(), cid).expect("insert");
-        ops.push(RepoOp {
-            action: "create".into(),
-            path,
-            cid: Some(cid),
-            prev: None,
-        });
-        records.push((cid, bytes));
-    }
-    let data = new.root_cid();
-    let diff =
-        Mst::commit_diff(&mut old, &mut new, ops.iter().map(|o| o.path.as_bytes())).expect("diff");
-    let commit_block = serde_ipld_dagcbor::to_vec(&BTreeMap::from([("data", data)])).expect("c");
-    let commit_cid = cid_for_dag_cbor(&commit_block);
-    let mut all: Vec<(Cid, Vec<u8>)> = vec![(commit_cid, commit_block)];
-    all.extend(diff);
-    all.extend(records);
-    let car = car::write_car(&[commit_cid], all.iter().map(|(c, b)| (c, b.as_slice())));
-    let mut blocks = BlockMap::new();
-    for (c, b) in all {
-        blocks.insert(c, Bytes::from(b));
-    }
+    let mut repo = SigningRepo::from_tree(
+        "did:plc:44ybard66vv44zksje25o7dz",
+        PrivateKey::generate(Curve::K256),
+        base.clone(),
+        1_767_225_600_000_000,
+    );
+    let creates: Vec<Change> = (0..n_ops)
+        .map(|i| Change::Create(record_path(size + i)))
+        .collect();
+    let event = repo.commit(&creates);
+    let data = repo.state.expect("committed").data;
+    let blocks = car::read_car(event.blocks.clone(), &CarLimits::default())
+        .expect("car")
+        .blocks;
     Commit {
         data,
-        prev_data,
-        ops,
+        prev_data: event.prev_data.expect("prevData"),
+        ops: event.ops.clone(),
         blocks,
-        car,
+        event,
     }
 }
 
 fn benches(c: &mut Criterion) {
     const SIZE: usize = 10_000;
-    let base = Mst::from_entries(
-        (0..SIZE)
-            .map(key)
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|k| (k.as_bytes(), record(k).0)),
-    )
-    .expect("tree");
+    let base = tree_of(SIZE);
     let one = commit(&base, SIZE, 1);
     let ten = commit(&base, SIZE, 10);
 
     let event = Frame::Commit(Box::new(CommitEvent {
         seq: 1_234_567,
-        rebase: false,
-        too_big: false,
-        repo: "did:plc:44ybard66vv44zksje25o7dz".into(),
-        commit: one.data,
-        rev: "3lmxjza3nva27".into(),
-        since: Some("3lmxjxi3hjn23".into()),
-        blocks: Bytes::from(one.car.clone()),
-        ops: one.ops.clone(),
-        blobs: vec![],
-        prev_data: Some(one.prev_data),
-        time: "2025-04-16T21:30:26.717Z".into(),
+        ..one.event.clone()
     }));
     let msg = Bytes::from(frame::encode_frame(&event).expect("encode"));
     eprintln!(
         "1-op frame: {} bytes, CAR {} bytes",
         msg.len(),
-        one.car.len()
+        one.event.blocks.len()
     );
     eprintln!(
         "10-op CAR {} bytes, {} blocks",
-        ten.car.len(),
+        ten.event.blocks.len(),
         ten.blocks.len()
     );
 
@@ -128,7 +79,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("frame/resequence (1-op commit)", |b| {
         b.iter(|| frame::resequence(black_box(&msg), 99_999_999).expect("reseq"))
     });
-    let ten_car = Bytes::from(ten.car.clone());
+    let ten_car = ten.event.blocks.clone();
     c.bench_function("car/read_car (10-op slice, hash checks)", |b| {
         b.iter(|| car::read_car(black_box(ten_car.clone()), &CarLimits::default()).expect("car"))
     });

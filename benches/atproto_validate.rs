@@ -4,43 +4,23 @@
 //!
 //! Run: `cargo bench --bench atproto_validate -- --warm-up-time 1 --measurement-time 3`
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rookery::atproto::car::{self, CarLimits};
-use rookery::atproto::cid::{Cid, cid_for_dag_cbor};
 use rookery::atproto::commit::Commit;
-use rookery::atproto::frame::{self, CommitEvent, Frame, RepoOp};
+use rookery::atproto::frame::{self, CommitEvent, Frame};
 use rookery::atproto::keys::{Curve, PrivateKey, PublicKey};
 use rookery::atproto::mst::Mst;
 use rookery::atproto::sync11::{self, CommitOp, Sync11Outcome};
-use rookery::atproto::tid::Tid;
 use rookery::atproto::validate::{CommitVerdict, RepoState, ValidationPolicy, validate_commit};
+use rookery::testkit::repo::{Change, SigningRepo, record_path, tree_of};
 
 const DID: &str = "did:plc:44ybard66vv44zksje25o7dz";
 const RECORDS: usize = 10_000;
 /// 2026-01-01T00:00:00Z.
 const NOW: u64 = 1_767_225_600_000_000;
-
-fn record(text: &str) -> (Cid, Vec<u8>) {
-    let bytes = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
-        ("$type", "app.bsky.feed.post"),
-        ("text", text),
-        ("createdAt", "2025-12-31T23:59:00.000Z"),
-    ]))
-    .expect("record");
-    (cid_for_dag_cbor(&bytes), bytes)
-}
-
-fn path(i: usize) -> String {
-    // TID-like record keys in one collection, as a busy repo has.
-    format!(
-        "app.bsky.feed.post/3l{:011x}",
-        i.wrapping_mul(2_654_435_761) % 0xfff_ffff_ffff
-    )
-}
 
 struct Fixture {
     key: PublicKey,
@@ -51,58 +31,24 @@ struct Fixture {
 
 /// The stored state after a previous commit, and the wire message of the next one (1 create).
 fn fixture(base: &Mst, curve: Curve) -> Fixture {
-    let key = PrivateKey::generate(curve);
-    let mut old = base.clone();
-    let prev_data = old.root_cid();
-    let prev_rev = Tid::from_parts(NOW - 10_000_000, 3);
-    let (prev_commit, _) = Commit::sign(DID, prev_rev, prev_data, &key).expect("sign");
-    let stored = RepoState {
-        rev: prev_rev,
-        commit: prev_commit,
-        data: prev_data,
-    };
-
-    let mut new = old.clone();
-    let p = path(RECORDS);
-    let (cid, bytes) = record(&p);
-    new.insert(p.as_bytes(), cid).expect("insert");
-    let data = new.root_cid();
-    let diff = Mst::commit_diff(&mut old, &mut new, [p.as_bytes()]).expect("diff");
-    let rev = Tid::from_parts(NOW - 1_000_000, 3);
-    let (commit_cid, block) = Commit::sign(DID, rev, data, &key).expect("sign");
-    let mut blocks: Vec<(Cid, Vec<u8>)> = vec![(commit_cid, block)];
-    blocks.extend(diff);
-    blocks.push((cid, bytes));
-    let car = car::write_car(&[commit_cid], blocks.iter().map(|(c, b)| (c, b.as_slice())));
-    let event = CommitEvent {
-        seq: 123_456_789,
-        rebase: false,
-        too_big: false,
-        repo: DID.into(),
-        commit: commit_cid,
-        rev: rev.to_string(),
-        since: Some(prev_rev.to_string()),
-        blocks: Bytes::from(car),
-        ops: vec![RepoOp {
-            action: "create".into(),
-            path: p,
-            cid: Some(cid),
-            prev: None,
-        }],
-        blobs: vec![],
-        prev_data: Some(prev_data),
-        time: "2025-12-31T23:59:59.000Z".into(),
-    };
+    let mut repo = SigningRepo::from_tree(
+        DID,
+        PrivateKey::generate(curve),
+        base.clone(),
+        NOW - 10_000_000,
+    );
+    repo.sync();
+    let stored = repo.state.expect("a synced repo has a state");
+    let event = repo.commit(&[Change::Create(record_path(RECORDS))]);
     let msg =
         Bytes::from(frame::encode_frame(&Frame::Commit(Box::new(event.clone()))).expect("encode"));
     eprintln!(
-        "{curve:?}: frame {} bytes, CAR {} bytes, {} blocks",
+        "{curve:?}: frame {} bytes, CAR {} bytes",
         msg.len(),
         event.blocks.len(),
-        blocks.len()
     );
     Fixture {
-        key: key.public_key(),
+        key: repo.public(),
         stored,
         msg,
         event,
@@ -124,8 +70,7 @@ fn full(f: &Fixture) -> CommitVerdict {
 }
 
 fn benches(c: &mut Criterion) {
-    let paths: Vec<String> = (0..RECORDS).map(path).collect();
-    let base = Mst::from_entries(paths.iter().map(|p| (p.as_bytes(), record(p).0))).expect("tree");
+    let base = tree_of(RECORDS);
     let k256 = fixture(&base, Curve::K256);
     let p256 = fixture(&base, Curve::P256);
     assert!(matches!(full(&k256), CommitVerdict::Accept { .. }));

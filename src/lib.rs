@@ -11,3 +11,5 @@ pub mod atproto;
 pub mod config;
 pub mod http;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;

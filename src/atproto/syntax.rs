@@ -5,7 +5,7 @@
 //! untrusted and short, a scanner runs in one pass without allocating, and it lets each
 //! rejection carry a precise, static reason that can be used as a metric label. The rules
 //! follow the atproto specs as summarised in PROTOCOL.md §0 and are checked line by line
-//! against the interop test vectors (`tests/atproto_a_syntax.rs`).
+//! against the interop test vectors (`tests/atproto/syntax.rs`).
 
 /// A string that does not match one of the atproto syntaxes. The `&'static str` is a short
 /// human description of the problem; [`SyntaxError::reason`] is the stable metric label.

@@ -4,9 +4,10 @@
 //! - `stat <data-dir>`: open the log (runs recovery; refuses while a relay holds it)
 //!   and print the recovery report and stats.
 //! - `dump <data-dir> --after N [--limit M]`: print records after seq N, one per line.
-//! - `append-loop <data-dir> ...`: append synthetic records (body = [`synthetic_body`])
+//! - `append-loop <data-dir> ...` (built with the `testkit` feature, as the tests build it):
+//!   append synthetic records (body = `testkit::event_log::synthetic_body`)
 //!   forever or up to `--records`, printing `durable <head>` after every append. The
-//!   crash test (tests/event_log_crash.rs) SIGKILLs it at random moments and checks that
+//!   crash test (tests/event_log/crash.rs) SIGKILLs it at random moments and checks that
 //!   every head it printed survived. On an append error it prints `error <reason>`,
 //!   tries once more (printing `retry <reason>`, expected `writer_poisoned`) and exits 1.
 
@@ -14,9 +15,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use rookery::store::event_log::{AppendRecord, EventLog, EventLogConfig, SyncPolicy, did_hash};
+#[cfg(feature = "testkit")]
+use rookery::store::event_log::{AppendRecord, SyncPolicy, did_hash};
+use rookery::store::event_log::{EventLog, EventLogConfig};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +43,7 @@ enum Command {
         limit: usize,
     },
     /// Append synthetic records and print each durable head (for crash tests).
+    #[cfg(feature = "testkit")]
     AppendLoop {
         data_dir: PathBuf,
         #[arg(long, default_value_t = 200)]
@@ -55,17 +58,6 @@ enum Command {
         #[arg(long, default_value_t = 64 * 1024)]
         segment_max_bytes: u64,
     },
-}
-
-/// The body the append loop writes for `seq`: the seq (8 bytes LE) then a pattern
-/// derived from it, `len` bytes in all (at least 8).
-fn synthetic_body(seq: u64, len: usize) -> Bytes {
-    let mut body = Vec::with_capacity(len.max(8));
-    body.extend_from_slice(&seq.to_le_bytes());
-    for i in 8..len.max(8) {
-        body.push((seq.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8);
-    }
-    Bytes::from(body)
 }
 
 fn main() -> ExitCode {
@@ -117,6 +109,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
+        #[cfg(feature = "testkit")]
         Command::AppendLoop {
             data_dir,
             body_size,
@@ -145,7 +138,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         seq: first + i,
                         kind: 1,
                         did_hash: did,
-                        body: synthetic_body(first + i, body_size),
+                        body: rookery::testkit::event_log::synthetic_body(first + i, body_size),
                     })
                     .collect();
                 let head = match log.append(&recs) {

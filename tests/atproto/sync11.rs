@@ -1,8 +1,7 @@
 //! Sync 1.1 inversion: real v1.1 commits from the relay scenarios, the pre-1.1 firehose_commit
 //! files, op-shape rules, generated commits, and never-panic properties.
 
-mod atproto_b_common;
-use atproto_b_common as common;
+use crate::common::vectors as common;
 
 use bytes::Bytes;
 use common::{read_json, scenario_frames, to_ipld};

@@ -1,6 +1,6 @@
-//! Shared helpers for the atproto_b tests: vector paths and the JSON ($link/$bytes) → CBOR form
-//! used by the indigo relay scenarios and firehose_commit files.
-#![allow(dead_code)]
+//! The shared test vectors (`../shared/vectors/`, see its README): reading files, and the
+//! atproto JSON form (`$link`/`$bytes`) → CBOR used by the indigo relay scenarios and the
+//! firehose_commit files.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,18 @@ use rookery::atproto::cid::parse_cid_str;
 use serde_json::Value;
 
 pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
+
+/// The bytes of a vector file, by its path under the vectors directory.
+pub fn read_bytes(rel: &str) -> Vec<u8> {
+    let path = format!("{VECTORS}{rel}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("test vectors missing: {path}: {e}"))
+}
+
+/// The text of a vector file.
+pub fn read_text(rel: &str) -> String {
+    let path = format!("{VECTORS}{rel}");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("test vectors missing: {path}: {e}"))
+}
 
 pub fn read_json(rel: &str) -> Value {
     let path = format!("{VECTORS}{rel}");

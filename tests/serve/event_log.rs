@@ -1,19 +1,17 @@
 //! `rookery serve` and its event log: recovery at start, stats on /metrics, one writer per
 //! data dir, and no seq reused across a restart.
 
-mod serve_common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::process::{free_port, http_get, read, rookery, send_signal, wait_exit};
 use bytes::Bytes;
 use rookery::store::event_log::{
     AppendRecord, EventLog, EventLogConfig, did_hash, parse_segment_name,
 };
-use rookery::store::managed_postgres::test_cluster;
-use serve_common::{free_port, http_get, read, rookery, send_signal, wait_exit};
+use rookery::testkit::postgres::test_cluster;
 
 fn relay(data: &Path, database_url: &str, port: u16, metrics_port: u16, log: &Path) -> Command {
     let mut command = rookery();

@@ -1,14 +1,13 @@
 //! The `rookery` binary as a child process: real HTTP on loopback, real signals, real
 //! embedded Postgres, and the one-sentence errors for bad configuration.
 
-mod serve_common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use rookery::store::managed_postgres::{process_alive, test_cluster};
-use serve_common::*;
+use crate::common::process::*;
+use rookery::store::managed_postgres::process_alive;
+use rookery::testkit::postgres::test_cluster;
 
 fn pid_file(data: &Path) -> PathBuf {
     data.join("postgres").join("postmaster.pid")

@@ -1,6 +1,5 @@
 //! Helpers for tests that run the `rookery` binary as a child process: a clean command,
 //! free loopback ports, a plain HTTP/1.1 GET, waiting for exit, and signals.
-#![allow(dead_code)] // each test file uses its own subset
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -8,15 +8,11 @@ use rookery::atproto::syntax::{
 };
 use rookery::atproto::tid::Tid;
 
-const SYNTAX_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/vectors/interop/syntax/"
-);
+use crate::common::vectors::read_text;
 
 fn vector_lines(file: &str) -> Vec<String> {
-    let path = format!("{SYNTAX_DIR}{file}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("test vectors missing: {path}: {e}"));
+    let path = format!("interop/syntax/{file}");
+    let text = read_text(&path);
     let lines: Vec<String> = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))

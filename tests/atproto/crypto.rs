@@ -1,26 +1,17 @@
 //! Interop crypto vectors: signature fixtures (valid low-S pass; high-S and DER rejected with
 //! their own reasons) and the W3C did:key private-key → did:key fixtures.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use rookery::atproto::keys::{Curve, PrivateKey, PublicKey, SigError};
 use serde_json::Value;
 
-const CRYPTO_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/vectors/interop/crypto/"
-);
+use crate::common::vectors::{b64, read_json};
 
 fn load(file: &str) -> Vec<Value> {
-    let path = format!("{CRYPTO_DIR}{file}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("test vectors missing: {path}: {e}"));
-    let value: Value = serde_json::from_str(&text).expect("vector file is JSON");
-    let cases = value
+    let cases = read_json(&format!("interop/crypto/{file}"))
         .as_array()
         .expect("vector file is a JSON array")
         .clone();
-    assert!(!cases.is_empty(), "{path} holds no cases");
+    assert!(!cases.is_empty(), "{file} holds no cases");
     cases
 }
 
@@ -28,12 +19,6 @@ fn field<'a>(case: &'a Value, name: &str) -> &'a str {
     case[name]
         .as_str()
         .unwrap_or_else(|| panic!("case lacks string field {name}: {case}"))
-}
-
-fn b64(s: &str) -> Vec<u8> {
-    STANDARD_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .expect("fixture base64")
 }
 
 #[test]

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rookery::store::managed_postgres::{
-    ManagedPostgres, ManagedPostgresError, StartOptions, process_alive, test_cluster,
+    ManagedPostgres, ManagedPostgresError, StartOptions, process_alive,
 };
 use rookery::store::postgres::connect_once;
+use rookery::testkit::postgres::test_cluster;
 
 fn options() -> StartOptions {
     StartOptions {

@@ -10,19 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rand::Rng;
 use rookery::store::event_log::{EventLog, EventLogConfig};
-
-/// Same as `synthetic_body` in src/bin/rookery-logtool.rs.
-fn synthetic_body(seq: u64, len: usize) -> Bytes {
-    let mut body = Vec::with_capacity(len.max(8));
-    body.extend_from_slice(&seq.to_le_bytes());
-    for i in 8..len.max(8) {
-        body.push((seq.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8);
-    }
-    Bytes::from(body)
-}
+use rookery::testkit::event_log::synthetic_body;
 
 const BODY_SIZE: usize = 300;
 

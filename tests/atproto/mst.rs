@@ -8,14 +8,9 @@ use rookery::atproto::cid::{Cid, cid_for_dag_cbor, parse_cid_str};
 use rookery::atproto::mst::{self, Mst, MstError};
 use serde_json::Value;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
-const LEAF: &str = "bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454";
+use crate::common::vectors::{VECTORS, read_json};
 
-fn read_json(rel: &str) -> Value {
-    let path = format!("{VECTORS}{rel}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("vector {path}: {e}"));
-    serde_json::from_str(&text).expect("vector json")
-}
+const LEAF: &str = "bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454";
 
 fn cid(s: &str) -> Cid {
     parse_cid_str(s).expect("cid")

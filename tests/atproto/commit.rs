@@ -2,8 +2,6 @@
 //! scenario account's key; a swapped key must fail), the whole-repo CARs with their DID
 //! documents, and the indigo firehose commit events (structure only: no keys shipped).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use bytes::Bytes;
 use rookery::atproto::car::{CarLimits, read_car};
 use rookery::atproto::commit::{Commit, CommitError};
@@ -11,12 +9,7 @@ use rookery::atproto::did_doc::parse_did_document;
 use rookery::atproto::keys::{Curve, PrivateKey, PublicKey, SigError};
 use serde_json::Value;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test vectors missing: {path}: {e}"))
-}
+use crate::common::vectors::{VECTORS, read_bytes as read};
 
 fn json_files(dir: &str, prefix: &str) -> Vec<String> {
     let path = format!("{VECTORS}{dir}");
@@ -37,10 +30,7 @@ fn json_files(dir: &str, prefix: &str) -> Vec<String> {
 }
 
 fn dollar_bytes(v: &Value) -> Vec<u8> {
-    let b64 = v["$bytes"].as_str().expect("$bytes");
-    STANDARD_NO_PAD
-        .decode(b64.trim_end_matches('='))
-        .expect("base64")
+    crate::common::vectors::b64(v["$bytes"].as_str().expect("$bytes"))
 }
 
 /// Commit block (roots[0]) of a CAR.

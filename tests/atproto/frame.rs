@@ -1,8 +1,7 @@
 //! Firehose frames: decode of the relay scenario frames, re-sequencing fidelity (PROTOCOL.md §9),
 //! framing errors, round trips and never-panic properties.
 
-mod atproto_b_common;
-use atproto_b_common as common;
+use crate::common::vectors as common;
 
 use std::collections::BTreeMap;
 

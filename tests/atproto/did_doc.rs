@@ -4,7 +4,7 @@
 use rookery::atproto::did_doc::{DidDocError, Identity, PdsScheme, parse_did_document};
 use rookery::atproto::keys::{Curve, PublicKey};
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
+use crate::common::vectors::{VECTORS, read_bytes as read};
 
 /// The k256 key of PROTOCOL.md §6, in Multikey form (its legacy form is in two documents).
 const PROTOCOL_EXAMPLE_KEY: &str = "zQ3shXjHeiBuRCKmM36cuYnm7YEMzhGnCmCyW92sRJ9pribSF";
@@ -68,11 +68,6 @@ const EXPECTED: &[Expected] = &[
         pds: Some((PdsScheme::Https, "pds.staging.bsky.dev")),
     },
 ];
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test vectors missing: {path}: {e}"))
-}
 
 fn listed_documents() -> Vec<String> {
     let mut files = Vec::new();

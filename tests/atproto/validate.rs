@@ -2,19 +2,17 @@
 //! order with a running stored state, synthetic commits/syncs for every error variant, and a
 //! never-panic property over mutated frames.
 
-mod atproto_b_common;
-use atproto_b_common as common;
+use crate::common::vectors as common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use rookery::atproto::car::{self, CarError};
-use rookery::atproto::cid::{Cid, cid_for_dag_cbor};
+use rookery::atproto::cid::Cid;
 use rookery::atproto::commit::{Commit, CommitError};
-use rookery::atproto::frame::{self, CommitEvent, Frame, RepoOp, SyncEvent};
+use rookery::atproto::frame::{self, CommitEvent, Frame, SyncEvent};
 use rookery::atproto::keys::{Curve, PrivateKey, PublicKey, SigError};
-use rookery::atproto::mst::Mst;
 use rookery::atproto::sync11::Sync11Error;
 use rookery::atproto::tid::Tid;
 use rookery::atproto::validate::{
@@ -22,6 +20,7 @@ use rookery::atproto::validate::{
     MAX_RECORD_BLOCK_BYTES, RepoState, SyncVerdict, ValidationError, ValidationPolicy,
     validate_commit, validate_sync,
 };
+use rookery::testkit::repo::{Change, SigningRepo, record, record_path as path};
 use serde_json::Value;
 
 /// 2025-04-17T00:00:00Z: after every rev in the relay scenarios (April 2025 and earlier).
@@ -335,154 +334,9 @@ const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
 /// 2026-01-01T00:00:00Z.
 const NOW: u64 = 1_767_225_600_000_000;
 
-fn record(text: &str) -> (Cid, Vec<u8>) {
-    let bytes = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
-        ("$type", "app.bsky.feed.post"),
-        ("text", text),
-    ]))
-    .unwrap();
-    (cid_for_dag_cbor(&bytes), bytes)
-}
-
-fn path(i: usize) -> String {
-    format!(
-        "app.bsky.feed.post/3l{:011x}",
-        i.wrapping_mul(2_654_435_761) % 0xfff_ffff_ffff
-    )
-}
-
-/// A PDS-side repo that emits signed `#commit` / `#sync` events.
-struct Repo {
-    key: PrivateKey,
-    tree: Mst,
-    /// Microsecond clock for revs, one step per commit.
-    clock: u64,
-    state: Option<RepoState>,
-}
-
-enum Change {
-    Create(String),
-    /// A create whose record's `text` is this many `x`s.
-    CreateSized(String, usize),
-    Update(String),
-    Delete(String),
-}
-
-impl Repo {
-    fn new(curve: Curve, records: usize) -> Repo {
-        let paths: Vec<String> = (0..records).map(path).collect();
-        let tree = Mst::from_entries(paths.iter().map(|p| (p.as_bytes(), record(p).0))).unwrap();
-        Repo {
-            key: PrivateKey::generate(curve),
-            tree,
-            clock: NOW - 3_600_000_000,
-            state: None,
-        }
-    }
-
-    fn public(&self) -> PublicKey {
-        self.key.public_key()
-    }
-
-    fn next_rev(&mut self) -> Tid {
-        self.clock += 1_000_000;
-        Tid::from_parts(self.clock, 7)
-    }
-
-    /// Applies `changes` and returns the `#commit` a PDS would send (and keeps the new state).
-    fn commit(&mut self, changes: &[Change]) -> CommitEvent {
-        let mut old = self.tree.clone();
-        let prev_data = old.root_cid();
-        let mut ops = Vec::new();
-        let mut records = Vec::new();
-        for change in changes {
-            match change {
-                Change::Create(p) | Change::Update(p) | Change::CreateSized(p, _) => {
-                    let (cid, bytes) = match change {
-                        Change::CreateSized(_, n) => record(&"x".repeat(*n)),
-                        _ => record(&format!("{p} v{}", self.clock)),
-                    };
-                    let prev = self.tree.insert(p.as_bytes(), cid).unwrap();
-                    let action = if matches!(change, Change::Create(_) | Change::CreateSized(..)) {
-                        assert!(prev.is_none());
-                        "create"
-                    } else {
-                        assert!(prev.is_some());
-                        "update"
-                    };
-                    ops.push(RepoOp {
-                        action: action.into(),
-                        path: p.clone(),
-                        cid: Some(cid),
-                        prev,
-                    });
-                    records.push((cid, bytes));
-                }
-                Change::Delete(p) => {
-                    let prev = self.tree.remove(p.as_bytes()).unwrap();
-                    assert!(prev.is_some());
-                    ops.push(RepoOp {
-                        action: "delete".into(),
-                        path: p.clone(),
-                        cid: None,
-                        prev,
-                    });
-                }
-            }
-        }
-        let data = self.tree.root_cid();
-        let diff = Mst::commit_diff(
-            &mut old,
-            &mut self.tree,
-            ops.iter().map(|o| o.path.as_bytes()),
-        )
-        .unwrap();
-        let rev = self.next_rev();
-        let (commit_cid, block) = Commit::sign(DID, rev, data, &self.key).unwrap();
-        let mut blocks: Vec<(Cid, Vec<u8>)> = vec![(commit_cid, block)];
-        blocks.extend(diff);
-        blocks.extend(records);
-        let car = car::write_car(&[commit_cid], blocks.iter().map(|(c, b)| (c, b.as_slice())));
-        let since = self.state.map(|s| s.rev.to_string());
-        self.state = Some(RepoState {
-            rev,
-            commit: commit_cid,
-            data,
-        });
-        CommitEvent {
-            seq: 1,
-            rebase: false,
-            too_big: false,
-            repo: DID.into(),
-            commit: commit_cid,
-            rev: rev.to_string(),
-            since,
-            blocks: Bytes::from(car),
-            ops,
-            blobs: vec![],
-            prev_data: Some(prev_data),
-            time: "2025-12-31T23:00:00.000Z".into(),
-        }
-    }
-
-    /// A `#sync` of the current tree at a fresh rev.
-    fn sync(&mut self) -> SyncEvent {
-        let data = self.tree.root_cid();
-        let rev = self.next_rev();
-        let (commit_cid, block) = Commit::sign(DID, rev, data, &self.key).unwrap();
-        self.state = Some(RepoState {
-            rev,
-            commit: commit_cid,
-            data,
-        });
-        SyncEvent {
-            seq: 1,
-            did: DID.into(),
-            blocks: Bytes::from(car::write_car(&[commit_cid], [(&commit_cid, &block[..])])),
-            rev: rev.to_string(),
-            time: "2025-12-31T23:00:00.000Z".into(),
-        }
-    }
+/// A PDS-side repo of `records` records whose revs start an hour before [`NOW`].
+fn new_repo(curve: Curve, records: usize) -> SigningRepo {
+    SigningRepo::new(DID, curve, records, NOW - 3_600_000_000)
 }
 
 fn strict() -> ValidationPolicy {
@@ -503,8 +357,8 @@ fn accept(
 }
 
 /// A repo with some history and the stored state before its next commit.
-fn repo_with_history(curve: Curve) -> (Repo, RepoState) {
-    let mut repo = Repo::new(curve, 60);
+fn repo_with_history(curve: Curve) -> (SigningRepo, RepoState) {
+    let mut repo = new_repo(curve, 60);
     repo.commit(&[Change::Create(path(1000))]);
     let stored = repo.state.unwrap();
     (repo, stored)

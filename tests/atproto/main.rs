@@ -1,0 +1,14 @@
+//! The protocol core (`src/atproto/`) against the shared test vectors and generated input:
+//! one module per concept.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod commit;
+mod crypto;
+mod did_doc;
+mod frame;
+mod mst;
+mod sync11;
+mod syntax;
+mod validate;

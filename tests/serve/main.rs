@@ -1,0 +1,8 @@
+//! `rookery serve` and `rookery migrate` as a child process: configuration errors, start-up
+//! with embedded or external Postgres, signals and shutdown, and the event log inside serve.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod event_log;
+mod lifecycle;
