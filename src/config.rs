@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::store::event_log::{EventLogConfig, RetentionPolicy};
+use crate::store::postgres::DbSettings;
 
 /// Default public API address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:2470";
@@ -385,27 +386,6 @@ fn redact_key_value(raw: &str) -> Option<String> {
         }
     }
     Some(out.join(" "))
-}
-
-/// Postgres pool settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DbSettings {
-    /// Maximum pooled connections.
-    pub pool_size: usize,
-    /// Timeout for establishing one connection (also the pool's wait timeout).
-    pub connect_timeout: Duration,
-    /// Server-side `statement_timeout` set on every connection.
-    pub statement_timeout: Duration,
-}
-
-impl Default for DbSettings {
-    fn default() -> Self {
-        DbSettings {
-            pool_size: 16,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 /// Where the relational data lives.

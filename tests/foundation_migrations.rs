@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use rookery::config::DbSettings;
 use rookery::store::managed_postgres::test_cluster;
 use rookery::store::migrations::{self, MIGRATIONS};
-use rookery::store::postgres::{Db, DbError};
+use rookery::store::postgres::{Db, DbError, DbSettings};
 
 fn schema_file_count() -> usize {
     std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema"))
