@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::http::HttpSettings;
 use crate::store::event_log::{EventLogConfig, RetentionPolicy};
 use crate::store::postgres::DbSettings;
 
@@ -483,20 +484,14 @@ impl StorageConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub storage: StorageConfig,
-    /// Public API address.
-    pub bind: SocketAddr,
-    /// Metrics address.
-    pub metrics_bind: SocketAddr,
+    /// Listen addresses, workers and shutdown limit of the HTTP surfaces.
+    pub http: HttpSettings,
     /// Accepted admin passwords; empty means the admin API refuses everyone.
     pub admin_passwords: Vec<Secret>,
     /// PLC directory base URL.
     pub plc_url: url::Url,
     /// Event replay window.
     pub replay_window: Duration,
-    /// Public API worker threads.
-    pub http_workers: usize,
-    /// Graceful shutdown limit for HTTP connections.
-    pub shutdown_timeout: Duration,
     /// The event log under `<data-dir>/events`, its retention window being `replay_window`.
     pub event_log: EventLogConfig,
 }
@@ -561,13 +556,15 @@ impl Config {
         };
         Ok(Config {
             storage,
-            bind,
-            metrics_bind,
+            http: HttpSettings {
+                bind,
+                metrics_bind,
+                workers: http_workers,
+                shutdown_timeout,
+            },
             admin_passwords,
             plc_url,
             replay_window,
-            http_workers,
-            shutdown_timeout,
             event_log,
         })
     }
@@ -575,8 +572,8 @@ impl Config {
     /// `(option, value)` pairs of the effective configuration, secrets redacted.
     pub fn summary(&self) -> Vec<(&'static str, String)> {
         let mut out = vec![
-            ("bind", self.bind.to_string()),
-            ("metrics-bind", self.metrics_bind.to_string()),
+            ("bind", self.http.bind.to_string()),
+            ("metrics-bind", self.http.metrics_bind.to_string()),
             (
                 "admin-password",
                 if self.admin_passwords.is_empty() {
@@ -590,10 +587,10 @@ impl Config {
                 "replay-window",
                 humantime::format_duration(self.replay_window).to_string(),
             ),
-            ("http-workers", self.http_workers.to_string()),
+            ("http-workers", self.http.workers.to_string()),
             (
                 "shutdown-timeout",
-                humantime::format_duration(self.shutdown_timeout).to_string(),
+                humantime::format_duration(self.http.shutdown_timeout).to_string(),
             ),
         ];
         out.push(("initial-seq", self.event_log.initial_seq.to_string()));
@@ -894,8 +891,8 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let config = serve(&[]).expect("defaults parse");
-        assert_eq!(config.bind, "127.0.0.1:2470".parse().unwrap());
-        assert_eq!(config.metrics_bind, "127.0.0.1:2471".parse().unwrap());
+        assert_eq!(config.http.bind, "127.0.0.1:2470".parse().unwrap());
+        assert_eq!(config.http.metrics_bind, "127.0.0.1:2471".parse().unwrap());
         assert_eq!(config.plc_url.as_str(), "https://plc.directory/");
         assert_eq!(config.replay_window, Duration::from_secs(72 * 3600));
         assert_eq!(config.storage.log_format, LogFormat::Text);
@@ -925,8 +922,8 @@ mod tests {
             "postgres://u:pw@db.example:5433/rookery",
         ])
         .expect("valid options");
-        assert_eq!(config.bind, "[::1]:8080".parse().unwrap());
-        assert_eq!(config.metrics_bind, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(config.http.bind, "[::1]:8080".parse().unwrap());
+        assert_eq!(config.http.metrics_bind, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(config.replay_window, Duration::from_secs(5400));
         assert_eq!(config.storage.log_format, LogFormat::Json);
         assert_eq!(config.admin_passwords.len(), 2);

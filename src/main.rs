@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 use rookery::config::{
     Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
 };
-use rookery::http::{self, ListenerSettings, metrics::Metrics};
+use rookery::http::{self, metrics::Metrics};
 use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
 use rookery::store::managed_postgres::{ManagedPostgres, ManagedPostgresError, StartOptions};
 use rookery::store::migrations;
@@ -243,27 +243,23 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         "database schema is current"
     );
 
-    let public_settings = ListenerSettings {
-        workers: config.http_workers,
-        shutdown_timeout: config.shutdown_timeout,
-    };
-    let (public, public_addrs) = http::start_public(config.bind, public_settings, |_cfg| {})
-        .map_err(|source| RunError::Listen {
-            option: "bind",
-            addr: config.bind,
-            source,
-        })?;
+    let settings = config.http;
+    let (public, public_addrs) =
+        http::start_public(settings.bind, settings.public_listener(), |_cfg| {}).map_err(
+            |source| RunError::Listen {
+                option: "bind",
+                addr: settings.bind,
+                source,
+            },
+        )?;
     let (metrics_server, metrics_addrs) = http::metrics::start_metrics(
-        config.metrics_bind,
+        settings.metrics_bind,
         metrics.registry().clone(),
-        ListenerSettings {
-            workers: 1,
-            shutdown_timeout: config.shutdown_timeout,
-        },
+        settings.metrics_listener(),
     )
     .map_err(|source| RunError::Listen {
         option: "metrics-bind",
-        addr: config.metrics_bind,
+        addr: settings.metrics_bind,
         source,
     })?;
     let public_handle = public.handle();
