@@ -19,6 +19,7 @@ use rookery::config::{
     Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
 };
 use rookery::http::{self, metrics::Metrics};
+use rookery::startup;
 use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
 use rookery::store::managed_postgres::{ManagedPostgres, ManagedPostgresError, StartOptions};
 use rookery::store::migrations;
@@ -59,15 +60,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    // Parse (no side effects), then prepare the data dir: an unusable one is a bad
+    // `--data-dir`, so it exits 2 like any other bad option.
     let (storage, serve_config) = match &cli.command {
-        Command::Serve(args) => match Config::from_serve_args(args) {
-            Ok(config) => (config.storage.clone(), Some(config)),
-            Err(e) => return config_error(&e),
-        },
-        Command::Migrate(args) => match StorageConfig::from_args(&args.storage) {
-            Ok(storage) => (storage, None),
-            Err(e) => return config_error(&e),
-        },
+        Command::Serve(args) => {
+            match Config::from_serve_args(args).and_then(startup::prepare_serve) {
+                Ok(config) => (config.storage.clone(), Some(config)),
+                Err(e) => return config_error(&e),
+            }
+        }
+        Command::Migrate(args) => {
+            match StorageConfig::from_args(&args.storage).and_then(startup::prepare_migrate) {
+                Ok(storage) => (storage, None),
+                Err(e) => return config_error(&e),
+            }
+        }
     };
     if let Err(sentence) = init_logging(storage.log_format) {
         eprintln!("rookery: {sentence}");
