@@ -1,8 +1,9 @@
 //! The `rookery` binary: `serve` runs the relay, `migrate` applies the schema and exits.
 //!
 //! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown; 2 for invalid
-//! configuration (one sentence on stderr naming the option); 1 when something fails at run
-//! time (database unreachable, port taken...). Nothing here panics on operator input.
+//! configuration (one sentence on stderr naming the option, a data dir that cannot be
+//! created or written included); 1 when something fails at run time (database unreachable,
+//! port taken...). Nothing here panics on operator input.
 //!
 //! Shutdown order matters: HTTP servers stop first (no new work), then the connection pool
 //! closes, then the embedded Postgres stops, so no part outlives what it depends on.
