@@ -1,8 +1,9 @@
 //! The `rookery` binary: `serve` runs the relay, `migrate` applies the schema and exits.
 //!
 //! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown; 2 for invalid
-//! configuration (one sentence on stderr naming the option); 1 when something fails at run
-//! time (database unreachable, port taken...). Nothing here panics on operator input.
+//! configuration (one sentence on stderr naming the option, a data dir that cannot be
+//! created or written included); 1 when something fails at run time (database unreachable,
+//! port taken...). Nothing here panics on operator input.
 //!
 //! Shutdown order matters: HTTP servers stop first (no new work), then the connection pool
 //! closes, then the embedded Postgres stops, so no part outlives what it depends on.
@@ -18,7 +19,8 @@ use tracing_subscriber::EnvFilter;
 use rookery::config::{
     Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
 };
-use rookery::http::{self, ListenerSettings, metrics::Metrics};
+use rookery::http::{self, metrics::Metrics};
+use rookery::startup;
 use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
 use rookery::store::managed_postgres::{ManagedPostgres, ManagedPostgresError, StartOptions};
 use rookery::store::migrations;
@@ -59,15 +61,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    // Parse (no side effects), then prepare the data dir: an unusable one is a bad
+    // `--data-dir`, so it exits 2 like any other bad option.
     let (storage, serve_config) = match &cli.command {
-        Command::Serve(args) => match Config::from_serve_args(args) {
-            Ok(config) => (config.storage.clone(), Some(config)),
-            Err(e) => return config_error(&e),
-        },
-        Command::Migrate(args) => match StorageConfig::from_args(&args.storage) {
-            Ok(storage) => (storage, None),
-            Err(e) => return config_error(&e),
-        },
+        Command::Serve(args) => {
+            match Config::from_serve_args(args).and_then(startup::prepare_serve) {
+                Ok(config) => (config.storage.clone(), Some(config)),
+                Err(e) => return config_error(&e),
+            }
+        }
+        Command::Migrate(args) => {
+            match StorageConfig::from_args(&args.storage).and_then(startup::prepare_migrate) {
+                Ok(storage) => (storage, None),
+                Err(e) => return config_error(&e),
+            }
+        }
     };
     if let Err(sentence) = init_logging(storage.log_format) {
         eprintln!("rookery: {sentence}");
@@ -243,27 +251,23 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         "database schema is current"
     );
 
-    let public_settings = ListenerSettings {
-        workers: config.http_workers,
-        shutdown_timeout: config.shutdown_timeout,
-    };
-    let (public, public_addrs) = http::start_public(config.bind, public_settings, |_cfg| {})
-        .map_err(|source| RunError::Listen {
-            option: "bind",
-            addr: config.bind,
-            source,
-        })?;
+    let settings = config.http;
+    let (public, public_addrs) =
+        http::start_public(settings.bind, settings.public_listener(), |_cfg| {}).map_err(
+            |source| RunError::Listen {
+                option: "bind",
+                addr: settings.bind,
+                source,
+            },
+        )?;
     let (metrics_server, metrics_addrs) = http::metrics::start_metrics(
-        config.metrics_bind,
+        settings.metrics_bind,
         metrics.registry().clone(),
-        ListenerSettings {
-            workers: 1,
-            shutdown_timeout: config.shutdown_timeout,
-        },
+        settings.metrics_listener(),
     )
     .map_err(|source| RunError::Listen {
         option: "metrics-bind",
-        addr: config.metrics_bind,
+        addr: settings.metrics_bind,
         source,
     })?;
     let public_handle = public.handle();

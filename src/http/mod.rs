@@ -44,6 +44,39 @@ pub struct ListenerSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// Settings of the HTTP surfaces as a whole. They live here, beside the listeners that read
+/// them; `config` fills them from the command line (this module never reads options itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Public API address.
+    pub bind: SocketAddr,
+    /// Metrics address (its own listener, so scrapes answer while the public side is busy).
+    pub metrics_bind: SocketAddr,
+    /// Public API worker threads.
+    pub workers: usize,
+    /// How long graceful shutdown waits for open connections, on both listeners.
+    pub shutdown_timeout: Duration,
+}
+
+impl HttpSettings {
+    /// The public listener's settings.
+    pub fn public_listener(&self) -> ListenerSettings {
+        ListenerSettings {
+            workers: self.workers,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
+    /// The metrics listener's settings: one worker, since a scrape every few seconds needs
+    /// no more.
+    pub fn metrics_listener(&self) -> ListenerSettings {
+        ListenerSettings {
+            workers: 1,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+}
+
 /// Binds the public API on `bind` and returns the (not yet polled) server and the bound
 /// addresses. `configure` adds the routes; [`health::configure`] is always included.
 /// Must be called inside an actix system; spawn or await the returned server.

@@ -15,7 +15,27 @@ use deadpool_postgres::{
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use crate::config::DbSettings;
+/// Postgres pool settings. They live beside the pool that reads them; `config` fills them
+/// from the `--db-*` options (this module never reads options itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbSettings {
+    /// Maximum pooled connections.
+    pub pool_size: usize,
+    /// Timeout for establishing one connection (also the pool's wait timeout).
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout` set on every connection.
+    pub statement_timeout: Duration,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        DbSettings {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Every database failure, classified so callers can decide (retry, degrade, report).
 #[derive(Debug, thiserror::Error)]

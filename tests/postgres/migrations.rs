@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use rookery::config::DbSettings;
 use rookery::store::migrations::{self, MIGRATIONS};
-use rookery::store::postgres::{Db, DbError};
+use rookery::store::postgres::{Db, DbError, DbSettings};
 use rookery::testkit::postgres::test_cluster;
 
 fn schema_file_count() -> usize {

@@ -1,0 +1,191 @@
+//! The clap surface: subcommands and their options, each with its `ROOKERY_*` variable.
+//!
+//! Why every value is a `String` here: clap only collects (flag, variable or default), and
+//! the assembly in `config` parses each one, so a bad value is one sentence naming its option
+//! rather than clap's multi-line report. Nothing in this file validates.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default public API address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:2470";
+/// Default metrics address.
+pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:2471";
+/// Default PLC directory.
+pub const DEFAULT_PLC_URL: &str = "https://plc.directory";
+
+/// `rookery`: an AT Protocol relay.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rookery",
+    version,
+    about = "An AT Protocol relay built on supervised actors"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay (public API, metrics; embedded Postgres unless a database URL is given).
+    Serve(Box<ServeArgs>),
+    /// Apply the database migrations and exit.
+    Migrate(MigrateArgs),
+}
+
+/// Options shared by every subcommand that touches storage.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Directory for the event log and the embedded Postgres cluster.
+    #[arg(long, env = "ROOKERY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// External Postgres (URL or key=value form). Without it, rookery runs its own cluster
+    /// under <data-dir>/postgres.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory holding initdb/pg_ctl for the embedded cluster (default: PATH, then the
+    /// highest /usr/lib/postgresql/*/bin).
+    #[arg(long, env = "ROOKERY_POSTGRES_BIN_DIR")]
+    pub postgres_bin_dir: Option<PathBuf>,
+    /// Maximum number of pooled Postgres connections.
+    #[arg(
+        long,
+        env = "ROOKERY_DB_POOL_SIZE",
+        allow_hyphen_values = true,
+        default_value = "16"
+    )]
+    pub db_pool_size: String,
+    /// Timeout for opening one Postgres connection (humantime, e.g. 5s).
+    #[arg(
+        long,
+        env = "ROOKERY_DB_CONNECT_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "5s"
+    )]
+    pub db_connect_timeout: String,
+    /// Server-side statement timeout for every query (humantime, e.g. 30s).
+    #[arg(
+        long,
+        env = "ROOKERY_DB_STATEMENT_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub db_statement_timeout: String,
+    /// Log format: text or json. The level comes from ROOKERY_LOG or RUST_LOG (default info).
+    #[arg(long, env = "ROOKERY_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Options of `rookery serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Public API listen address (host:port).
+    #[arg(long, env = "ROOKERY_BIND", default_value = DEFAULT_BIND)]
+    pub bind: String,
+    /// Prometheus metrics listen address (host:port).
+    #[arg(long, env = "ROOKERY_METRICS_BIND", default_value = DEFAULT_METRICS_BIND)]
+    pub metrics_bind: String,
+    /// Admin password (repeatable). The environment variable takes a comma-separated list.
+    #[arg(
+        long = "admin-password",
+        env = "ROOKERY_ADMIN_PASSWORDS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_passwords: Vec<String>,
+    /// PLC directory used to resolve did:plc identities.
+    #[arg(long, env = "ROOKERY_PLC_URL", default_value = DEFAULT_PLC_URL)]
+    pub plc_url: String,
+    /// How long events stay replayable from the event log (humantime, e.g. 72h).
+    #[arg(
+        long,
+        env = "ROOKERY_REPLAY_WINDOW",
+        allow_hyphen_values = true,
+        default_value = "72h"
+    )]
+    pub replay_window: String,
+    /// Number of HTTP worker threads for the public API.
+    #[arg(
+        long,
+        env = "ROOKERY_HTTP_WORKERS",
+        allow_hyphen_values = true,
+        default_value = "2"
+    )]
+    pub http_workers: String,
+    /// How long a graceful shutdown may wait for open HTTP connections (humantime).
+    #[arg(
+        long,
+        env = "ROOKERY_SHUTDOWN_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "5s"
+    )]
+    pub shutdown_timeout: String,
+    /// Lowest relay seq ever used: after recovery the event log resumes after its highest
+    /// stored seq, and never below this (set it above every seq an earlier log handed out
+    /// when starting from an empty data dir).
+    #[arg(long, env = "ROOKERY_INITIAL_SEQ", default_value = "1")]
+    pub initial_seq: String,
+    /// When appended events are synced to disk: every-batch, interval:<ms>, or none
+    /// (benchmarks only: a crash can then lose events consumers already saw).
+    #[arg(long, env = "ROOKERY_EVENT_LOG_SYNC", default_value = "every-batch")]
+    pub event_log_sync: String,
+    /// Size at which the event log starts a new segment file (bytes, or with a K, M or G
+    /// suffix, powers of 1024).
+    #[arg(long, env = "ROOKERY_EVENT_LOG_SEGMENT_SIZE", default_value = "256M")]
+    pub event_log_segment_size: String,
+    /// Cap on the event log's total size; the oldest segments are deleted above it
+    /// (`none` for no cap: only --replay-window applies).
+    #[arg(long, env = "ROOKERY_EVENT_LOG_MAX_SIZE", default_value = "none")]
+    pub event_log_max_size: String,
+}
+
+/// Options of `rookery migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_names_are_declared() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        let envs: Vec<String> = serve
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        for expected in [
+            "ROOKERY_DATA_DIR",
+            "DATABASE_URL",
+            "ROOKERY_BIND",
+            "ROOKERY_METRICS_BIND",
+            "ROOKERY_ADMIN_PASSWORDS",
+            "ROOKERY_PLC_URL",
+            "ROOKERY_REPLAY_WINDOW",
+            "ROOKERY_LOG_FORMAT",
+        ] {
+            assert!(envs.iter().any(|e| e == expected), "{expected} missing");
+        }
+        // Every serve option can be set from the environment.
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                arg.get_env().is_some(),
+                "--{id} has no environment variable"
+            );
+        }
+    }
+}
