@@ -21,6 +21,8 @@
 //!   ([`EventLogError::WriterPoisoned`]) until the log is reopened; recovery on open
 //!   detects and truncates any torn tail by checksum, so nothing half-written survives.
 
+mod clock;
+mod markers;
 mod masking;
 mod metrics;
 mod reader;

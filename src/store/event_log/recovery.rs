@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use super::retention::{SEQ_FLOOR_FILE, read_deleted_through, read_marker, write_marker};
+use super::markers::{SEQ_FLOOR_FILE, read_deleted_through, read_marker, write_marker};
 use super::segment::{
     IndexBuilder, Segment, encode_segment_header, index_file_name, load_index_file,
     parse_segment_name, scan_segment, sync_dir, write_index_file,

@@ -9,61 +9,17 @@
 //! readable until it lets go) but is told [`super::EventLogError::Outdated`] on its next
 //! batch, because its position is now before the oldest retained record.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use super::clock::unix_ms;
+use super::markers::{DELETED_THROUGH_FILE, write_deleted_through};
 use super::reader::EventLogReader;
 use super::segment::{Segment, index_file_name, sync_dir};
-use super::writer::unix_ms;
 use super::{EventLogError, Shared, oldest_seq};
-
-/// File holding the highest seq retention has deleted (decimal).
-pub(crate) const DELETED_THROUGH_FILE: &str = "DELETED_THROUGH";
-
-/// File holding the lowest seq the writer may use next (decimal), written only when
-/// recovery cuts checksum-verified records behind a bad one (see recovery).
-pub(crate) const SEQ_FLOOR_FILE: &str = "SEQ_FLOOR";
-
-pub(crate) fn write_deleted_through(dir: &Path, seq: u64) -> std::io::Result<()> {
-    write_marker(dir, DELETED_THROUGH_FILE, seq)
-}
-
-/// The persisted marker, or 0 if absent or unreadable (a damaged marker only loses the
-/// distinction between "deleted" and "never existed" below the oldest record).
-pub(crate) fn read_deleted_through(dir: &Path) -> u64 {
-    read_marker(dir, DELETED_THROUGH_FILE)
-}
-
-/// Atomically replace `dir/name` with `seq` in decimal (temp file, fsync, rename, dir fsync).
-pub(crate) fn write_marker(dir: &Path, name: &str, seq: u64) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(seq.to_string().as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
-}
-
-/// A persisted decimal marker, or 0 if absent or unreadable.
-pub(crate) fn read_marker(dir: &Path, name: &str) -> u64 {
-    let mut text = String::new();
-    let read = File::open(dir.join(name)).and_then(|f| f.take(32).read_to_string(&mut text));
-    match read {
-        Ok(_) => text.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!("event log: unreadable {name} marker ignored");
-            0
-        }),
-        Err(_) => 0,
-    }
-}
 
 /// How long and how much the log keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]

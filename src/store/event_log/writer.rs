@@ -8,8 +8,9 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
+use super::clock::unix_ms;
 use super::record::{AppendRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, encode_record};
 use super::segment::{
     IndexBuilder, IndexEntry, ScanSummary, Segment, encode_segment_header, segment_file_name,
@@ -52,12 +53,6 @@ pub struct EventLog {
     pub(crate) last_sync: Instant,
     pub(crate) buf: Vec<u8>,
     pub(crate) _lock: File,
-}
-
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl EventLog {
