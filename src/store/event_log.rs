@@ -21,6 +21,7 @@
 //!   ([`EventLogError::WriterPoisoned`]) until the log is reopened; recovery on open
 //!   detects and truncates any torn tail by checksum, so nothing half-written survives.
 
+mod admin;
 mod clock;
 mod markers;
 mod masking;
@@ -40,14 +41,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+pub use admin::{EventLogAdmin, RetentionTask, spawn_retention};
 pub use masking::MaskReport;
 pub use metrics::EventLogCollector;
 pub use reader::{EventLogReader, Replay};
 pub use record::{AppendRecord, FLAG_MASKED, LogRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, did_hash};
 pub use recovery::RecoveryReport;
-pub use retention::{
-    RetentionPolicy, RetentionReport, RetentionTask, SegmentAge, plan_retention, spawn_retention,
-};
+pub use retention::{RetentionPolicy, RetentionReport, SegmentAge, plan_retention};
 pub use segment::{SEGMENT_HEADER_LEN, parse_segment_name, segment_file_name};
 pub use writer::EventLog;
 
@@ -210,7 +210,6 @@ pub(crate) struct Shared {
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// Seq of the newest record readers may see (0: none). Stored after the data is synced.
     pub durable_head: AtomicU64,
-    pub retention: RetentionPolicy,
     /// Serialises masking runs (never taken by the writer or readers).
     pub mask_lock: Mutex<()>,
     /// Serialises retention passes (never taken by the writer or readers): two passes

@@ -11,13 +11,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use super::clock::unix_ms;
 use super::markers::{DELETED_THROUGH_FILE, write_deleted_through};
-use super::reader::EventLogReader;
 use super::segment::{Segment, index_file_name, sync_dir};
 use super::{EventLogError, Shared, oldest_seq};
 
@@ -78,8 +75,10 @@ pub struct RetentionReport {
     pub oldest_seq: Option<u64>,
 }
 
+/// One retention pass under `policy` at time `now`; see [`super::EventLogAdmin::retain_once`].
 pub(crate) fn retain_once(
     shared: &Shared,
+    policy: &RetentionPolicy,
     now: SystemTime,
 ) -> Result<RetentionReport, EventLogError> {
     let _serial = shared
@@ -100,7 +99,7 @@ pub(crate) fn retain_once(
                 newest_timestamp_ms: s.max_timestamp_ms.load(Ordering::Acquire),
             })
             .collect();
-        let n = plan_retention(&ages, unix_ms(now), &shared.retention);
+        let n = plan_retention(&ages, unix_ms(now), policy);
         segs[..n].to_vec()
     };
     if !planned.is_empty() {
@@ -163,64 +162,6 @@ pub(crate) fn retain_once(
     }
     report.oldest_seq = oldest_seq(&shared.segments_read());
     Ok(report)
-}
-
-/// A background thread running [`EventLogReader::retain_once`] every `every`.
-/// Stop it with [`RetentionTask::stop`] (or by dropping it).
-#[derive(Debug)]
-pub struct RetentionTask {
-    stop: Option<mpsc::Sender<()>>,
-    join: Option<JoinHandle<()>>,
-}
-
-/// Run retention on its own thread. Errors are logged and the pass is retried next time.
-pub fn spawn_retention(reader: EventLogReader, every: Duration) -> std::io::Result<RetentionTask> {
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let join = std::thread::Builder::new()
-        .name("event-log-retention".into())
-        .spawn(move || {
-            loop {
-                match stop_rx.recv_timeout(every) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                }
-                match reader.retain_once(SystemTime::now()) {
-                    Ok(r) if r.segments_deleted > 0 => tracing::info!(
-                        segments = r.segments_deleted,
-                        bytes = r.bytes_freed,
-                        "event log retention deleted segments"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, reason = e.reason(), "event log retention failed"),
-                }
-            }
-        })?;
-    Ok(RetentionTask {
-        stop: Some(stop_tx),
-        join: Some(join),
-    })
-}
-
-impl RetentionTask {
-    /// Stop the thread and wait for it (at most one pass in progress).
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(join) = self.join.take() {
-            let _ = join.join();
-        }
-    }
-}
-
-impl Drop for RetentionTask {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
 
 #[cfg(test)]

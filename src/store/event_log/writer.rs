@@ -17,7 +17,8 @@ use super::segment::{
     sync_dir, write_index_file,
 };
 use super::{
-    EventLogConfig, EventLogError, EventLogReader, LogStats, RecoveryReport, Shared, SyncPolicy,
+    EventLogAdmin, EventLogConfig, EventLogError, EventLogReader, LogStats, RecoveryReport, Shared,
+    SyncPolicy,
 };
 
 /// Flush the encode buffer to the file once it holds this much (bounds memory for huge batches).
@@ -154,11 +155,16 @@ impl EventLog {
         self.poisoned
     }
 
-    /// A reader handle (cheap to clone, `Send + Sync`).
+    /// A read-only handle for replays (cheap to clone, `Send + Sync`).
     pub fn reader(&self) -> EventLogReader {
-        EventLogReader {
-            shared: Arc::clone(&self.shared),
-        }
+        EventLogReader::new(Arc::clone(&self.shared))
+    }
+
+    /// The administrative handle: retention (under this log's policy), masking and
+    /// statistics (cheap to clone, `Send + Sync`). Give it only to the retention thread,
+    /// the metrics collector and the takedown path, never to consumer sessions.
+    pub fn admin(&self) -> EventLogAdmin {
+        EventLogAdmin::new(Arc::clone(&self.shared), self.config.retention.clone())
     }
 
     pub fn stats(&self) -> LogStats {
