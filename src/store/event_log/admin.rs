@@ -13,9 +13,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use super::error::EventLogError;
 use super::masking::{self, MaskReport};
 use super::retention::{self, RetentionPolicy, RetentionReport};
-use super::{EventLogError, LogStats, Shared};
+use super::state::{LogStats, Shared};
 
 /// Retention, masking and statistics for one log (cheap to clone, `Send + Sync`).
 /// Obtained from [`super::EventLog::admin`]; it carries the log's retention policy.
@@ -45,14 +46,14 @@ impl EventLogAdmin {
 
     /// One retention pass at time `now`: delete whole segments older than the policy's
     /// window or over its size cap, oldest first, never the newest. See
-    /// [`super::retention`]. Passes are serialised; a failed pass changes nothing that
+    /// the `retention` module. Passes are serialised; a failed pass changes nothing that
     /// readers can observe and is simply retried next time.
     pub fn retain_once(&self, now: SystemTime) -> Result<RetentionReport, EventLogError> {
         retention::retain_once(&self.shared, &self.retention, now)
     }
 
     /// Set (`masked = true`) or clear the takedown flag on every stored record whose
-    /// DID hash is `did_hash`. See [`super::masking`].
+    /// DID hash is `did_hash`. See the `masking` module.
     pub fn set_masked(&self, did_hash: u64, masked: bool) -> Result<MaskReport, EventLogError> {
         masking::set_masked(&self.shared, did_hash, masked)
     }

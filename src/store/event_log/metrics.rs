@@ -8,7 +8,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, Opts};
 
-use super::{EventLogAdmin, LogStats};
+use super::admin::EventLogAdmin;
+use super::state::LogStats;
 
 /// Registers as one collector; every scrape reads the log's current stats.
 pub struct EventLogCollector {

@@ -14,11 +14,12 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use std::os::unix::fs::FileExt;
 
+use super::error::EventLogError;
 use super::record::{
     FLAG_MASKED, LogRecord, RECORD_HEADER_LEN, RecordDefect, decode_header, decode_record,
 };
 use super::segment::{SEGMENT_HEADER_LEN, Segment};
-use super::{EventLogError, Shared, oldest_seq};
+use super::state::{Shared, oldest_seq};
 
 const MIN_BLOCK: usize = 64 * 1024;
 const MAX_BLOCK: usize = 16 * 1024 * 1024;

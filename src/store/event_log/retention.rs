@@ -14,9 +14,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::clock::unix_ms;
+use super::error::EventLogError;
 use super::markers::{DELETED_THROUGH_FILE, write_deleted_through};
 use super::segment::{Segment, index_file_name, sync_dir};
-use super::{EventLogError, Shared, oldest_seq};
+use super::state::{Shared, oldest_seq};
 
 /// How long and how much the log keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]

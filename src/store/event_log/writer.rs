@@ -10,16 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
+use super::admin::EventLogAdmin;
 use super::clock::unix_ms;
+use super::config::{EventLogConfig, SyncPolicy};
+use super::error::EventLogError;
+use super::reader::EventLogReader;
 use super::record::{AppendRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, encode_record};
 use super::segment::{
     IndexBuilder, IndexEntry, ScanSummary, Segment, encode_segment_header, segment_file_name,
     sync_dir, write_index_file,
 };
-use super::{
-    EventLogAdmin, EventLogConfig, EventLogError, EventLogReader, LogStats, RecoveryReport, Shared,
-    SyncPolicy,
-};
+use super::state::{LogStats, Shared};
 
 /// Flush the encode buffer to the file once it holds this much (bounds memory for huge batches).
 const MAX_BUFFERED: usize = 8 * 1024 * 1024;
@@ -57,11 +58,6 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Open (creating if needed) the log under `<data_dir>/events/`, recovering the tail.
-    pub fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport), EventLogError> {
-        super::recovery::open(config)
-    }
-
     /// Append a batch stamped with the current wall-clock time. See [`EventLog::append_at`].
     pub fn append(&mut self, batch: &[AppendRecord]) -> Result<u64, EventLogError> {
         self.append_at(batch, unix_ms(SystemTime::now()))
