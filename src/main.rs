@@ -236,11 +236,11 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
             "event log tail was torn or corrupt and was truncated"
         );
     }
-    let log_reader = event_log.reader();
+    let log_admin = event_log.admin();
     metrics
         .registry()
-        .register(Box::new(EventLogCollector::new(log_reader.clone())?))?;
-    let retention = spawn_retention(log_reader, RETENTION_INTERVAL).map_err(RunError::Retention)?;
+        .register(Box::new(EventLogCollector::new(log_admin.clone())?))?;
+    let retention = spawn_retention(log_admin, RETENTION_INTERVAL).map_err(RunError::Retention)?;
 
     let (managed, pg_config) = open_database(&config.storage)?;
     let db = Db::new(pg_config, config.storage.db)?;

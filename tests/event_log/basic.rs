@@ -303,7 +303,7 @@ fn retention_by_age_deletes_old_segments_and_outdates_readers_inside_them() {
         let batch: Vec<_> = chunk.iter().map(|&s| rec(s, "did:plc:a")).collect();
         log.append_at(&batch, t0).expect("append");
     }
-    let reader = log.reader();
+    let (reader, admin) = (log.reader(), log.admin());
     // A reader that is inside the first segment before retention runs.
     let mut inside = reader.read_after(0).expect("replay");
     assert_eq!(inside.next_batch(3, 1 << 20).expect("batch").len(), 3);
@@ -314,11 +314,11 @@ fn retention_by_age_deletes_old_segments_and_outdates_readers_inside_them() {
     let before = log.stats();
 
     // Nothing is old enough yet.
-    let r = reader.retain_once(at(t0 + 71 * HOUR_MS)).expect("retain");
+    let r = admin.retain_once(at(t0 + 71 * HOUR_MS)).expect("retain");
     assert_eq!(r.segments_deleted, 0);
     assert_eq!(log.stats(), before);
 
-    let r = reader.retain_once(at(t0 + 73 * HOUR_MS)).expect("retain");
+    let r = admin.retain_once(at(t0 + 73 * HOUR_MS)).expect("retain");
     assert!(r.segments_deleted >= 4, "{r:?}");
     let oldest = r.oldest_seq.expect("oldest");
     assert!(oldest > 1 && oldest <= 201, "{oldest}");
@@ -359,7 +359,7 @@ fn retention_by_age_deletes_old_segments_and_outdates_readers_inside_them() {
     );
 
     // Even when everything is old, the segment being written survives.
-    let r = reader.retain_once(at(t0 + 1000 * HOUR_MS)).expect("retain");
+    let r = admin.retain_once(at(t0 + 1000 * HOUR_MS)).expect("retain");
     assert!(r.segments_deleted >= 1);
     assert_eq!(log.stats().segment_count, 1);
     log.append_at(&[rec(401, "did:plc:a")], t0 + 1000 * HOUR_MS)
@@ -402,7 +402,7 @@ fn retention_by_size_keeps_the_log_under_the_cap() {
     let mut log = open_size_capped(dir.path(), 10_000);
     append_seqs(&mut log, &gapped_seqs(300), "did:plc:a");
     assert!(log.stats().total_bytes > 10_000);
-    let r = log.reader().retain_once(SystemTime::now()).expect("retain");
+    let r = log.admin().retain_once(SystemTime::now()).expect("retain");
     assert!(r.segments_deleted > 0);
     let stats = log.stats();
     assert!(stats.total_bytes <= 10_000, "{stats:?}");
@@ -419,9 +419,9 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
         log.append(&[rec(seq, dids[(seq % 3) as usize])])
             .expect("append");
     }
-    let reader = log.reader();
+    let (reader, admin) = (log.reader(), log.admin());
     let bob = did_hash("did:plc:bob");
-    let report = reader.set_masked(bob, true).expect("mask");
+    let report = admin.set_masked(bob, true).expect("mask");
     assert_eq!(report.records_matched, 100);
     assert_eq!(report.records_changed, 100);
     assert_eq!(report.segments_scanned, log.stats().segment_count);
@@ -436,7 +436,7 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
     );
     // Masking again changes nothing.
     assert_eq!(
-        reader.set_masked(bob, true).expect("mask").records_changed,
+        admin.set_masked(bob, true).expect("mask").records_changed,
         0
     );
     // The writer keeps going, and flags survive a reopen without being mistaken for damage.
@@ -445,12 +445,12 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
     let (log, report) = EventLog::open(small_config(dir.path())).expect("reopen");
     assert_eq!(report.bytes_truncated, 0);
     assert_eq!(report.last_intact_seq, Some(301));
-    let reader = log.reader();
+    let (reader, admin) = (log.reader(), log.admin());
     let visible = read_all_after(&reader, 0).expect("read");
     assert_eq!(visible.len(), 201);
     assert!(visible.iter().all(|r| r.did_hash != bob));
 
-    let report = reader.set_masked(bob, false).expect("unmask");
+    let report = admin.set_masked(bob, false).expect("unmask");
     assert_eq!(report.records_changed, 100);
     let visible: Vec<u64> = read_all_after(&reader, 0)
         .expect("read")
@@ -464,7 +464,7 @@ fn masking_hides_a_did_on_replay_and_reversal_restores_it() {
 fn retention_beside_a_running_writer_and_readers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut log = open_size_capped(dir.path(), 16 * 1024);
-    let reader = log.reader();
+    let (reader, admin) = (log.reader(), log.admin());
     const LAST: u64 = 3000;
     let done = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(5));
@@ -486,12 +486,12 @@ fn retention_beside_a_running_writer_and_readers() {
         })
     };
     let retention = {
-        let (reader, done, start) = (reader.clone(), Arc::clone(&done), Arc::clone(&start));
+        let (admin, done, start) = (admin.clone(), Arc::clone(&done), Arc::clone(&start));
         std::thread::spawn(move || {
             start.wait();
             let mut deleted = 0;
             while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-                deleted += reader
+                deleted += admin
                     .retain_once(SystemTime::now())
                     .expect("retain")
                     .segments_deleted;
@@ -539,7 +539,7 @@ fn retention_beside_a_running_writer_and_readers() {
     done.store(true, Ordering::Release);
     let deleted = retention.join().expect("retention");
     assert!(deleted > 0);
-    let r = reader.retain_once(SystemTime::now()).expect("retain");
+    let r = admin.retain_once(SystemTime::now()).expect("retain");
     assert!(log.stats().total_bytes <= 16 * 1024 || r.segments_deleted == 0);
     assert_eq!(log.stats().newest_seq, Some(LAST));
 }
@@ -594,7 +594,8 @@ fn records_larger_than_read_and_scan_blocks_round_trip() {
         bodies
     );
     // Masking walks over the big records too.
-    let report = reader
+    let report = log
+        .admin()
         .set_masked(did_hash("did:plc:big"), true)
         .expect("mask");
     assert_eq!(report.records_changed, 3);
@@ -612,7 +613,7 @@ fn the_retention_thread_deletes_and_stops() {
     let mut log = open_size_capped(dir.path(), 8 * 1024);
     append_seqs(&mut log, &gapped_seqs(300), "did:plc:a");
     let before = log.stats().segment_count;
-    let task = rookery::store::event_log::spawn_retention(log.reader(), Duration::from_millis(5))
+    let task = rookery::store::event_log::spawn_retention(log.admin(), Duration::from_millis(5))
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(10);
     while log.stats().total_bytes > 8 * 1024 && Instant::now() < deadline {
@@ -654,7 +655,7 @@ fn a_replay_that_finished_a_deleted_segment_continues_and_one_inside_it_is_outda
         max_total_bytes: Some(total - first_segment_bytes),
     };
     let (log, _) = EventLog::open(config).expect("reopen");
-    let reader = log.reader();
+    let (reader, admin) = (log.reader(), log.admin());
     let in_first: Vec<u64> = seqs.iter().copied().filter(|&s| s < second_first).collect();
     let mut finished = reader.read_after(0).expect("replay");
     let got = finished.next_batch(in_first.len(), 1 << 20).expect("batch");
@@ -662,7 +663,7 @@ fn a_replay_that_finished_a_deleted_segment_continues_and_one_inside_it_is_outda
     let mut inside = reader.read_after(0).expect("replay");
     assert_eq!(inside.next_batch(2, 1 << 20).expect("batch").len(), 2);
 
-    let r = reader.retain_once(SystemTime::now()).expect("retain");
+    let r = admin.retain_once(SystemTime::now()).expect("retain");
     assert_eq!(r.segments_deleted, 1);
     assert_eq!(r.oldest_seq, Some(second_first));
     // Finished the deleted segment: nothing after its cursor was lost, so it continues.
@@ -699,14 +700,14 @@ fn concurrent_retention_passes_keep_the_marker_exact() {
         ..RetentionPolicy::default()
     };
     let (mut log, _) = EventLog::open(config.clone()).expect("open");
-    let reader = log.reader();
+    let admin = log.admin();
     let stop = Arc::new(AtomicBool::new(false));
     let passes: Vec<_> = (0..2)
         .map(|_| {
-            let (reader, stop) = (reader.clone(), Arc::clone(&stop));
+            let (admin, stop) = (admin.clone(), Arc::clone(&stop));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    reader.retain_once(SystemTime::now()).expect("retain");
+                    admin.retain_once(SystemTime::now()).expect("retain");
                 }
             })
         })
@@ -729,7 +730,7 @@ fn concurrent_retention_passes_keep_the_marker_exact() {
     for p in passes {
         p.join().expect("join");
     }
-    reader.retain_once(SystemTime::now()).expect("retain");
+    admin.retain_once(SystemTime::now()).expect("retain");
     let before = log.stats();
     let last = log.last_seq().expect("last");
     drop(log);
@@ -767,15 +768,15 @@ fn a_retention_pass_that_cannot_persist_its_marker_changes_nothing() {
     // A directory in the way of the marker's temp file makes the marker write fail.
     let blocker = events.join("DELETED_THROUGH.tmp");
     std::fs::create_dir(&blocker).expect("blocker");
-    let reader = log.reader();
+    let (reader, admin) = (log.reader(), log.admin());
     assert!(matches!(
-        reader.retain_once(SystemTime::now()),
+        admin.retain_once(SystemTime::now()),
         Err(EventLogError::Io { .. })
     ));
     assert_eq!(log.stats(), before);
     assert!(read_all_after(&reader, 0).is_ok());
     std::fs::remove_dir(&blocker).expect("unblock");
-    let r = reader.retain_once(SystemTime::now()).expect("retain");
+    let r = admin.retain_once(SystemTime::now()).expect("retain");
     assert_eq!(r.segments_deleted, before.segment_count - 1);
     assert_eq!(count_segment_files(), 1);
     assert!(matches!(

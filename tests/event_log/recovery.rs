@@ -237,7 +237,7 @@ fn next_seq_stays_above_what_retention_deleted_when_the_tail_is_lost() {
     // Rolls to a new segment; written but not synced, so not reported durable.
     assert_eq!(log.append(&[rec(DURABLE + 1)]).expect("append"), DURABLE);
     let retained = log
-        .reader()
+        .admin()
         .retain_once(std::time::SystemTime::now())
         .expect("retain");
     assert_eq!(retained.segments_deleted, DURABLE as usize);
@@ -426,8 +426,8 @@ impl Harness {
                 prop_assert_eq!(got, expected);
             }
             Op::Mask { did, masked } => {
-                let reader = self.log().reader();
-                reader
+                self.log()
+                    .admin()
                     .set_masked(did_hash(&did_name(did)), masked)
                     .expect("mask");
                 for r in self.model.iter_mut().filter(|r| r.1 == did) {

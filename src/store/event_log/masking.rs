@@ -12,9 +12,10 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
+use super::error::EventLogError;
 use super::record::{FLAG_MASKED, FLAGS_OFFSET, RecordDefect, decode_header, decode_record};
 use super::segment::{SCAN_BLOCK, SEGMENT_HEADER_LEN};
-use super::{EventLogError, Shared};
+use super::state::Shared;
 
 /// What one masking run changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

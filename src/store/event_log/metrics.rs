@@ -8,11 +8,12 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, Opts};
 
-use super::{EventLogReader, LogStats};
+use super::admin::EventLogAdmin;
+use super::state::LogStats;
 
 /// Registers as one collector; every scrape reads the log's current stats.
 pub struct EventLogCollector {
-    reader: EventLogReader,
+    admin: EventLogAdmin,
     oldest_seq: IntGauge,
     newest_seq: IntGauge,
     bytes: IntGauge,
@@ -21,10 +22,10 @@ pub struct EventLogCollector {
 }
 
 impl EventLogCollector {
-    pub fn new(reader: EventLogReader) -> Result<Self, prometheus::Error> {
+    pub fn new(admin: EventLogAdmin) -> Result<Self, prometheus::Error> {
         let gauge = |name: &str, help: &str| IntGauge::with_opts(Opts::new(name, help));
         Ok(EventLogCollector {
-            reader,
+            admin,
             oldest_seq: gauge(
                 "rookery_event_log_oldest_seq",
                 "Oldest seq still stored in the event log (0 when empty).",
@@ -66,7 +67,7 @@ impl Collector for EventLogCollector {
             total_bytes,
             segment_count,
             record_count,
-        } = self.reader.stats();
+        } = self.admin.stats();
         self.oldest_seq.set(clamp(oldest_seq.unwrap_or(0)));
         self.newest_seq.set(clamp(newest_seq.unwrap_or(0)));
         self.bytes.set(clamp(total_bytes));

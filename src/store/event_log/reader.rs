@@ -10,27 +10,50 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use bytes::BytesMut;
 use std::os::unix::fs::FileExt;
 
+use super::error::EventLogError;
 use super::record::{
     FLAG_MASKED, LogRecord, RECORD_HEADER_LEN, RecordDefect, decode_header, decode_record,
 };
 use super::segment::{SEGMENT_HEADER_LEN, Segment};
-use super::{EventLogError, LogStats, MaskReport, RetentionReport, Shared, oldest_seq};
+use super::state::{Shared, oldest_seq};
 
 const MIN_BLOCK: usize = 64 * 1024;
 const MAX_BLOCK: usize = 16 * 1024 * 1024;
 
-/// A shared handle for reading, statistics, retention and masking.
+/// A read-only handle: replays from a cursor, the durable head, and the oldest retained
+/// seq for the cursor rules (cheap to clone, `Send + Sync`).
+///
+/// Every ConsumerSession holds one, so it deliberately has no way to change the log:
+/// retention, takedown masking and statistics are on [`super::EventLogAdmin`], which only
+/// the owner of the writer can create ([`super::EventLog::admin`]); there is no path from
+/// a reader to it. For example, neither of these compiles (stable rustdoc does not check
+/// the error code, but the example on `EventLogAdmin` compiles the same calls on the
+/// admin handle, so these fail only for the missing method):
+///
+/// ```compile_fail,E0599
+/// # fn f(log: &rookery::store::event_log::EventLog) {
+/// let _ = log.reader().retain_once(std::time::SystemTime::now());
+/// # }
+/// ```
+/// ```compile_fail,E0599
+/// # fn f(log: &rookery::store::event_log::EventLog) {
+/// let _ = log.reader().set_masked(0, true);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct EventLogReader {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl EventLogReader {
+    pub(crate) fn new(shared: Arc<Shared>) -> EventLogReader {
+        EventLogReader { shared }
+    }
+
     /// Start a replay of every record with `seq > cursor` (PROTOCOL.md §1).
     /// Returns [`EventLogError::Outdated`] when records after `cursor` were deleted by
     /// retention (`cursor + 1` is at or below the highest deleted seq); the session then sends `#info OutdatedCursor` and uses
@@ -82,19 +105,11 @@ impl EventLogReader {
         self.shared.durable_head()
     }
 
-    pub fn stats(&self) -> LogStats {
-        self.shared.stats()
-    }
-
-    /// One retention pass at time `now`. See [`super::retention`].
-    pub fn retain_once(&self, now: SystemTime) -> Result<RetentionReport, EventLogError> {
-        super::retention::retain_once(&self.shared, now)
-    }
-
-    /// Set (`masked = true`) or clear the takedown flag on every stored record whose
-    /// DID hash is `did_hash`. See [`super::masking`].
-    pub fn set_masked(&self, did_hash: u64, masked: bool) -> Result<MaskReport, EventLogError> {
-        super::masking::set_masked(&self.shared, did_hash, masked)
+    /// Seq of the oldest retained record (`None` when the log holds none), for the
+    /// cursor rules: a replay from before it starts at it. Whether a cursor is outdated
+    /// (records after it were deleted) is what [`EventLogReader::read_after`] reports.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        oldest_seq(&self.shared.segments_read())
     }
 }
 

@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use super::retention::{SEQ_FLOOR_FILE, read_deleted_through, read_marker, write_marker};
+use super::config::EventLogConfig;
+use super::error::EventLogError;
+use super::markers::{SEQ_FLOOR_FILE, read_deleted_through, read_marker, write_marker};
 use super::segment::{
     IndexBuilder, Segment, encode_segment_header, index_file_name, load_index_file,
-    parse_segment_name, scan_segment, sync_dir, write_index_file,
+    parse_segment_name, scan_segment, segment_file_name, sync_dir, write_index_file,
 };
-use super::writer::OpenSegment;
-use super::{EventLog, EventLogConfig, EventLogError, Shared};
+use super::state::Shared;
+use super::writer::{EventLog, OpenSegment};
 
 /// What recovery found and did when the log was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,7 +88,7 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
     let mut sealed_high = 0u64;
 
     for (i, &first_seq) in names.iter().enumerate() {
-        let path = dir.join(super::segment_file_name(first_seq));
+        let path = dir.join(segment_file_name(first_seq));
         let is_tail = i + 1 == names.len();
         if !is_tail {
             let file = File::open(&path).map_err(EventLogError::io("open segment", &path))?;
@@ -245,7 +247,6 @@ pub(crate) fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport),
         dir,
         segments: RwLock::new(segments),
         durable_head: AtomicU64::new(last_intact),
-        retention: config.retention.clone(),
         mask_lock: Mutex::new(()),
         retention_lock: Mutex::new(()),
         deleted_through: AtomicU64::new(deleted_through),

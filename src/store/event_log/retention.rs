@@ -9,61 +9,15 @@
 //! readable until it lets go) but is told [`super::EventLogError::Outdated`] on its next
 //! batch, because its position is now before the oldest retained record.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use super::reader::EventLogReader;
+use super::clock::unix_ms;
+use super::error::EventLogError;
+use super::markers::{DELETED_THROUGH_FILE, write_deleted_through};
 use super::segment::{Segment, index_file_name, sync_dir};
-use super::writer::unix_ms;
-use super::{EventLogError, Shared, oldest_seq};
-
-/// File holding the highest seq retention has deleted (decimal).
-pub(crate) const DELETED_THROUGH_FILE: &str = "DELETED_THROUGH";
-
-/// File holding the lowest seq the writer may use next (decimal), written only when
-/// recovery cuts checksum-verified records behind a bad one (see recovery).
-pub(crate) const SEQ_FLOOR_FILE: &str = "SEQ_FLOOR";
-
-pub(crate) fn write_deleted_through(dir: &Path, seq: u64) -> std::io::Result<()> {
-    write_marker(dir, DELETED_THROUGH_FILE, seq)
-}
-
-/// The persisted marker, or 0 if absent or unreadable (a damaged marker only loses the
-/// distinction between "deleted" and "never existed" below the oldest record).
-pub(crate) fn read_deleted_through(dir: &Path) -> u64 {
-    read_marker(dir, DELETED_THROUGH_FILE)
-}
-
-/// Atomically replace `dir/name` with `seq` in decimal (temp file, fsync, rename, dir fsync).
-pub(crate) fn write_marker(dir: &Path, name: &str, seq: u64) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(seq.to_string().as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
-}
-
-/// A persisted decimal marker, or 0 if absent or unreadable.
-pub(crate) fn read_marker(dir: &Path, name: &str) -> u64 {
-    let mut text = String::new();
-    let read = File::open(dir.join(name)).and_then(|f| f.take(32).read_to_string(&mut text));
-    match read {
-        Ok(_) => text.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!("event log: unreadable {name} marker ignored");
-            0
-        }),
-        Err(_) => 0,
-    }
-}
+use super::state::{Shared, oldest_seq};
 
 /// How long and how much the log keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,8 +76,10 @@ pub struct RetentionReport {
     pub oldest_seq: Option<u64>,
 }
 
+/// One retention pass under `policy` at time `now`; see [`super::EventLogAdmin::retain_once`].
 pub(crate) fn retain_once(
     shared: &Shared,
+    policy: &RetentionPolicy,
     now: SystemTime,
 ) -> Result<RetentionReport, EventLogError> {
     let _serial = shared
@@ -144,7 +100,7 @@ pub(crate) fn retain_once(
                 newest_timestamp_ms: s.max_timestamp_ms.load(Ordering::Acquire),
             })
             .collect();
-        let n = plan_retention(&ages, unix_ms(now), &shared.retention);
+        let n = plan_retention(&ages, unix_ms(now), policy);
         segs[..n].to_vec()
     };
     if !planned.is_empty() {
@@ -207,64 +163,6 @@ pub(crate) fn retain_once(
     }
     report.oldest_seq = oldest_seq(&shared.segments_read());
     Ok(report)
-}
-
-/// A background thread running [`EventLogReader::retain_once`] every `every`.
-/// Stop it with [`RetentionTask::stop`] (or by dropping it).
-#[derive(Debug)]
-pub struct RetentionTask {
-    stop: Option<mpsc::Sender<()>>,
-    join: Option<JoinHandle<()>>,
-}
-
-/// Run retention on its own thread. Errors are logged and the pass is retried next time.
-pub fn spawn_retention(reader: EventLogReader, every: Duration) -> std::io::Result<RetentionTask> {
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let join = std::thread::Builder::new()
-        .name("event-log-retention".into())
-        .spawn(move || {
-            loop {
-                match stop_rx.recv_timeout(every) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                }
-                match reader.retain_once(SystemTime::now()) {
-                    Ok(r) if r.segments_deleted > 0 => tracing::info!(
-                        segments = r.segments_deleted,
-                        bytes = r.bytes_freed,
-                        "event log retention deleted segments"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, reason = e.reason(), "event log retention failed"),
-                }
-            }
-        })?;
-    Ok(RetentionTask {
-        stop: Some(stop_tx),
-        join: Some(join),
-    })
-}
-
-impl RetentionTask {
-    /// Stop the thread and wait for it (at most one pass in progress).
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(join) = self.join.take() {
-            let _ = join.join();
-        }
-    }
-}
-
-impl Drop for RetentionTask {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
 
 #[cfg(test)]

@@ -8,16 +8,19 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
+use super::admin::EventLogAdmin;
+use super::clock::unix_ms;
+use super::config::{EventLogConfig, SyncPolicy};
+use super::error::EventLogError;
+use super::reader::EventLogReader;
 use super::record::{AppendRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, encode_record};
 use super::segment::{
     IndexBuilder, IndexEntry, ScanSummary, Segment, encode_segment_header, segment_file_name,
     sync_dir, write_index_file,
 };
-use super::{
-    EventLogConfig, EventLogError, EventLogReader, LogStats, RecoveryReport, Shared, SyncPolicy,
-};
+use super::state::{LogStats, Shared};
 
 /// Flush the encode buffer to the file once it holds this much (bounds memory for huge batches).
 const MAX_BUFFERED: usize = 8 * 1024 * 1024;
@@ -54,18 +57,7 @@ pub struct EventLog {
     pub(crate) _lock: File,
 }
 
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl EventLog {
-    /// Open (creating if needed) the log under `<data_dir>/events/`, recovering the tail.
-    pub fn open(config: EventLogConfig) -> Result<(EventLog, RecoveryReport), EventLogError> {
-        super::recovery::open(config)
-    }
-
     /// Append a batch stamped with the current wall-clock time. See [`EventLog::append_at`].
     pub fn append(&mut self, batch: &[AppendRecord]) -> Result<u64, EventLogError> {
         self.append_at(batch, unix_ms(SystemTime::now()))
@@ -159,11 +151,16 @@ impl EventLog {
         self.poisoned
     }
 
-    /// A reader handle (cheap to clone, `Send + Sync`).
+    /// A read-only handle for replays (cheap to clone, `Send + Sync`).
     pub fn reader(&self) -> EventLogReader {
-        EventLogReader {
-            shared: Arc::clone(&self.shared),
-        }
+        EventLogReader::new(Arc::clone(&self.shared))
+    }
+
+    /// The administrative handle: retention (under this log's policy), masking and
+    /// statistics (cheap to clone, `Send + Sync`). Give it only to the retention thread,
+    /// the metrics collector and the takedown path, never to consumer sessions.
+    pub fn admin(&self) -> EventLogAdmin {
+        EventLogAdmin::new(Arc::clone(&self.shared), self.config.retention.clone())
     }
 
     pub fn stats(&self) -> LogStats {
