@@ -7,7 +7,8 @@
 //!
 //! Dependencies point one way: `startup` → `config` → `store`, `http`; `atproto` imports
 //! none of them. No subsystem imports `config`: each owns its settings type and `config`
-//! fills it (check with `grep -rn 'use crate::' src`).
+//! fills it. The layers, each using only those before it: `atproto`, `store`, `http`,
+//! `config`, `startup`, `testkit` (checked by a test below).
 
 #![forbid(unsafe_code)]
 
@@ -18,3 +19,48 @@ pub mod startup;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The top-level modules, each allowed to use only those before it.
+    const LAYERS: [&str; 6] = ["atproto", "store", "http", "config", "startup", "testkit"];
+
+    fn sources(path: &Path, out: &mut Vec<(String, String)>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).expect("src dir") {
+                sources(&entry.expect("dir entry").path(), out);
+            }
+        } else if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(path).expect("source");
+            out.push((path.display().to_string(), text));
+        }
+    }
+
+    /// The module graph of the library has no cycle: no code path under a module names
+    /// (`crate::x`) a module of a later layer. Comments are not code.
+    #[test]
+    fn top_level_modules_depend_only_on_earlier_layers() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for (layer, name) in LAYERS.iter().enumerate() {
+            let mut files = Vec::new();
+            sources(&src.join(name), &mut files);
+            sources(&src.join(format!("{name}.rs")), &mut files);
+            assert!(!files.is_empty(), "no source for {name}");
+            for (file, text) in files {
+                for line in text.lines().map(str::trim_start) {
+                    if line.starts_with("//") {
+                        continue;
+                    }
+                    for later in &LAYERS[layer + 1..] {
+                        assert!(
+                            !line.contains(&format!("crate::{later}")),
+                            "{file} ({name}) uses the later layer {later}: `{line}`"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
