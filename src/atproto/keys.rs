@@ -3,16 +3,20 @@
 //!
 //! Two curves exist: secp256k1 ("K-256", `ES256K`) and NIST P-256 (`ES256`). K-256 uses the
 //! `secp256k1` crate (libsecp256k1, the fastest verifier available; its verify already
-//! refuses high-S signatures), P-256 uses the RustCrypto `p256` crate. atproto signatures are
-//! always 64-byte compact `r‖s` over SHA-256 of the message with low S (PROTOCOL.md §4); DER
-//! and high-S signatures are rejected with their own error variants, checked explicitly on
-//! both curves so the rejection reason is visible in metrics, not just "invalid".
+//! refuses high-S signatures). P-256 keys are parsed, encoded and signed with the RustCrypto
+//! `p256` crate, but verified with `ring` (`ECDSA_P256_SHA256_FIXED`, precomputed tables and
+//! assembly; ~8× faster than `p256`'s verify), which accepts high-S signatures, so the low-S
+//! rule is checked here first. atproto signatures are always 64-byte compact `r‖s` over
+//! SHA-256 of the message with low S (PROTOCOL.md §4); DER and high-S signatures are rejected
+//! with their own error variants, checked explicitly on both curves so the rejection reason is
+//! visible in metrics, not just "invalid".
 //!
 //! Encodings (PROTOCOL.md §6): `Multikey` = `z` + base58btc(varint multicodec ‖ compressed
 //! point); `did:key:` + the same; legacy `Ecdsa*VerificationKey2019` = `z` + base58btc of the
 //! raw point (compressed or uncompressed), with the curve given by the verification-method
 //! type.
 
+use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
 use secp256k1::SECP256K1;
 use sha2::{Digest, Sha256};
@@ -116,11 +120,84 @@ impl SigError {
     }
 }
 
-/// A K-256 or P-256 public key. Cheap to clone (64–100 bytes, no heap).
+/// A K-256 or P-256 public key. Cheap to clone (no heap, under 160 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKey {
     K256(secp256k1::PublicKey),
-    P256(p256::ecdsa::VerifyingKey),
+    P256(P256Key),
+}
+
+/// A validated P-256 public key together with its 65-byte uncompressed SEC1 encoding, which
+/// is what `ring` verifies with. The point is decompressed once, when the key is parsed, so a
+/// verify does no square root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct P256Key {
+    key: p256::ecdsa::VerifyingKey,
+    uncompressed: [u8; 65],
+}
+
+impl P256Key {
+    /// The RustCrypto key (for signing-side code and interop tests).
+    pub fn verifying_key(&self) -> &p256::ecdsa::VerifyingKey {
+        &self.key
+    }
+
+    /// The 65-byte uncompressed SEC1 point (`04 ‖ x ‖ y`).
+    pub fn uncompressed(&self) -> &[u8; 65] {
+        &self.uncompressed
+    }
+}
+
+impl From<p256::ecdsa::VerifyingKey> for P256Key {
+    fn from(key: p256::ecdsa::VerifyingKey) -> P256Key {
+        let mut uncompressed = [0u8; 65];
+        let encoded = key.to_encoded_point(false);
+        // A valid (non-identity) P-256 verifying key always encodes to 65 bytes.
+        if encoded.as_bytes().len() == 65 {
+            uncompressed.copy_from_slice(encoded.as_bytes());
+        }
+        P256Key { key, uncompressed }
+    }
+}
+
+/// Plain ECDSA verification with the RustCrypto `p256` crate: no low-S rule. For atproto
+/// signatures use [`PublicKey::verify`].
+impl Verifier<p256::ecdsa::Signature> for P256Key {
+    fn verify(
+        &self,
+        msg: &[u8],
+        signature: &p256::ecdsa::Signature,
+    ) -> Result<(), p256::ecdsa::Error> {
+        self.key.verify(msg, signature)
+    }
+}
+
+/// The range and low-S checks on a 64-byte P-256 signature (`ring` does the range check too,
+/// but would report every failure as the same opaque error, and accepts high S).
+fn p256_compact_low_s(sig: &[u8]) -> Result<p256::ecdsa::Signature, SigError> {
+    let signature = p256::ecdsa::Signature::from_slice(sig).map_err(|_| SigError::Malformed)?;
+    if signature.normalize_s().is_some() {
+        return Err(SigError::HighS);
+    }
+    Ok(signature)
+}
+
+fn verify_k256(key: &secp256k1::PublicKey, digest: &[u8; 32], sig: &[u8]) -> Result<(), SigError> {
+    // libsecp256k1 parses zero scalars (and then fails verify); name them here.
+    if sig[..32].iter().all(|b| *b == 0) || sig[32..].iter().all(|b| *b == 0) {
+        return Err(SigError::Malformed);
+    }
+    let signature =
+        secp256k1::ecdsa::Signature::from_compact(sig).map_err(|_| SigError::Malformed)?;
+    let mut normalized = signature;
+    normalized.normalize_s();
+    if normalized != signature {
+        return Err(SigError::HighS);
+    }
+    let message = secp256k1::Message::from_digest(*digest);
+    SECP256K1
+        .verify_ecdsa(&message, &signature, key)
+        .map_err(|_| SigError::Invalid)
 }
 
 fn decode_base58_multibase(s: &str) -> Result<Vec<u8>, KeyError> {
@@ -187,7 +264,7 @@ impl PublicKey {
                 .map(PublicKey::K256)
                 .map_err(|_| KeyError::BadPoint),
             Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map(PublicKey::P256)
+                .map(|key| PublicKey::P256(key.into()))
                 .map_err(|_| KeyError::BadPoint),
         }
     }
@@ -204,12 +281,10 @@ impl PublicKey {
         match self {
             PublicKey::K256(k) => k.serialize(),
             PublicKey::P256(k) => {
+                // `02|03 ‖ x`, the prefix carrying the parity of y.
                 let mut out = [0u8; 33];
-                let encoded = k.to_encoded_point(true);
-                // A compressed P-256 point is always 33 bytes.
-                if encoded.as_bytes().len() == 33 {
-                    out.copy_from_slice(encoded.as_bytes());
-                }
+                out[0] = 0x02 | (k.uncompressed[64] & 1);
+                out[1..].copy_from_slice(&k.uncompressed[1..33]);
                 out
             }
         }
@@ -219,15 +294,7 @@ impl PublicKey {
     pub fn to_uncompressed(&self) -> [u8; 65] {
         match self {
             PublicKey::K256(k) => k.serialize_uncompressed(),
-            PublicKey::P256(k) => {
-                let mut out = [0u8; 65];
-                let encoded = k.to_encoded_point(false);
-                // An uncompressed P-256 point is always 65 bytes.
-                if encoded.as_bytes().len() == 65 {
-                    out.copy_from_slice(encoded.as_bytes());
-                }
-                out
-            }
+            PublicKey::P256(k) => k.uncompressed,
         }
     }
 
@@ -248,42 +315,43 @@ impl PublicKey {
         format!("did:key:{}", self.to_multikey())
     }
 
-    /// Verifies a 64-byte compact low-S ECDSA signature over SHA-256(`msg`).
+    /// Verifies a 64-byte compact low-S ECDSA signature over SHA-256(`msg`). This is the
+    /// relay's hot path: P-256 goes through `ring`.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), SigError> {
-        let digest: [u8; 32] = Sha256::digest(msg).into();
-        self.verify_digest(&digest, sig)
-    }
-
-    /// Like [`PublicKey::verify`], with the SHA-256 digest already computed.
-    pub fn verify_digest(&self, digest: &[u8; 32], sig: &[u8]) -> Result<(), SigError> {
         if sig.len() != SIGNATURE_LEN {
             return Err(SigError::NotCompact);
         }
         match self {
             PublicKey::K256(key) => {
-                // libsecp256k1 parses zero scalars (and then fails verify); name them here.
-                if sig[..32].iter().all(|b| *b == 0) || sig[32..].iter().all(|b| *b == 0) {
-                    return Err(SigError::Malformed);
-                }
-                let signature = secp256k1::ecdsa::Signature::from_compact(sig)
-                    .map_err(|_| SigError::Malformed)?;
-                let mut normalized = signature;
-                normalized.normalize_s();
-                if normalized != signature {
-                    return Err(SigError::HighS);
-                }
-                let message = secp256k1::Message::from_digest(*digest);
-                SECP256K1
-                    .verify_ecdsa(&message, &signature, key)
-                    .map_err(|_| SigError::Invalid)
+                let digest: [u8; 32] = Sha256::digest(msg).into();
+                verify_k256(key, &digest, sig)
             }
             PublicKey::P256(key) => {
-                let signature =
-                    p256::ecdsa::Signature::from_slice(sig).map_err(|_| SigError::Malformed)?;
-                if signature.normalize_s().is_some() {
-                    return Err(SigError::HighS);
-                }
-                key.verify_prehash(digest, &signature)
+                p256_compact_low_s(sig)?;
+                // ring hashes `msg` with SHA-256 itself.
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    &key.uncompressed,
+                )
+                .verify(msg, sig)
+                .map_err(|_| SigError::Invalid)
+            }
+        }
+    }
+
+    /// Like [`PublicKey::verify`], with the SHA-256 digest already computed. `ring` cannot
+    /// verify a prehash, so P-256 here uses the (slower) RustCrypto verifier; the outcome is
+    /// the same.
+    pub fn verify_digest(&self, digest: &[u8; 32], sig: &[u8]) -> Result<(), SigError> {
+        if sig.len() != SIGNATURE_LEN {
+            return Err(SigError::NotCompact);
+        }
+        match self {
+            PublicKey::K256(key) => verify_k256(key, digest, sig),
+            PublicKey::P256(key) => {
+                let signature = p256_compact_low_s(sig)?;
+                key.key
+                    .verify_prehash(digest, &signature)
                     .map_err(|_| SigError::Invalid)
             }
         }
@@ -352,7 +420,7 @@ impl PrivateKey {
     pub fn public_key(&self) -> PublicKey {
         match self {
             PrivateKey::K256(k) => PublicKey::K256(k.public_key(SECP256K1)),
-            PrivateKey::P256(k) => PublicKey::P256(*k.verifying_key()),
+            PrivateKey::P256(k) => PublicKey::P256((*k.verifying_key()).into()),
         }
     }
 
