@@ -599,6 +599,144 @@ mod tests {
         }
     }
 
+    /// ring's verify with no low-S rule, as the relay would get it without the explicit check.
+    fn ring_plain(key: &P256Key, msg: &[u8], sig: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            key.uncompressed(),
+        )
+        .verify(msg, sig)
+        .is_ok()
+    }
+
+    /// The RustCrypto `p256` verifier, also with no low-S rule.
+    fn rustcrypto_plain(key: &P256Key, msg: &[u8], sig: &[u8]) -> bool {
+        p256::ecdsa::Signature::from_slice(sig)
+            .is_ok_and(|sig| key.verifying_key().verify(msg, &sig).is_ok())
+    }
+
+    /// The atproto rule spelled with the RustCrypto crate only: the reference for the ring path.
+    fn rustcrypto_atproto(key: &P256Key, msg: &[u8], sig: &[u8]) -> Result<(), SigError> {
+        if sig.len() != SIGNATURE_LEN {
+            return Err(SigError::NotCompact);
+        }
+        let parsed = p256::ecdsa::Signature::from_slice(sig).map_err(|_| SigError::Malformed)?;
+        if parsed.normalize_s().is_some() {
+            return Err(SigError::HighS);
+        }
+        let digest: [u8; 32] = Sha256::digest(msg).into();
+        key.verifying_key()
+            .verify_prehash(&digest, &parsed)
+            .map_err(|_| SigError::Invalid)
+    }
+
+    #[test]
+    fn p256_high_s_twin_is_refused_although_ring_accepts_it() {
+        let key = PrivateKey::from_bytes(Curve::P256, &[0x11; 32]).unwrap();
+        let PublicKey::P256(public) = key.public_key() else {
+            panic!("a P256 private key gave a non-P256 public key")
+        };
+        let sig = key.sign(b"msg");
+        let twin = negate_s(Curve::P256, &sig);
+        // ring alone takes the malleated twin: the explicit check is what refuses it.
+        assert!(ring_plain(&public, b"msg", &sig));
+        assert!(ring_plain(&public, b"msg", &twin));
+        let public = PublicKey::P256(public);
+        assert_eq!(public.verify(b"msg", &sig), Ok(()));
+        assert_eq!(public.verify(b"msg", &twin), Err(SigError::HighS));
+        let digest: [u8; 32] = Sha256::digest(b"msg").into();
+        assert_eq!(public.verify_digest(&digest, &twin), Err(SigError::HighS));
+        // A high-S signature that would not verify anyway is still reported as high-S.
+        assert_eq!(public.verify(b"other", &twin), Err(SigError::HighS));
+    }
+
+    #[test]
+    fn p256_out_of_range_scalars_are_malformed() {
+        let key = PrivateKey::from_bytes(Curve::P256, &[0x22; 32]).unwrap();
+        let public = key.public_key();
+        let sig = key.sign(b"msg");
+        let n = negate_s(Curve::P256, &[0u8; 64]);
+        for bad in [
+            [&[0u8; 32][..], &sig[32..]].concat(),  // r = 0
+            [&sig[..32], &[0u8; 32][..]].concat(),  // s = 0
+            [&n[32..], &sig[32..]].concat(),        // r = n
+            [&sig[..32], &[0xff; 32][..]].concat(), // s > n
+        ] {
+            assert_eq!(public.verify(b"msg", &bad), Err(SigError::Malformed));
+        }
+    }
+
+    #[test]
+    fn p256_key_keeps_both_encodings_consistent() {
+        for seed in 1u8..=8 {
+            let key = PrivateKey::from_bytes(Curve::P256, &[seed; 32]).unwrap();
+            let PublicKey::P256(public) = key.public_key() else {
+                panic!("not P-256")
+            };
+            let encoded = public.verifying_key().to_encoded_point(false);
+            assert_eq!(encoded.as_bytes(), public.uncompressed());
+            let compressed = public.verifying_key().to_encoded_point(true);
+            let public = PublicKey::P256(public);
+            assert_eq!(compressed.as_bytes(), public.to_compressed());
+            assert_eq!(
+                PublicKey::from_sec1(Curve::P256, &public.to_compressed()),
+                Ok(public.clone())
+            );
+            assert_eq!(
+                PublicKey::from_sec1(Curve::P256, &public.to_uncompressed()),
+                Ok(public)
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// ring (the hot path) and the RustCrypto crate agree, plain and under the atproto
+        /// rule, on random keys and messages: the honest signature, its high-S twin, a
+        /// one-bit flip anywhere in r‖s, r and s swapped, and a signature over another message.
+        #[test]
+        fn ring_and_rustcrypto_agree_on_p256(
+            secret in proptest::array::uniform32(any::<u8>()),
+            msg in proptest::collection::vec(any::<u8>(), 0..300),
+            flip in 0usize..512,
+            other in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let Ok(key) = PrivateKey::from_bytes(Curve::P256, &secret) else {
+                return Ok(()); // zero or ≥ n: not a key (probability ~2^-32 per case)
+            };
+            let PublicKey::P256(p256_key) = key.public_key() else {
+                panic!("not P-256")
+            };
+            let public = PublicKey::P256(p256_key.clone());
+            let sig = key.sign(&msg);
+            let mut flipped = sig;
+            flipped[flip / 8] ^= 1 << (flip % 8);
+            let mut swapped = [0u8; 64];
+            swapped[..32].copy_from_slice(&sig[32..]);
+            swapped[32..].copy_from_slice(&sig[..32]);
+            let candidates = [
+                sig,
+                negate_s(Curve::P256, &sig),
+                flipped,
+                swapped,
+                key.sign(&other),
+            ];
+            let digest: [u8; 32] = Sha256::digest(&msg).into();
+            for candidate in candidates {
+                prop_assert_eq!(
+                    ring_plain(&p256_key, &msg, &candidate),
+                    rustcrypto_plain(&p256_key, &msg, &candidate)
+                );
+                let expected = rustcrypto_atproto(&p256_key, &msg, &candidate);
+                prop_assert_eq!(public.verify(&msg, &candidate), expected);
+                prop_assert_eq!(public.verify_digest(&digest, &candidate), expected);
+            }
+            prop_assert_eq!(public.verify(&msg, &sig), Ok(()));
+            prop_assert_eq!(public.verify(&msg, &negate_s(Curve::P256, &sig)), Err(SigError::HighS));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
