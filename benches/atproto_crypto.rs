@@ -10,6 +10,7 @@ use rookery::atproto::commit::Commit;
 use rookery::atproto::did_doc::parse_did_document;
 use rookery::atproto::keys::{Curve, PrivateKey, PublicKey};
 use rookery::atproto::tid::Tid;
+use sha2::{Digest, Sha256};
 
 const DID: &str = "did:plc:44ybard66vv44zksje25o7dz";
 
@@ -29,6 +30,12 @@ fn signatures(c: &mut Criterion) {
         let sig = commit.sig.clone();
         c.bench_function(&format!("verify/{name}"), |b| {
             b.iter(|| public.verify(black_box(&unsigned), black_box(&sig)))
+        });
+        // The prehash entry point: for P-256 this is still the RustCrypto verifier (ring cannot
+        // take a prehash), so it doubles as the "before" of the ring switch in the same run.
+        let digest: [u8; 32] = Sha256::digest(&unsigned).into();
+        c.bench_function(&format!("verify_digest/{name}"), |b| {
+            b.iter(|| public.verify_digest(black_box(&digest), black_box(&sig)))
         });
         c.bench_function(&format!("commit_decode_verify/{name}"), |b| {
             b.iter(|| {

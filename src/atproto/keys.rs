@@ -3,16 +3,20 @@
 //!
 //! Two curves exist: secp256k1 ("K-256", `ES256K`) and NIST P-256 (`ES256`). K-256 uses the
 //! `secp256k1` crate (libsecp256k1, the fastest verifier available; its verify already
-//! refuses high-S signatures), P-256 uses the RustCrypto `p256` crate. atproto signatures are
-//! always 64-byte compact `r‖s` over SHA-256 of the message with low S (PROTOCOL.md §4); DER
-//! and high-S signatures are rejected with their own error variants, checked explicitly on
-//! both curves so the rejection reason is visible in metrics, not just "invalid".
+//! refuses high-S signatures). P-256 keys are parsed, encoded and signed with the RustCrypto
+//! `p256` crate, but verified with `ring` (`ECDSA_P256_SHA256_FIXED`, precomputed tables and
+//! assembly; ~8× faster than `p256`'s verify), which accepts high-S signatures, so the low-S
+//! rule is checked here first. atproto signatures are always 64-byte compact `r‖s` over
+//! SHA-256 of the message with low S (PROTOCOL.md §4); DER and high-S signatures are rejected
+//! with their own error variants, checked explicitly on both curves so the rejection reason is
+//! visible in metrics, not just "invalid".
 //!
 //! Encodings (PROTOCOL.md §6): `Multikey` = `z` + base58btc(varint multicodec ‖ compressed
 //! point); `did:key:` + the same; legacy `Ecdsa*VerificationKey2019` = `z` + base58btc of the
 //! raw point (compressed or uncompressed), with the curve given by the verification-method
 //! type.
 
+use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
 use secp256k1::SECP256K1;
 use sha2::{Digest, Sha256};
@@ -116,11 +120,84 @@ impl SigError {
     }
 }
 
-/// A K-256 or P-256 public key. Cheap to clone (64–100 bytes, no heap).
+/// A K-256 or P-256 public key. Cheap to clone (no heap, under 160 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKey {
     K256(secp256k1::PublicKey),
-    P256(p256::ecdsa::VerifyingKey),
+    P256(P256Key),
+}
+
+/// A validated P-256 public key together with its 65-byte uncompressed SEC1 encoding, which
+/// is what `ring` verifies with. The point is decompressed once, when the key is parsed, so a
+/// verify does no square root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct P256Key {
+    key: p256::ecdsa::VerifyingKey,
+    uncompressed: [u8; 65],
+}
+
+impl P256Key {
+    /// The RustCrypto key (for signing-side code and interop tests).
+    pub fn verifying_key(&self) -> &p256::ecdsa::VerifyingKey {
+        &self.key
+    }
+
+    /// The 65-byte uncompressed SEC1 point (`04 ‖ x ‖ y`).
+    pub fn uncompressed(&self) -> &[u8; 65] {
+        &self.uncompressed
+    }
+}
+
+impl From<p256::ecdsa::VerifyingKey> for P256Key {
+    fn from(key: p256::ecdsa::VerifyingKey) -> P256Key {
+        let mut uncompressed = [0u8; 65];
+        let encoded = key.to_encoded_point(false);
+        // A valid (non-identity) P-256 verifying key always encodes to 65 bytes.
+        if encoded.as_bytes().len() == 65 {
+            uncompressed.copy_from_slice(encoded.as_bytes());
+        }
+        P256Key { key, uncompressed }
+    }
+}
+
+/// Plain ECDSA verification with the RustCrypto `p256` crate: no low-S rule. For atproto
+/// signatures use [`PublicKey::verify`].
+impl Verifier<p256::ecdsa::Signature> for P256Key {
+    fn verify(
+        &self,
+        msg: &[u8],
+        signature: &p256::ecdsa::Signature,
+    ) -> Result<(), p256::ecdsa::Error> {
+        self.key.verify(msg, signature)
+    }
+}
+
+/// The range and low-S checks on a 64-byte P-256 signature (`ring` does the range check too,
+/// but would report every failure as the same opaque error, and accepts high S).
+fn p256_compact_low_s(sig: &[u8]) -> Result<p256::ecdsa::Signature, SigError> {
+    let signature = p256::ecdsa::Signature::from_slice(sig).map_err(|_| SigError::Malformed)?;
+    if signature.normalize_s().is_some() {
+        return Err(SigError::HighS);
+    }
+    Ok(signature)
+}
+
+fn verify_k256(key: &secp256k1::PublicKey, digest: &[u8; 32], sig: &[u8]) -> Result<(), SigError> {
+    // libsecp256k1 parses zero scalars (and then fails verify); name them here.
+    if sig[..32].iter().all(|b| *b == 0) || sig[32..].iter().all(|b| *b == 0) {
+        return Err(SigError::Malformed);
+    }
+    let signature =
+        secp256k1::ecdsa::Signature::from_compact(sig).map_err(|_| SigError::Malformed)?;
+    let mut normalized = signature;
+    normalized.normalize_s();
+    if normalized != signature {
+        return Err(SigError::HighS);
+    }
+    let message = secp256k1::Message::from_digest(*digest);
+    SECP256K1
+        .verify_ecdsa(&message, &signature, key)
+        .map_err(|_| SigError::Invalid)
 }
 
 fn decode_base58_multibase(s: &str) -> Result<Vec<u8>, KeyError> {
@@ -187,7 +264,7 @@ impl PublicKey {
                 .map(PublicKey::K256)
                 .map_err(|_| KeyError::BadPoint),
             Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map(PublicKey::P256)
+                .map(|key| PublicKey::P256(key.into()))
                 .map_err(|_| KeyError::BadPoint),
         }
     }
@@ -204,12 +281,10 @@ impl PublicKey {
         match self {
             PublicKey::K256(k) => k.serialize(),
             PublicKey::P256(k) => {
+                // `02|03 ‖ x`, the prefix carrying the parity of y.
                 let mut out = [0u8; 33];
-                let encoded = k.to_encoded_point(true);
-                // A compressed P-256 point is always 33 bytes.
-                if encoded.as_bytes().len() == 33 {
-                    out.copy_from_slice(encoded.as_bytes());
-                }
+                out[0] = 0x02 | (k.uncompressed[64] & 1);
+                out[1..].copy_from_slice(&k.uncompressed[1..33]);
                 out
             }
         }
@@ -219,15 +294,7 @@ impl PublicKey {
     pub fn to_uncompressed(&self) -> [u8; 65] {
         match self {
             PublicKey::K256(k) => k.serialize_uncompressed(),
-            PublicKey::P256(k) => {
-                let mut out = [0u8; 65];
-                let encoded = k.to_encoded_point(false);
-                // An uncompressed P-256 point is always 65 bytes.
-                if encoded.as_bytes().len() == 65 {
-                    out.copy_from_slice(encoded.as_bytes());
-                }
-                out
-            }
+            PublicKey::P256(k) => k.uncompressed,
         }
     }
 
@@ -248,42 +315,43 @@ impl PublicKey {
         format!("did:key:{}", self.to_multikey())
     }
 
-    /// Verifies a 64-byte compact low-S ECDSA signature over SHA-256(`msg`).
+    /// Verifies a 64-byte compact low-S ECDSA signature over SHA-256(`msg`). This is the
+    /// relay's hot path: P-256 goes through `ring`.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), SigError> {
-        let digest: [u8; 32] = Sha256::digest(msg).into();
-        self.verify_digest(&digest, sig)
-    }
-
-    /// Like [`PublicKey::verify`], with the SHA-256 digest already computed.
-    pub fn verify_digest(&self, digest: &[u8; 32], sig: &[u8]) -> Result<(), SigError> {
         if sig.len() != SIGNATURE_LEN {
             return Err(SigError::NotCompact);
         }
         match self {
             PublicKey::K256(key) => {
-                // libsecp256k1 parses zero scalars (and then fails verify); name them here.
-                if sig[..32].iter().all(|b| *b == 0) || sig[32..].iter().all(|b| *b == 0) {
-                    return Err(SigError::Malformed);
-                }
-                let signature = secp256k1::ecdsa::Signature::from_compact(sig)
-                    .map_err(|_| SigError::Malformed)?;
-                let mut normalized = signature;
-                normalized.normalize_s();
-                if normalized != signature {
-                    return Err(SigError::HighS);
-                }
-                let message = secp256k1::Message::from_digest(*digest);
-                SECP256K1
-                    .verify_ecdsa(&message, &signature, key)
-                    .map_err(|_| SigError::Invalid)
+                let digest: [u8; 32] = Sha256::digest(msg).into();
+                verify_k256(key, &digest, sig)
             }
             PublicKey::P256(key) => {
-                let signature =
-                    p256::ecdsa::Signature::from_slice(sig).map_err(|_| SigError::Malformed)?;
-                if signature.normalize_s().is_some() {
-                    return Err(SigError::HighS);
-                }
-                key.verify_prehash(digest, &signature)
+                p256_compact_low_s(sig)?;
+                // ring hashes `msg` with SHA-256 itself.
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    &key.uncompressed,
+                )
+                .verify(msg, sig)
+                .map_err(|_| SigError::Invalid)
+            }
+        }
+    }
+
+    /// Like [`PublicKey::verify`], with the SHA-256 digest already computed. `ring` cannot
+    /// verify a prehash, so P-256 here uses the (slower) RustCrypto verifier; the outcome is
+    /// the same.
+    pub fn verify_digest(&self, digest: &[u8; 32], sig: &[u8]) -> Result<(), SigError> {
+        if sig.len() != SIGNATURE_LEN {
+            return Err(SigError::NotCompact);
+        }
+        match self {
+            PublicKey::K256(key) => verify_k256(key, digest, sig),
+            PublicKey::P256(key) => {
+                let signature = p256_compact_low_s(sig)?;
+                key.key
+                    .verify_prehash(digest, &signature)
                     .map_err(|_| SigError::Invalid)
             }
         }
@@ -352,7 +420,7 @@ impl PrivateKey {
     pub fn public_key(&self) -> PublicKey {
         match self {
             PrivateKey::K256(k) => PublicKey::K256(k.public_key(SECP256K1)),
-            PrivateKey::P256(k) => PublicKey::P256(*k.verifying_key()),
+            PrivateKey::P256(k) => PublicKey::P256((*k.verifying_key()).into()),
         }
     }
 
@@ -528,6 +596,144 @@ mod tests {
             let mut tampered = msg.clone();
             tampered.push(0);
             prop_assert!(key.public_key().verify(&tampered, &sig).is_err());
+        }
+    }
+
+    /// ring's verify with no low-S rule, as the relay would get it without the explicit check.
+    fn ring_plain(key: &P256Key, msg: &[u8], sig: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            key.uncompressed(),
+        )
+        .verify(msg, sig)
+        .is_ok()
+    }
+
+    /// The RustCrypto `p256` verifier, also with no low-S rule.
+    fn rustcrypto_plain(key: &P256Key, msg: &[u8], sig: &[u8]) -> bool {
+        p256::ecdsa::Signature::from_slice(sig)
+            .is_ok_and(|sig| key.verifying_key().verify(msg, &sig).is_ok())
+    }
+
+    /// The atproto rule spelled with the RustCrypto crate only: the reference for the ring path.
+    fn rustcrypto_atproto(key: &P256Key, msg: &[u8], sig: &[u8]) -> Result<(), SigError> {
+        if sig.len() != SIGNATURE_LEN {
+            return Err(SigError::NotCompact);
+        }
+        let parsed = p256::ecdsa::Signature::from_slice(sig).map_err(|_| SigError::Malformed)?;
+        if parsed.normalize_s().is_some() {
+            return Err(SigError::HighS);
+        }
+        let digest: [u8; 32] = Sha256::digest(msg).into();
+        key.verifying_key()
+            .verify_prehash(&digest, &parsed)
+            .map_err(|_| SigError::Invalid)
+    }
+
+    #[test]
+    fn p256_high_s_twin_is_refused_although_ring_accepts_it() {
+        let key = PrivateKey::from_bytes(Curve::P256, &[0x11; 32]).unwrap();
+        let PublicKey::P256(public) = key.public_key() else {
+            panic!("a P256 private key gave a non-P256 public key")
+        };
+        let sig = key.sign(b"msg");
+        let twin = negate_s(Curve::P256, &sig);
+        // ring alone takes the malleated twin: the explicit check is what refuses it.
+        assert!(ring_plain(&public, b"msg", &sig));
+        assert!(ring_plain(&public, b"msg", &twin));
+        let public = PublicKey::P256(public);
+        assert_eq!(public.verify(b"msg", &sig), Ok(()));
+        assert_eq!(public.verify(b"msg", &twin), Err(SigError::HighS));
+        let digest: [u8; 32] = Sha256::digest(b"msg").into();
+        assert_eq!(public.verify_digest(&digest, &twin), Err(SigError::HighS));
+        // A high-S signature that would not verify anyway is still reported as high-S.
+        assert_eq!(public.verify(b"other", &twin), Err(SigError::HighS));
+    }
+
+    #[test]
+    fn p256_out_of_range_scalars_are_malformed() {
+        let key = PrivateKey::from_bytes(Curve::P256, &[0x22; 32]).unwrap();
+        let public = key.public_key();
+        let sig = key.sign(b"msg");
+        let n = negate_s(Curve::P256, &[0u8; 64]);
+        for bad in [
+            [&[0u8; 32][..], &sig[32..]].concat(),  // r = 0
+            [&sig[..32], &[0u8; 32][..]].concat(),  // s = 0
+            [&n[32..], &sig[32..]].concat(),        // r = n
+            [&sig[..32], &[0xff; 32][..]].concat(), // s > n
+        ] {
+            assert_eq!(public.verify(b"msg", &bad), Err(SigError::Malformed));
+        }
+    }
+
+    #[test]
+    fn p256_key_keeps_both_encodings_consistent() {
+        for seed in 1u8..=8 {
+            let key = PrivateKey::from_bytes(Curve::P256, &[seed; 32]).unwrap();
+            let PublicKey::P256(public) = key.public_key() else {
+                panic!("not P-256")
+            };
+            let encoded = public.verifying_key().to_encoded_point(false);
+            assert_eq!(encoded.as_bytes(), public.uncompressed());
+            let compressed = public.verifying_key().to_encoded_point(true);
+            let public = PublicKey::P256(public);
+            assert_eq!(compressed.as_bytes(), public.to_compressed());
+            assert_eq!(
+                PublicKey::from_sec1(Curve::P256, &public.to_compressed()),
+                Ok(public.clone())
+            );
+            assert_eq!(
+                PublicKey::from_sec1(Curve::P256, &public.to_uncompressed()),
+                Ok(public)
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// ring (the hot path) and the RustCrypto crate agree, plain and under the atproto
+        /// rule, on random keys and messages: the honest signature, its high-S twin, a
+        /// one-bit flip anywhere in r‖s, r and s swapped, and a signature over another message.
+        #[test]
+        fn ring_and_rustcrypto_agree_on_p256(
+            secret in proptest::array::uniform32(any::<u8>()),
+            msg in proptest::collection::vec(any::<u8>(), 0..300),
+            flip in 0usize..512,
+            other in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let Ok(key) = PrivateKey::from_bytes(Curve::P256, &secret) else {
+                return Ok(()); // zero or ≥ n: not a key (probability ~2^-32 per case)
+            };
+            let PublicKey::P256(p256_key) = key.public_key() else {
+                panic!("not P-256")
+            };
+            let public = PublicKey::P256(p256_key.clone());
+            let sig = key.sign(&msg);
+            let mut flipped = sig;
+            flipped[flip / 8] ^= 1 << (flip % 8);
+            let mut swapped = [0u8; 64];
+            swapped[..32].copy_from_slice(&sig[32..]);
+            swapped[32..].copy_from_slice(&sig[..32]);
+            let candidates = [
+                sig,
+                negate_s(Curve::P256, &sig),
+                flipped,
+                swapped,
+                key.sign(&other),
+            ];
+            let digest: [u8; 32] = Sha256::digest(&msg).into();
+            for candidate in candidates {
+                prop_assert_eq!(
+                    ring_plain(&p256_key, &msg, &candidate),
+                    rustcrypto_plain(&p256_key, &msg, &candidate)
+                );
+                let expected = rustcrypto_atproto(&p256_key, &msg, &candidate);
+                prop_assert_eq!(public.verify(&msg, &candidate), expected);
+                prop_assert_eq!(public.verify_digest(&digest, &candidate), expected);
+            }
+            prop_assert_eq!(public.verify(&msg, &sig), Ok(()));
+            prop_assert_eq!(public.verify(&msg, &negate_s(Curve::P256, &sig)), Err(SigError::HighS));
         }
     }
 
