@@ -696,6 +696,9 @@ fn serve(shared: &Arc<PdsShared>, listen: Listen) -> std::io::Result<ServerHandl
             .default_service(web::to(crate::http::not_found))
     })
     .workers(1)
+    // Zero: a finished or dropped session closes its socket at once, as a dying PDS's does,
+    // instead of lingering a second for the client to hang up.
+    .client_disconnect_timeout(Duration::ZERO)
     .shutdown_timeout(1)
     .disable_signals();
     let server = match listen {
@@ -767,6 +770,10 @@ async fn next_outgoing(
     backlog: &mut VecDeque<Bytes>,
     live: &mut broadcast::Receiver<Bytes>,
 ) -> Outgoing {
+    // A dropped connection must end even in the middle of a long replay.
+    if live.is_closed() {
+        return Outgoing::Dropped;
+    }
     if let Some(frame) = backlog.pop_front() {
         return Outgoing::Frame(frame);
     }
@@ -901,4 +908,113 @@ async fn get_repo_status(req: HttpRequest, host: web::Data<PdsShared>) -> HttpRe
         body["rev"] = repo_state.rev.to_string().into();
     }
     HttpResponse::Ok().json(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_state(config: &SimPdsConfig) -> HostState {
+        HostState {
+            accounts: HashMap::new(),
+            outbox: Outbox {
+                frames: VecDeque::new(),
+                bytes: 0,
+                evicted: false,
+            },
+            head: 0,
+            live: broadcast::channel(config.live_buffer_events).0,
+        }
+    }
+
+    fn frame(seq: u64) -> Bytes {
+        Bytes::from(seq.to_be_bytes().to_vec())
+    }
+
+    #[test]
+    fn the_outbox_evicts_by_count_and_by_bytes() {
+        let config = SimPdsConfig {
+            outbox_max_events: 3,
+            outbox_max_bytes: 20,
+            ..SimPdsConfig::default()
+        };
+        let mut state = host_state(&config);
+        for seq in 1..=5 {
+            state.publish(seq, frame(seq), &config);
+        }
+        let kept: Vec<u64> = state.outbox.frames.iter().map(|(s, _)| *s).collect();
+        // Three 8-byte frames are 24 bytes: over the byte bound, so only two stay.
+        assert_eq!(kept, [4, 5]);
+        assert_eq!(state.outbox.bytes, 16);
+        assert!(state.outbox.evicted);
+        assert_eq!(state.head, 5);
+    }
+
+    #[test]
+    fn subscriptions_follow_the_cursor_rules() {
+        let config = SimPdsConfig {
+            outbox_max_events: 3,
+            ..SimPdsConfig::default()
+        };
+        let mut state = host_state(&config);
+        assert!(matches!(
+            state.subscribe(Some(1)),
+            Subscription::FutureCursor
+        ));
+        for seq in 1..=5 {
+            state.publish(seq, frame(seq), &config);
+        }
+        let backlog_of = |sub| match sub {
+            Subscription::Stream {
+                outdated, backlog, ..
+            } => (outdated, backlog),
+            Subscription::FutureCursor => panic!("future cursor"),
+        };
+        assert_eq!(backlog_of(state.subscribe(None)), (false, vec![]));
+        assert_eq!(backlog_of(state.subscribe(Some(5))), (false, vec![]));
+        assert_eq!(
+            backlog_of(state.subscribe(Some(3))),
+            (false, vec![frame(4), frame(5)])
+        );
+        // 3 is the oldest kept, so cursor 2 misses nothing; cursor 1 missed seq 2.
+        assert!(!backlog_of(state.subscribe(Some(2))).0);
+        assert_eq!(
+            backlog_of(state.subscribe(Some(1))),
+            (true, vec![frame(3), frame(4), frame(5)])
+        );
+        assert!(matches!(
+            state.subscribe(Some(6)),
+            Subscription::FutureCursor
+        ));
+    }
+
+    #[actix_rt::test]
+    async fn a_lagging_session_is_too_slow_and_a_replaced_channel_drops_it() {
+        let config = SimPdsConfig {
+            live_buffer_events: 2,
+            ..SimPdsConfig::default()
+        };
+        let mut state = host_state(&config);
+        let mut backlog = VecDeque::from([frame(1)]);
+        let mut live = state.live.subscribe();
+        for seq in 2..=5 {
+            state.publish(seq, frame(seq), &config);
+        }
+        assert!(matches!(
+            next_outgoing(&mut backlog, &mut live).await,
+            Outgoing::Frame(f) if f == frame(1)
+        ));
+        assert!(matches!(
+            next_outgoing(&mut backlog, &mut live).await,
+            Outgoing::TooSlow
+        ));
+
+        let mut backlog = VecDeque::from([frame(1)]);
+        let mut live = state.live.subscribe();
+        state.replace_live_channel(&config);
+        assert!(matches!(
+            next_outgoing(&mut backlog, &mut live).await,
+            Outgoing::Dropped
+        ));
+    }
 }

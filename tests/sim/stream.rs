@@ -238,3 +238,47 @@ async fn the_outbox_is_bounded_and_an_old_cursor_gets_outdated_cursor_first() {
     assert_eq!(seqs, [5, 6, 7, 8]);
     net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_client_that_does_not_read_is_cut_off_and_the_host_carries_on() {
+    let config = SimPdsConfig {
+        live_buffer_events: 4,
+        send_timeout: Duration::from_millis(300),
+        ..SimPdsConfig::default()
+    };
+    let net = SimNetwork::start(1, config).unwrap();
+    let host = &net.hosts[0];
+    let did = host.create_account().unwrap();
+    let mut stuck = connect(&host.subscribe_url()).await.unwrap();
+    // 200 commits of ~200 KB: far more than the socket buffers, actix-ws's channel and the
+    // live ring hold together.
+    const COMMITS: usize = 200;
+    for i in 0..COMMITS {
+        host.commit(&did, &[Change::CreateSized(record_path(i), 200_000)])
+            .unwrap();
+    }
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    let mut delivered = 0;
+    let ending = loop {
+        match stuck.next_within(WAIT).await {
+            Incoming::Binary(frame) => match decode_frame(&frame).unwrap() {
+                Frame::Commit(_) => delivered += 1,
+                Frame::Error(e) => break Some(e.error),
+                other => panic!("unexpected {other:?}"),
+            },
+            Incoming::Close(_) | Incoming::Ended => break None,
+            Incoming::Silent => panic!("the stuck connection was not cut off"),
+        }
+        assert!(delivered < COMMITS, "every commit was delivered");
+    };
+    assert!(matches!(ending.as_deref(), None | Some("ConsumerTooSlow")));
+    // The host serves new connections as before.
+    let mut fresh = connect(&host.subscribe_url()).await.unwrap();
+    host.commit(&did, &[Change::Create(record_path(COMMITS))])
+        .unwrap();
+    assert!(matches!(
+        decode_frame(&fresh.next_binary().await).unwrap(),
+        Frame::Commit(_)
+    ));
+    net.stop().await;
+}
