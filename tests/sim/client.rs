@@ -24,6 +24,7 @@ pub fn http_client() -> awc::Client {
 pub enum Incoming {
     Binary(Bytes),
     Close(Option<ws::CloseReason>),
+    Pong(Bytes),
     /// The connection ended without a close frame, or failed.
     Ended,
     /// Nothing arrived within the wait.
@@ -66,7 +67,7 @@ pub fn with_cursor(url: &str, cursor: u64) -> String {
 }
 
 impl Firehose {
-    /// The next message, waiting at most `within`; pings and pongs are skipped.
+    /// The next message, waiting at most `within`; pings are skipped.
     pub async fn next_within(&mut self, within: Duration) -> Incoming {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -75,6 +76,7 @@ impl Firehose {
                 Ok(None) | Ok(Some(Err(_))) => return Incoming::Ended,
                 Ok(Some(Ok(ws::Frame::Binary(bytes)))) => return Incoming::Binary(bytes),
                 Ok(Some(Ok(ws::Frame::Close(reason)))) => return Incoming::Close(reason),
+                Ok(Some(Ok(ws::Frame::Pong(payload)))) => return Incoming::Pong(payload),
                 Ok(Some(Ok(_))) => continue,
             }
         }

@@ -8,9 +8,10 @@ use awc::ws;
 use rookery::atproto::did_doc::PdsEndpoint;
 use rookery::atproto::frame::{Frame, IdentityEvent, decode_frame, encode_frame};
 use rookery::atproto::validate::{
-    CommitVerdict, Inversion, ValidationError, ValidationPolicy, validate_commit,
+    CommitVerdict, Inversion, SyncVerdict, ValidationError, ValidationPolicy, validate_commit,
+    validate_sync,
 };
-use rookery::sim::{RELAY_SERVER_HEADER, SimNetwork, SimPdsConfig};
+use rookery::sim::{AccountStatus, RELAY_SERVER_HEADER, SimNetwork, SimPdsConfig};
 use rookery::testkit::repo::{Change, record_path};
 
 use crate::client::{Incoming, WAIT, connect, get, now_micros, resolve};
@@ -232,8 +233,19 @@ async fn what_clients_send_is_ignored_and_pings_are_answered() {
     firehose
         .send(ws::Message::Ping("are you there".into()))
         .await;
+    match firehose.next_within(WAIT).await {
+        Incoming::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
     host.create_account().unwrap();
     assert_eq!(firehose.take(3).await.len(), 3);
+    // A plain GET (no upgrade) is refused with a 4xx, not a crash.
+    let (status, _) = get(&format!(
+        "{}/xrpc/com.atproto.sync.subscribeRepos",
+        host.endpoint()
+    ))
+    .await;
+    assert!((400..500).contains(&status), "{status}");
     net.stop().await;
 }
 
@@ -275,5 +287,58 @@ async fn a_stopped_host_refuses_connections_and_returns_on_the_same_port() {
         again.next_within(Duration::from_millis(100)).await,
         Incoming::Silent
     ));
+    net.stop().await;
+}
+
+#[actix_rt::test]
+async fn deactivation_reactivation_and_deletion_are_announced() {
+    let net = SimNetwork::start(1, SimPdsConfig::default()).unwrap();
+    let host = &net.hosts[0];
+    let did = host.create_account_with(2).unwrap();
+    let stored = host.repo_state(&did);
+    let mut firehose = connect(&host.subscribe_url()).await.unwrap();
+    let account = |frame: Frame| match frame {
+        Frame::Account(a) => (a.active, a.status),
+        other => panic!("expected #account, got {other:?}"),
+    };
+
+    host.deactivate(&did).unwrap();
+    assert_eq!(
+        account(decode_frame(&firehose.next_binary().await).unwrap()),
+        (false, Some("deactivated".into()))
+    );
+    host.reactivate(&did).unwrap();
+    assert_eq!(
+        account(decode_frame(&firehose.next_binary().await).unwrap()),
+        (true, None)
+    );
+    let Frame::Sync(sync) = decode_frame(&firehose.next_binary().await).unwrap() else {
+        panic!("expected #sync after reactivation");
+    };
+    let key = resolve(&net.plc.url(), &did).await.signing_key.unwrap();
+    assert!(matches!(
+        validate_sync(
+            &sync,
+            &key,
+            stored.as_ref(),
+            now_micros(),
+            &ValidationPolicy::default()
+        ),
+        Ok(SyncVerdict::Accept {
+            rollback: false,
+            ..
+        })
+    ));
+    host.set_status(&did, true, Some(AccountStatus::Throttled))
+        .unwrap();
+    assert_eq!(
+        account(decode_frame(&firehose.next_binary().await).unwrap()),
+        (true, Some("throttled".into()))
+    );
+    host.delete(&did).unwrap();
+    assert_eq!(
+        account(decode_frame(&firehose.next_binary().await).unwrap()),
+        (false, Some("deleted".into()))
+    );
     net.stop().await;
 }

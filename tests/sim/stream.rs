@@ -268,6 +268,7 @@ async fn a_client_that_does_not_read_is_cut_off_and_the_host_carries_on() {
             },
             Incoming::Close(_) | Incoming::Ended => break None,
             Incoming::Silent => panic!("the stuck connection was not cut off"),
+            Incoming::Pong(_) => panic!("no ping was sent"),
         }
         assert!(delivered < COMMITS, "every commit was delivered");
     };
