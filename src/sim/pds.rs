@@ -12,7 +12,8 @@
 //!
 //! **Events.** Every event is built by the account's [`SigningRepo`] (signed sync-1.1
 //! `#commit`s with real MST diffs, `#sync`) or as a typed `#identity`/`#account`, given this
-//! host's next seq and encoded once with [`encode_frame`]. Those bytes are the PDS's original
+//! host's next seq and encoded once with
+//! [`encode_frame`](crate::atproto::frame::encode_frame). Those bytes are the PDS's original
 //! frame: they go into the outbox and to every live connection unchanged, so a relay has to
 //! re-sequence them, never rebuild them. [`SimPds::push_raw`] sends caller-made bytes
 //! (scenario replays, garbage, faults) the same way.
@@ -43,28 +44,28 @@
 //! are some 6,000 mostly idle threads and under 1 GB. Should the fleet need less, only
 //! `serve` has to change (e.g. to one accept loop per host on a shared worker). The state
 //! a handler reads is behind a `std::sync::Mutex` held only for short, non-async sections.
+//!
+//! **Files.** This file is the control handle; `pds/host_state.rs` holds the accounts, the
+//! outbox and the cursor rules (everything under the host's lock); `pds/wire.rs` is the
+//! actix-web server, the websocket sessions and the two XRPC queries.
 
-use std::collections::{HashMap, VecDeque};
+mod host_state;
+mod wire;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use actix_web::http::header::{HeaderValue, SERVER};
-use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::sync::broadcast;
 
+use self::host_state::{Account, HostState, now_micros};
+use self::wire::{Listen, serve};
 use super::plc::{PlcEntry, PlcError, SimPlc};
-use crate::atproto::frame::{
-    AccountEvent, CONSUMER_TOO_SLOW, FUTURE_CURSOR, Frame, FrameError, IdentityEvent,
-    OUTDATED_CURSOR, encode_error, encode_frame, encode_info, peek_event,
-};
+use crate::atproto::frame::{FrameError, peek_event};
 use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
 use crate::atproto::validate::RepoState;
-use crate::testkit::repo::{Change, EVENT_TIME, SigningRepo};
+use crate::testkit::repo::{Change, SigningRepo};
 
 /// The `Server` header a host sends on the websocket upgrade when it plays a relay
 /// ([`SimPds::set_relay_header`]); relays refuse upstreams that carry `atproto-relay`.
@@ -72,9 +73,6 @@ pub const RELAY_SERVER_HEADER: &str = "rookery-sim (atproto-relay)";
 
 /// The handle domain of simulated accounts (`u<id>.sim.test`).
 pub const USER_DOMAIN: &str = ".sim.test";
-
-/// Largest frame a client may send (clients have nothing to say; this only bounds memory).
-const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
 
 /// Limits of one host.
 #[derive(Debug, Clone)]
@@ -142,194 +140,6 @@ pub enum SimError {
     Plc(#[from] PlcError),
 }
 
-/// One account as this host holds it.
-struct Account {
-    handle: String,
-    /// `None` once the repo migrated to another host (the old host keeps the account,
-    /// deactivated, as a real PDS does).
-    repo: Option<SigningRepo>,
-    active: bool,
-    status: Option<AccountStatus>,
-}
-
-/// Recent frames for cursor replay, bounded in count and bytes.
-struct Outbox {
-    /// `(seq, frame)` in emission order. Raw frames carry the seq found in them (or the head
-    /// when they have none), so replay order is always emission order.
-    frames: VecDeque<(u64, Bytes)>,
-    bytes: usize,
-    /// Whether anything was evicted: only then can a cursor be "too old".
-    evicted: bool,
-}
-
-/// What a new connection starts from.
-enum Subscription {
-    /// Replay `backlog` (after an `#info OutdatedCursor` when `outdated`), then follow `live`.
-    Stream {
-        outdated: bool,
-        backlog: Vec<Bytes>,
-        live: broadcast::Receiver<Bytes>,
-    },
-    /// The cursor is above the head.
-    FutureCursor,
-}
-
-struct HostState {
-    accounts: HashMap<String, Account>,
-    outbox: Outbox,
-    /// Last seq this host assigned (0: none yet).
-    head: u64,
-    /// Live frames to every connection. Replacing the sender ends every connection, which is
-    /// how [`SimPds::drop_connections`], `reset` and `stop` reach sessions on the worker.
-    live: broadcast::Sender<Bytes>,
-}
-
-impl HostState {
-    fn account_mut(&mut self, did: &str) -> Result<&mut Account, SimError> {
-        self.accounts
-            .get_mut(did)
-            .ok_or_else(|| SimError::UnknownAccount(did.to_string()))
-    }
-
-    fn repo_mut(&mut self, did: &str) -> Result<&mut SigningRepo, SimError> {
-        self.account_mut(did)?
-            .repo
-            .as_mut()
-            .ok_or_else(|| SimError::MovedAway(did.to_string()))
-    }
-
-    /// Stores and broadcasts one frame under `seq`.
-    fn publish(&mut self, seq: u64, frame: Bytes, config: &SimPdsConfig) {
-        self.head = self.head.max(seq);
-        self.outbox.bytes += frame.len();
-        self.outbox.frames.push_back((seq, frame.clone()));
-        while self.outbox.frames.len() > config.outbox_max_events
-            || self.outbox.bytes > config.outbox_max_bytes
-        {
-            match self.outbox.frames.pop_front() {
-                Some((_, old)) => {
-                    self.outbox.bytes -= old.len();
-                    self.outbox.evicted = true;
-                }
-                None => break,
-            }
-        }
-        // An error only means no connection is listening right now.
-        let _ = self.live.send(frame);
-    }
-
-    /// Assigns the next seq to the event `build` makes, encodes it and publishes it.
-    fn emit(
-        &mut self,
-        config: &SimPdsConfig,
-        build: impl FnOnce(i64) -> Frame,
-    ) -> Result<u64, SimError> {
-        let seq = self.head + 1;
-        // Seqs stay far below 2^53, so the cast never truncates.
-        let frame = encode_frame(&build(seq as i64))?;
-        self.publish(seq, Bytes::from(frame), config);
-        Ok(seq)
-    }
-
-    fn emit_identity(&mut self, config: &SimPdsConfig, did: &str) -> Result<u64, SimError> {
-        let handle = self.account_mut(did)?.handle.clone();
-        self.emit(config, |seq| {
-            Frame::Identity(IdentityEvent {
-                seq,
-                did: did.to_string(),
-                time: EVENT_TIME.into(),
-                handle: Some(handle),
-            })
-        })
-    }
-
-    fn emit_account(&mut self, config: &SimPdsConfig, did: &str) -> Result<u64, SimError> {
-        let account = self.account_mut(did)?;
-        let (active, status) = (account.active, account.status);
-        self.emit(config, |seq| {
-            Frame::Account(AccountEvent {
-                seq,
-                did: did.to_string(),
-                time: EVENT_TIME.into(),
-                active,
-                status: status.map(|s| s.as_str().to_string()),
-            })
-        })
-    }
-
-    fn emit_commit(
-        &mut self,
-        config: &SimPdsConfig,
-        did: &str,
-        changes: &[Change],
-    ) -> Result<u64, SimError> {
-        let repo = self.repo_mut(did)?;
-        keep_revs_near_now(repo);
-        let mut event = repo.commit(changes);
-        self.emit(config, move |seq| {
-            event.seq = seq;
-            Frame::Commit(Box::new(event))
-        })
-    }
-
-    fn emit_sync(&mut self, config: &SimPdsConfig, did: &str) -> Result<u64, SimError> {
-        let repo = self.repo_mut(did)?;
-        keep_revs_near_now(repo);
-        let mut event = repo.sync();
-        self.emit(config, move |seq| {
-            event.seq = seq;
-            Frame::Sync(event)
-        })
-    }
-
-    fn subscribe(&self, cursor: Option<u64>) -> Subscription {
-        let live = self.live.subscribe();
-        let Some(cursor) = cursor else {
-            return Subscription::Stream {
-                outdated: false,
-                backlog: Vec::new(),
-                live,
-            };
-        };
-        if cursor > self.head {
-            return Subscription::FutureCursor;
-        }
-        let oldest = self.outbox.frames.front().map(|(seq, _)| *seq);
-        let outdated = self.outbox.evicted && oldest.is_some_and(|oldest| cursor + 1 < oldest);
-        let backlog = self
-            .outbox
-            .frames
-            .iter()
-            .filter(|(seq, _)| *seq > cursor)
-            .map(|(_, frame)| frame.clone())
-            .collect();
-        Subscription::Stream {
-            outdated,
-            backlog,
-            live,
-        }
-    }
-
-    /// Ends every open connection (their receivers see the channel close).
-    fn replace_live_channel(&mut self, config: &SimPdsConfig) {
-        self.live = broadcast::channel(config.live_buffer_events.max(1)).0;
-    }
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// `SigningRepo` advances its clock one second per rev; left alone, a busy account's revs
-/// would run ahead of the wall clock and a relay would reject them as future revs. Setting
-/// the clock here makes the next rev `max(previous rev + 1 µs, now)`.
-fn keep_revs_near_now(repo: &mut SigningRepo) {
-    repo.clock = (repo.clock + 1).max(now_micros()).saturating_sub(1_000_000);
-}
-
 struct PdsShared {
     state: Mutex<HostState>,
     config: SimPdsConfig,
@@ -362,17 +172,7 @@ impl SimPds {
     /// Starts a host on a free port of 127.0.0.1 whose accounts are registered in `plc`. Must
     /// be called inside an actix System.
     pub fn start(plc: &SimPlc, config: SimPdsConfig) -> std::io::Result<SimPds> {
-        let (live, _) = broadcast::channel(config.live_buffer_events.max(1));
-        let state = HostState {
-            accounts: HashMap::new(),
-            outbox: Outbox {
-                frames: VecDeque::new(),
-                bytes: 0,
-                evicted: false,
-            },
-            head: 0,
-            live,
-        };
+        let state = HostState::new(&config);
         // Bind first to learn the port; the shared state needs it for the endpoint.
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         let port = listener.local_addr()?.port();
@@ -627,14 +427,7 @@ impl SimPds {
     /// is seq 1) and open connections are dropped, so a relay that reconnects with its old
     /// cursor gets `FutureCursor`. Accounts and repos are kept.
     pub fn reset(&self) {
-        let mut state = self.shared.state();
-        state.outbox = Outbox {
-            frames: VecDeque::new(),
-            bytes: 0,
-            evicted: false,
-        };
-        state.head = 0;
-        state.replace_live_channel(&self.shared.config);
+        self.shared.state().forget_events(&self.shared.config);
     }
 
     /// Drops every open `subscribeRepos` connection; the listener stays up.
@@ -659,7 +452,8 @@ impl SimPds {
         }
     }
 
-    /// Listens again on the same port after [`SimPds::stop`] (a no-op while running). The
+    /// Listens again on the same port after [`SimPds::stop`] (a no-op while running); inside
+    /// an actix System, like [`SimPds::start`]. The
     /// outbox and seq survive, as they would on a PDS that restarted with its disk.
     pub fn restart(&self) -> std::io::Result<()> {
         let mut server = self.shared.server();
@@ -671,354 +465,5 @@ impl SimPds {
 
     pub fn is_running(&self) -> bool {
         self.shared.server().is_some()
-    }
-}
-
-enum Listen {
-    Listener(std::net::TcpListener),
-    Port(u16),
-}
-
-/// Starts the host's actix-web server (one worker) and spawns it on the current System.
-fn serve(shared: &Arc<PdsShared>, listen: Listen) -> std::io::Result<ServerHandle> {
-    let data = web::Data::from(shared.clone());
-    let server = HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(data.clone())
-            .route(
-                "/xrpc/com.atproto.sync.subscribeRepos",
-                web::get().to(subscribe_repos),
-            )
-            .route(
-                "/xrpc/com.atproto.server.describeServer",
-                web::get().to(describe_server),
-            )
-            .route(
-                "/xrpc/com.atproto.sync.getRepoStatus",
-                web::get().to(get_repo_status),
-            )
-            .default_service(web::to(crate::http::not_found))
-    })
-    .workers(1)
-    // Zero: a finished or dropped session closes its socket at once, as a dying PDS's does,
-    // instead of lingering a second for the client to hang up.
-    .client_disconnect_timeout(Duration::ZERO)
-    .shutdown_timeout(1)
-    .disable_signals();
-    let server = match listen {
-        Listen::Listener(listener) => server.listen(listener)?,
-        Listen::Port(port) => server.bind(("127.0.0.1", port))?,
-    }
-    .run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    Ok(handle)
-}
-
-fn xrpc_error(status: actix_web::http::StatusCode, error: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": error, "message": message }))
-}
-
-/// The value of query parameter `name`, if present.
-fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
-}
-
-/// `GET /xrpc/com.atproto.sync.subscribeRepos[?cursor=N]`.
-async fn subscribe_repos(
-    req: HttpRequest,
-    body: web::Payload,
-    host: web::Data<PdsShared>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let cursor = match query_param(&req, "cursor").map(|c| c.parse::<u64>()) {
-        None => None,
-        Some(Ok(cursor)) => Some(cursor),
-        Some(Err(_)) => {
-            return Ok(xrpc_error(
-                actix_web::http::StatusCode::BAD_REQUEST,
-                "InvalidRequest",
-                "cursor must be a non-negative integer",
-            ));
-        }
-    };
-    let (mut response, session, stream) = actix_ws::handle(&req, body)?;
-    if host.relay_header.load(Ordering::Relaxed) {
-        response
-            .headers_mut()
-            .insert(SERVER, HeaderValue::from_static(RELAY_SERVER_HEADER));
-    }
-    let subscription = host.state().subscribe(cursor);
-    actix_rt::spawn(run_session(
-        session,
-        stream,
-        subscription,
-        host.config.send_timeout,
-    ));
-    Ok(response)
-}
-
-/// What a session sends next.
-enum Outgoing {
-    Frame(Bytes),
-    /// The connection fell further behind than the live ring holds.
-    TooSlow,
-    /// The host dropped its connections.
-    Dropped,
-}
-
-/// The backlog first, then live frames. Cancel-safe: popping the backlog completes at once
-/// and `broadcast::Receiver::recv` loses nothing when cancelled.
-async fn next_outgoing(
-    backlog: &mut VecDeque<Bytes>,
-    live: &mut broadcast::Receiver<Bytes>,
-) -> Outgoing {
-    // A dropped connection must end even in the middle of a long replay.
-    if live.is_closed() {
-        return Outgoing::Dropped;
-    }
-    if let Some(frame) = backlog.pop_front() {
-        return Outgoing::Frame(frame);
-    }
-    match live.recv().await {
-        Ok(frame) => Outgoing::Frame(frame),
-        Err(broadcast::error::RecvError::Lagged(_)) => Outgoing::TooSlow,
-        Err(broadcast::error::RecvError::Closed) => Outgoing::Dropped,
-    }
-}
-
-/// Sends an error frame and closes with 1008 and the error name, as the reference PDS does.
-async fn close_with_error(mut session: Session, error: &str, message: &str, timeout: Duration) {
-    let Ok(frame) = encode_error(error, Some(message)) else {
-        return;
-    };
-    if !matches!(
-        tokio::time::timeout(timeout, session.binary(frame)).await,
-        Ok(Ok(()))
-    ) {
-        return;
-    }
-    let reason = CloseReason {
-        code: CloseCode::Policy,
-        description: Some(error.to_string()),
-    };
-    let _ = tokio::time::timeout(timeout, session.close(Some(reason))).await;
-}
-
-/// One `subscribeRepos` connection: replay, then live; answers pings, ignores everything
-/// else the client sends, and ends when the client goes, the host drops it, or a send stalls.
-async fn run_session(
-    mut session: Session,
-    stream: MessageStream,
-    subscription: Subscription,
-    send_timeout: Duration,
-) {
-    let (outdated, backlog, mut live) = match subscription {
-        Subscription::FutureCursor => {
-            close_with_error(
-                session,
-                FUTURE_CURSOR,
-                "cursor is ahead of the stream",
-                send_timeout,
-            )
-            .await;
-            return;
-        }
-        Subscription::Stream {
-            outdated,
-            backlog,
-            live,
-        } => (outdated, backlog, live),
-    };
-    let mut backlog = VecDeque::from(backlog);
-    if outdated
-        && let Ok(info) = encode_info(OUTDATED_CURSOR, Some("cursor is older than the outbox"))
-    {
-        backlog.push_front(Bytes::from(info));
-    }
-    let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME_BYTES);
-    loop {
-        let outgoing = tokio::select! {
-            incoming = stream.next() => match incoming {
-                Some(Ok(Message::Ping(payload))) => {
-                    match tokio::time::timeout(send_timeout, session.pong(&payload)).await {
-                        Ok(Ok(())) => continue,
-                        _ => return,
-                    }
-                }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                // A server ignores what the client sends (PROTOCOL.md §1).
-                Some(Ok(_)) => continue,
-            },
-            outgoing = next_outgoing(&mut backlog, &mut live) => outgoing,
-        };
-        match outgoing {
-            Outgoing::Frame(frame) => {
-                if !matches!(
-                    tokio::time::timeout(send_timeout, session.binary(frame)).await,
-                    Ok(Ok(()))
-                ) {
-                    return;
-                }
-            }
-            Outgoing::TooSlow => {
-                close_with_error(
-                    session,
-                    CONSUMER_TOO_SLOW,
-                    "consumer fell too far behind",
-                    send_timeout,
-                )
-                .await;
-                return;
-            }
-            // Returning drops the session: the connection ends without a close frame, as
-            // when a PDS process dies.
-            Outgoing::Dropped => return,
-        }
-    }
-}
-
-/// `GET /xrpc/com.atproto.server.describeServer`.
-async fn describe_server(host: web::Data<PdsShared>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "did": format!("did:web:localhost%3A{}", host.port),
-        "availableUserDomains": [USER_DOMAIN],
-    }))
-}
-
-/// `GET /xrpc/com.atproto.sync.getRepoStatus?did=`.
-async fn get_repo_status(req: HttpRequest, host: web::Data<PdsShared>) -> HttpResponse {
-    let Some(did) = query_param(&req, "did") else {
-        return xrpc_error(
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            "did is required",
-        );
-    };
-    let state = host.state();
-    let Some(account) = state.accounts.get(&did) else {
-        return xrpc_error(
-            actix_web::http::StatusCode::NOT_FOUND,
-            "RepoNotFound",
-            "no repo for this DID",
-        );
-    };
-    let mut body = serde_json::json!({ "did": did, "active": account.active });
-    if let Some(status) = account.status {
-        body["status"] = status.as_str().into();
-    }
-    if let Some(repo_state) = account.repo.as_ref().and_then(|repo| repo.state) {
-        body["rev"] = repo_state.rev.to_string().into();
-    }
-    HttpResponse::Ok().json(body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn host_state(config: &SimPdsConfig) -> HostState {
-        HostState {
-            accounts: HashMap::new(),
-            outbox: Outbox {
-                frames: VecDeque::new(),
-                bytes: 0,
-                evicted: false,
-            },
-            head: 0,
-            live: broadcast::channel(config.live_buffer_events).0,
-        }
-    }
-
-    fn frame(seq: u64) -> Bytes {
-        Bytes::from(seq.to_be_bytes().to_vec())
-    }
-
-    #[test]
-    fn the_outbox_evicts_by_count_and_by_bytes() {
-        let config = SimPdsConfig {
-            outbox_max_events: 3,
-            outbox_max_bytes: 20,
-            ..SimPdsConfig::default()
-        };
-        let mut state = host_state(&config);
-        for seq in 1..=5 {
-            state.publish(seq, frame(seq), &config);
-        }
-        let kept: Vec<u64> = state.outbox.frames.iter().map(|(s, _)| *s).collect();
-        // Three 8-byte frames are 24 bytes: over the byte bound, so only two stay.
-        assert_eq!(kept, [4, 5]);
-        assert_eq!(state.outbox.bytes, 16);
-        assert!(state.outbox.evicted);
-        assert_eq!(state.head, 5);
-    }
-
-    #[test]
-    fn subscriptions_follow_the_cursor_rules() {
-        let config = SimPdsConfig {
-            outbox_max_events: 3,
-            ..SimPdsConfig::default()
-        };
-        let mut state = host_state(&config);
-        assert!(matches!(
-            state.subscribe(Some(1)),
-            Subscription::FutureCursor
-        ));
-        for seq in 1..=5 {
-            state.publish(seq, frame(seq), &config);
-        }
-        let backlog_of = |sub| match sub {
-            Subscription::Stream {
-                outdated, backlog, ..
-            } => (outdated, backlog),
-            Subscription::FutureCursor => panic!("future cursor"),
-        };
-        assert_eq!(backlog_of(state.subscribe(None)), (false, vec![]));
-        assert_eq!(backlog_of(state.subscribe(Some(5))), (false, vec![]));
-        assert_eq!(
-            backlog_of(state.subscribe(Some(3))),
-            (false, vec![frame(4), frame(5)])
-        );
-        // 3 is the oldest kept, so cursor 2 misses nothing; cursor 1 missed seq 2.
-        assert!(!backlog_of(state.subscribe(Some(2))).0);
-        assert_eq!(
-            backlog_of(state.subscribe(Some(1))),
-            (true, vec![frame(3), frame(4), frame(5)])
-        );
-        assert!(matches!(
-            state.subscribe(Some(6)),
-            Subscription::FutureCursor
-        ));
-    }
-
-    #[actix_rt::test]
-    async fn a_lagging_session_is_too_slow_and_a_replaced_channel_drops_it() {
-        let config = SimPdsConfig {
-            live_buffer_events: 2,
-            ..SimPdsConfig::default()
-        };
-        let mut state = host_state(&config);
-        let mut backlog = VecDeque::from([frame(1)]);
-        let mut live = state.live.subscribe();
-        for seq in 2..=5 {
-            state.publish(seq, frame(seq), &config);
-        }
-        assert!(matches!(
-            next_outgoing(&mut backlog, &mut live).await,
-            Outgoing::Frame(f) if f == frame(1)
-        ));
-        assert!(matches!(
-            next_outgoing(&mut backlog, &mut live).await,
-            Outgoing::TooSlow
-        ));
-
-        let mut backlog = VecDeque::from([frame(1)]);
-        let mut live = state.live.subscribe();
-        state.replace_live_channel(&config);
-        assert!(matches!(
-            next_outgoing(&mut backlog, &mut live).await,
-            Outgoing::Dropped
-        ));
     }
 }
