@@ -6,7 +6,8 @@
 //! request sees, so a test can rotate keys, move accounts and delete identities under a running
 //! relay. Requests are counted in total and per registered DID, so tests can assert how often
 //! a relay resolves (caching, singleflight). Counting only registered DIDs keeps the map
-//! bounded whatever a client asks for.
+//! bounded whatever a client asks for. [`SimPlc::set_response_delay`] slows every answer, so
+//! concurrent lookups of one DID overlap.
 //!
 //! The documents are what `atproto::did_doc::parse_did_document` reads: `id`, `alsoKnownAs`
 //! (`at://<handle>`), a `#atproto` `Multikey` verification method and a `#atproto_pds`
@@ -71,6 +72,9 @@ struct PlcShared {
     directory: Mutex<Directory>,
     requests: AtomicU64,
     not_found: AtomicU64,
+    /// Added before every answer, in milliseconds: a slow directory makes concurrent
+    /// lookups of one DID overlap, which is what a resolver's singleflight is tested with.
+    response_delay_ms: AtomicU64,
 }
 
 impl PlcShared {
@@ -106,6 +110,7 @@ impl SimPlc {
             directory: Mutex::new(Directory::default()),
             requests: AtomicU64::new(0),
             not_found: AtomicU64::new(0),
+            response_delay_ms: AtomicU64::new(0),
         });
         let data = web::Data::from(shared.clone());
         let server = HttpServer::new(move || {
@@ -217,6 +222,14 @@ impl SimPlc {
         self.shared.not_found.load(Ordering::Relaxed)
     }
 
+    /// Delays every answer by `delay` (millisecond resolution; zero for none).
+    pub fn set_response_delay(&self, delay: std::time::Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared
+            .response_delay_ms
+            .store(millis, Ordering::Relaxed);
+    }
+
     /// Stops the listener (open connections are dropped).
     pub async fn stop(&self) {
         self.server.stop(false).await;
@@ -235,6 +248,10 @@ fn plc_did(n: u64) -> String {
 /// `GET /<did>`.
 async fn resolve(shared: web::Data<PlcShared>, did: web::Path<String>) -> HttpResponse {
     shared.requests.fetch_add(1, Ordering::Relaxed);
+    let delay = shared.response_delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        actix_rt::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let did = did.into_inner();
     let entry = {
         let mut directory = shared.directory();

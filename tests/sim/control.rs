@@ -342,3 +342,22 @@ async fn deactivation_reactivation_and_deletion_are_announced() {
     );
     net.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_slow_plc_answers_after_its_delay_and_counts_overlapping_lookups() {
+    let net = SimNetwork::start(1, SimPdsConfig::default()).unwrap();
+    let did = net.hosts[0].create_account().unwrap();
+    net.plc.set_response_delay(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let url = net.plc.url();
+    let (a, b) = futures_util::join!(resolve(&url, &did), resolve(&url, &did));
+    let elapsed = started.elapsed();
+    assert_eq!(a, b);
+    assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(600),
+        "not concurrent: {elapsed:?}"
+    );
+    assert_eq!(net.plc.requests_for(&did), 2);
+    net.stop().await;
+}
