@@ -8,13 +8,16 @@
 //! Dependencies point one way: `startup` → `config` → `store`, `http`; `atproto` imports
 //! none of them. No subsystem imports `config`: each owns its settings type and `config`
 //! fills it. The layers, each using only those before it: `atproto`, `store`, `http`,
-//! `config`, `startup`, `testkit` (checked by a test below).
+//! `config`, `startup`, `testkit`, `sim` (checked by a test below). `sim` (the simulated PDS
+//! hosts and PLC directory, behind the `sim` feature) builds on `testkit`.
 
 #![forbid(unsafe_code)]
 
 pub mod atproto;
 pub mod config;
 pub mod http;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod startup;
 pub mod store;
 #[cfg(feature = "testkit")]
@@ -25,7 +28,9 @@ mod tests {
     use std::path::Path;
 
     /// The top-level modules, each allowed to use only those before it.
-    const LAYERS: [&str; 6] = ["atproto", "store", "http", "config", "startup", "testkit"];
+    const LAYERS: [&str; 7] = [
+        "atproto", "store", "http", "config", "startup", "testkit", "sim",
+    ];
 
     fn sources(path: &Path, out: &mut Vec<(String, String)>) {
         if path.is_dir() {

@@ -1,0 +1,469 @@
+//! One simulated PDS host: `subscribeRepos` over a real websocket, `describeServer` and
+//! `getRepoStatus`, on its own port of 127.0.0.1, driven by a control handle ([`SimPds`]).
+//!
+//! **Hostname.** The relay knows a host as `localhost:<port>` and the DID documents name it
+//! `http://localhost:<port>`. `PdsEndpoint::parse` accepts that origin (plain http, explicit
+//! port), a relay dials it as `ws://localhost:<port>`, and `localhost:PORT` is the one form
+//! with a port that an admin `requestCrawl` may add (PROTOCOL.md §7). Hosts differ only by
+//! port, so a relay's host-authority check must compare `PdsEndpoint::host` (host and port),
+//! not `PdsEndpoint::hostname()` (which drops the port and would make every simulated host
+//! "localhost"). The listener binds 127.0.0.1 only; `localhost` resolves there on the test
+//! machines, and a resolver that tries `::1` first falls back to it.
+//!
+//! **Events.** Every event is built by the account's [`SigningRepo`] (signed sync-1.1
+//! `#commit`s with real MST diffs, `#sync`) or as a typed `#identity`/`#account`, given this
+//! host's next seq and encoded once with
+//! [`encode_frame`](crate::atproto::frame::encode_frame). Those bytes are the PDS's original
+//! frame: they go into the outbox and to every live connection unchanged, so a relay has to
+//! re-sequence them, never rebuild them. [`SimPds::push_raw`] sends caller-made bytes
+//! (scenario replays, garbage, faults) the same way.
+//!
+//! **Cursor rules** (PROTOCOL.md §1): no cursor → live only; a cursor → replay `seq > cursor`
+//! from the outbox, then live, with no gap and no duplicate (the snapshot and the live
+//! subscription are taken under the lock that emitting holds, so every event is in exactly
+//! one of them); a cursor older than the outbox → `#info OutdatedCursor` first; a cursor above
+//! the head → the error frame `FutureCursor`, then close 1008. What clients send is ignored;
+//! pings are answered.
+//!
+//! **Bounds.** The outbox is bounded in events and in bytes (oldest evicted first). Live
+//! events go through one bounded `broadcast` ring shared by all connections of the host: a
+//! connection that falls more than [`SimPdsConfig::live_buffer_events`] behind gets
+//! `ConsumerTooSlow` and is closed, and a send that the socket does not take within
+//! [`SimPdsConfig::send_timeout`] drops the connection, so a stuck client costs no memory.
+//! Incoming client frames are capped at 64 KiB.
+//!
+//! **Runtime.** Each host is one `actix_web::HttpServer` with one worker, started inside the
+//! caller's actix System (the `Server` future is spawned there). Tests under
+//! `#[actix_rt::test]` and the fleet binary under `#[actix_rt::main]` both provide that
+//! System, and no extra System or thread is made per host beyond actix-server's own acceptor
+//! and worker threads. A host's websocket sessions run on its worker, so hosts never block
+//! one another or the relay under test (whose actors run on the caller's System), and
+//! stopping one host (`ServerHandle::stop`) closes its port and drops exactly its
+//! connections. The cost, measured with 1,000 hosts each holding one idle subscriber: two
+//! threads and about 0.25 MB per host, started and connected in about 2 s; so 3,000 hosts
+//! are some 6,000 mostly idle threads and under 1 GB. Should the fleet need less, only
+//! `serve` has to change (e.g. to one accept loop per host on a shared worker). The state
+//! a handler reads is behind a `std::sync::Mutex` held only for short, non-async sections.
+//!
+//! **Files.** This file is the control handle; `pds/host_state.rs` holds the accounts, the
+//! outbox and the cursor rules (everything under the host's lock); `pds/wire.rs` is the
+//! actix-web server, the websocket sessions and the two XRPC queries.
+
+mod host_state;
+mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use bytes::Bytes;
+
+use self::host_state::{Account, HostState, now_micros};
+use self::wire::{Listen, serve};
+use super::plc::{PlcEntry, PlcError, SimPlc};
+use crate::atproto::frame::{FrameError, peek_event};
+use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
+use crate::atproto::validate::RepoState;
+use crate::testkit::repo::{Change, SigningRepo};
+
+/// The `Server` header a host sends on the websocket upgrade when it plays a relay
+/// ([`SimPds::set_relay_header`]); relays refuse upstreams that carry `atproto-relay`.
+pub const RELAY_SERVER_HEADER: &str = "rookery-sim (atproto-relay)";
+
+/// The handle domain of simulated accounts (`u<id>.sim.test`).
+pub const USER_DOMAIN: &str = ".sim.test";
+
+/// Limits of one host.
+#[derive(Debug, Clone)]
+pub struct SimPdsConfig {
+    /// Events kept for cursor replay.
+    pub outbox_max_events: usize,
+    /// Bytes kept for cursor replay.
+    pub outbox_max_bytes: usize,
+    /// How far (in events) a live connection may fall behind before `ConsumerTooSlow`.
+    pub live_buffer_events: usize,
+    /// How long one websocket send may wait for the socket before the connection is dropped.
+    pub send_timeout: Duration,
+    /// Curve of new account keys.
+    pub key_curve: Curve,
+}
+
+impl Default for SimPdsConfig {
+    fn default() -> Self {
+        SimPdsConfig {
+            outbox_max_events: 10_000,
+            outbox_max_bytes: 64 * 1024 * 1024,
+            live_buffer_events: 1024,
+            send_timeout: Duration::from_secs(10),
+            key_curve: Curve::K256,
+        }
+    }
+}
+
+/// An account status a PDS announces in `#account` (the lexicon's known values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Takendown,
+    Suspended,
+    Deleted,
+    Deactivated,
+    Desynchronized,
+    Throttled,
+}
+
+impl AccountStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AccountStatus::Takendown => "takendown",
+            AccountStatus::Suspended => "suspended",
+            AccountStatus::Deleted => "deleted",
+            AccountStatus::Deactivated => "deactivated",
+            AccountStatus::Desynchronized => "desynchronized",
+            AccountStatus::Throttled => "throttled",
+        }
+    }
+}
+
+/// Errors of the control API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("account {0} is not on this host")]
+    UnknownAccount(String),
+    #[error("account {0} has migrated away from this host")]
+    MovedAway(String),
+    #[error("an account cannot migrate to the host it is on")]
+    SameHost,
+    #[error("frame could not be encoded: {0}")]
+    Encode(#[from] FrameError),
+    #[error(transparent)]
+    Plc(#[from] PlcError),
+}
+
+struct PdsShared {
+    state: Mutex<HostState>,
+    config: SimPdsConfig,
+    plc: SimPlc,
+    port: u16,
+    relay_header: AtomicBool,
+    /// `None` while stopped.
+    server: Mutex<Option<ServerHandle>>,
+}
+
+impl PdsShared {
+    /// The host state, even after a control call panicked while holding it (a fixture that
+    /// cannot be built panics by design): the server must keep answering.
+    fn state(&self) -> MutexGuard<'_, HostState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn server(&self) -> MutexGuard<'_, Option<ServerHandle>> {
+        self.server.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running simulated PDS host. Cheap to clone; every clone controls the same host.
+#[derive(Clone)]
+pub struct SimPds {
+    shared: Arc<PdsShared>,
+}
+
+impl SimPds {
+    /// Starts a host on a free port of 127.0.0.1 whose accounts are registered in `plc`. Must
+    /// be called inside an actix System.
+    pub fn start(plc: &SimPlc, config: SimPdsConfig) -> std::io::Result<SimPds> {
+        let state = HostState::new(&config);
+        // Bind first to learn the port; the shared state needs it for the endpoint.
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(PdsShared {
+            state: Mutex::new(state),
+            config,
+            plc: plc.clone(),
+            port,
+            relay_header: AtomicBool::new(false),
+            server: Mutex::new(None),
+        });
+        let handle = serve(&shared, Listen::Listener(listener))?;
+        *shared.server() = Some(handle);
+        Ok(SimPds { shared })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+
+    /// `localhost:<port>`: the host as a relay's host table and `requestCrawl` name it.
+    pub fn hostname(&self) -> String {
+        format!("localhost:{}", self.shared.port)
+    }
+
+    /// `http://localhost:<port>`: the `#atproto_pds` endpoint in this host's DID documents.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.hostname())
+    }
+
+    /// `ws://localhost:<port>/xrpc/com.atproto.sync.subscribeRepos`.
+    pub fn subscribe_url(&self) -> String {
+        format!(
+            "ws://{}/xrpc/com.atproto.sync.subscribeRepos",
+            self.hostname()
+        )
+    }
+
+    /// The service DID `describeServer` reports: `did:web:localhost%3A<port>`.
+    pub fn service_did(&self) -> String {
+        format!("did:web:localhost%3A{}", self.shared.port)
+    }
+
+    pub fn plc(&self) -> &SimPlc {
+        &self.shared.plc
+    }
+
+    /// The last seq this host assigned (0 before the first event or after [`SimPds::reset`]).
+    pub fn head_seq(&self) -> u64 {
+        self.shared.state().head
+    }
+
+    /// The state of `did`'s repo after its last event (what a relay that saw all has stored).
+    pub fn repo_state(&self, did: &str) -> Option<RepoState> {
+        let state = self.shared.state();
+        state.accounts.get(did)?.repo.as_ref()?.state
+    }
+
+    /// The current signing key of `did`, while its repo is here.
+    pub fn signing_key(&self, did: &str) -> Option<PublicKey> {
+        let state = self.shared.state();
+        Some(state.accounts.get(did)?.repo.as_ref()?.public())
+    }
+
+    /// The DIDs of accounts on this host (migrated-away ones included).
+    pub fn accounts(&self) -> Vec<String> {
+        self.shared.state().accounts.keys().cloned().collect()
+    }
+
+    /// Creates an empty account; see [`SimPds::create_account_with`].
+    pub fn create_account(&self) -> Result<String, SimError> {
+        self.create_account_with(0)
+    }
+
+    /// Creates an account holding `records` records with a fresh key, registers it in the
+    /// PLC with this host as its PDS, and emits `#identity`, `#account` (active) and `#sync`,
+    /// as a PDS does on account creation (PROTOCOL.md §7). Returns the new DID.
+    pub fn create_account_with(&self, records: usize) -> Result<String, SimError> {
+        let plc = &self.shared.plc;
+        let did = plc.new_did();
+        let handle = format!("u{}{USER_DOMAIN}", &did["did:plc:".len()..][..8]);
+        let repo = SigningRepo::new(
+            &did,
+            self.shared.config.key_curve,
+            records,
+            now_micros().saturating_sub(1_000_000),
+        );
+        plc.register(
+            &did,
+            PlcEntry {
+                handle: handle.clone(),
+                signing_key: repo.public(),
+                pds_endpoint: self.endpoint(),
+                tombstoned: false,
+            },
+        );
+        let config = &self.shared.config;
+        let mut state = self.shared.state();
+        state.accounts.insert(
+            did.clone(),
+            Account {
+                handle,
+                repo: Some(repo),
+                active: true,
+                status: None,
+            },
+        );
+        state.emit_identity(config, &did)?;
+        state.emit_account(config, &did)?;
+        state.emit_sync(config, &did)?;
+        Ok(did)
+    }
+
+    /// Applies `changes` to `did`'s repo and emits the signed `#commit`; returns its seq.
+    /// Panics if a change does not fit the repo (creating a path that exists, …), like
+    /// [`SigningRepo::commit`]. Commits are emitted whatever the account's status, so tests
+    /// can check that a relay drops them.
+    pub fn commit(&self, did: &str, changes: &[Change]) -> Result<u64, SimError> {
+        self.shared
+            .state()
+            .emit_commit(&self.shared.config, did, changes)
+    }
+
+    /// Emits a `#sync` of `did`'s current repo at a fresh rev; returns its seq.
+    pub fn sync(&self, did: &str) -> Result<u64, SimError> {
+        self.shared.state().emit_sync(&self.shared.config, did)
+    }
+
+    /// Emits an `#identity` with the account's handle; returns its seq.
+    pub fn identity(&self, did: &str) -> Result<u64, SimError> {
+        self.shared.state().emit_identity(&self.shared.config, did)
+    }
+
+    /// Changes the handle in the PLC and emits `#identity`; returns its seq.
+    pub fn change_handle(&self, did: &str, handle: &str) -> Result<u64, SimError> {
+        let mut state = self.shared.state();
+        state.account_mut(did)?.handle = handle.to_string();
+        self.shared.plc.set_handle(did, handle)?;
+        state.emit_identity(&self.shared.config, did)
+    }
+
+    /// Sets the account's status and emits `#account`; returns its seq. `active` with a status
+    /// is allowed (`desynchronized` and `throttled` may be active).
+    pub fn set_status(
+        &self,
+        did: &str,
+        active: bool,
+        status: Option<AccountStatus>,
+    ) -> Result<u64, SimError> {
+        let mut state = self.shared.state();
+        let account = state.account_mut(did)?;
+        account.active = active;
+        account.status = status;
+        state.emit_account(&self.shared.config, did)
+    }
+
+    /// `#account {active: false, status: deactivated}`.
+    pub fn deactivate(&self, did: &str) -> Result<u64, SimError> {
+        self.set_status(did, false, Some(AccountStatus::Deactivated))
+    }
+
+    /// `#account {active: false, status: deleted}` (the PLC entry stays; see
+    /// [`SimPlc::tombstone`]).
+    pub fn delete(&self, did: &str) -> Result<u64, SimError> {
+        self.set_status(did, false, Some(AccountStatus::Deleted))
+    }
+
+    /// `#account {active: true}` then a fresh `#sync`, as a PDS does on reactivation; returns
+    /// the seq of the `#sync`.
+    pub fn reactivate(&self, did: &str) -> Result<u64, SimError> {
+        let mut state = self.shared.state();
+        let account = state.account_mut(did)?;
+        account.active = true;
+        account.status = None;
+        state.emit_account(&self.shared.config, did)?;
+        state.emit_sync(&self.shared.config, did)
+    }
+
+    /// Gives `did` a new signing key (same curve) and publishes it in the PLC. With
+    /// `announce`, emits `#identity` (returned); without, the relay learns of the rotation
+    /// only when a signature fails.
+    pub fn rotate_key(&self, did: &str, announce: bool) -> Result<Option<u64>, SimError> {
+        let mut state = self.shared.state();
+        let repo = state.repo_mut(did)?;
+        repo.key = PrivateKey::generate(repo.key.curve());
+        self.shared.plc.set_key(did, repo.public())?;
+        if announce {
+            Ok(Some(state.emit_identity(&self.shared.config, did)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Moves `did` to `target` as an account migration does (PROTOCOL.md §7): the repo gets a
+    /// new key, the PLC names the new key and `target`'s endpoint, `target` emits `#identity`,
+    /// `#account` (active) and a `#commit` (no ops) signed with the new key at a higher rev,
+    /// and this host then emits `#account` (deactivated) and keeps the account deactivated.
+    pub fn migrate(&self, did: &str, target: &SimPds) -> Result<(), SimError> {
+        if Arc::ptr_eq(&self.shared, &target.shared) {
+            return Err(SimError::SameHost);
+        }
+        // One host's lock at a time, so two migrations in opposite directions cannot deadlock.
+        let (handle, mut repo) = {
+            let mut state = self.shared.state();
+            let account = state.account_mut(did)?;
+            let repo = account
+                .repo
+                .take()
+                .ok_or_else(|| SimError::MovedAway(did.to_string()))?;
+            account.active = false;
+            account.status = Some(AccountStatus::Deactivated);
+            (account.handle.clone(), repo)
+        };
+        repo.key = PrivateKey::generate(repo.key.curve());
+        let plc = &self.shared.plc;
+        plc.set_key(did, repo.public())?;
+        plc.set_pds(did, &target.endpoint())?;
+        {
+            let config = &target.shared.config;
+            let mut state = target.shared.state();
+            state.accounts.insert(
+                did.to_string(),
+                Account {
+                    handle,
+                    repo: Some(repo),
+                    active: true,
+                    status: None,
+                },
+            );
+            state.emit_identity(config, did)?;
+            state.emit_account(config, did)?;
+            state.emit_commit(config, did, &[])?;
+        }
+        self.shared.state().emit_account(&self.shared.config, did)?;
+        Ok(())
+    }
+
+    /// Sends `frame` to every live connection and keeps it for replay, byte for byte as
+    /// given. The seq inside is the caller's: it is read (when the frame has one) only to
+    /// order replay and to move the head up, never written.
+    pub fn push_raw(&self, frame: impl Into<Bytes>) {
+        let frame = frame.into();
+        let mut state = self.shared.state();
+        let seq = peek_event(&frame)
+            .ok()
+            .and_then(|peek| peek.seq)
+            .unwrap_or(state.head);
+        state.publish(seq, frame, &self.shared.config);
+    }
+
+    /// A PDS that lost its event state: the outbox and the seq are forgotten (the next event
+    /// is seq 1) and open connections are dropped, so a relay that reconnects with its old
+    /// cursor gets `FutureCursor`. Accounts and repos are kept.
+    pub fn reset(&self) {
+        self.shared.state().forget_events(&self.shared.config);
+    }
+
+    /// Drops every open `subscribeRepos` connection; the listener stays up.
+    pub fn drop_connections(&self) {
+        self.shared
+            .state()
+            .replace_live_channel(&self.shared.config);
+    }
+
+    /// With `on`, the websocket upgrade carries `Server: `[`RELAY_SERVER_HEADER`], so the
+    /// host looks like a relay.
+    pub fn set_relay_header(&self, on: bool) {
+        self.shared.relay_header.store(on, Ordering::Relaxed);
+    }
+
+    /// Stops the listener and drops every connection: a dead host (connections are refused).
+    pub async fn stop(&self) {
+        let handle = self.shared.server().take();
+        self.drop_connections();
+        if let Some(handle) = handle {
+            handle.stop(false).await;
+        }
+    }
+
+    /// Listens again on the same port after [`SimPds::stop`] (a no-op while running); inside
+    /// an actix System, like [`SimPds::start`]. The
+    /// outbox and seq survive, as they would on a PDS that restarted with its disk.
+    pub fn restart(&self) -> std::io::Result<()> {
+        let mut server = self.shared.server();
+        if server.is_none() {
+            *server = Some(serve(&self.shared, Listen::Port(self.shared.port))?);
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.shared.server().is_some()
+    }
+}

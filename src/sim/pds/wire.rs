@@ -1,0 +1,314 @@
+//! The host's HTTP surface: the actix-web server, `subscribeRepos` sessions (replay, live,
+//! pings, slow clients, dropped connections), `describeServer` and `getRepoStatus`. Nothing a
+//! client sends can make these panic: bad query parameters get XRPC errors, client frames
+//! are size-capped and ignored, and every send is bounded in time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::header::{HeaderValue, SERVER};
+use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use super::host_state::Subscription;
+use super::{PdsShared, RELAY_SERVER_HEADER, USER_DOMAIN};
+use crate::atproto::frame::{
+    CONSUMER_TOO_SLOW, FUTURE_CURSOR, OUTDATED_CURSOR, encode_error, encode_info,
+};
+
+/// Largest frame a client may send (clients have nothing to say; this only bounds memory).
+const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
+
+pub(super) enum Listen {
+    Listener(std::net::TcpListener),
+    Port(u16),
+}
+
+/// Starts the host's actix-web server (one worker) and spawns it on the current System.
+pub(super) fn serve(shared: &Arc<PdsShared>, listen: Listen) -> std::io::Result<ServerHandle> {
+    let data = web::Data::from(shared.clone());
+    let server = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .route(
+                "/xrpc/com.atproto.sync.subscribeRepos",
+                web::get().to(subscribe_repos),
+            )
+            .route(
+                "/xrpc/com.atproto.server.describeServer",
+                web::get().to(describe_server),
+            )
+            .route(
+                "/xrpc/com.atproto.sync.getRepoStatus",
+                web::get().to(get_repo_status),
+            )
+            .default_service(web::to(crate::http::not_found))
+    })
+    .workers(1)
+    // Zero: a finished or dropped session closes its socket at once, as a dying PDS's does,
+    // instead of lingering a second for the client to hang up.
+    .client_disconnect_timeout(Duration::ZERO)
+    .shutdown_timeout(1)
+    .disable_signals();
+    let server = match listen {
+        Listen::Listener(listener) => server.listen(listener)?,
+        Listen::Port(port) => server.bind(("127.0.0.1", port))?,
+    }
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(handle)
+}
+
+fn xrpc_error(status: actix_web::http::StatusCode, error: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "error": error, "message": message }))
+}
+
+/// The value of query parameter `name`, if present.
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// `GET /xrpc/com.atproto.sync.subscribeRepos[?cursor=N]`.
+async fn subscribe_repos(
+    req: HttpRequest,
+    body: web::Payload,
+    host: web::Data<PdsShared>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let cursor = match query_param(&req, "cursor").map(|c| c.parse::<u64>()) {
+        None => None,
+        Some(Ok(cursor)) => Some(cursor),
+        Some(Err(_)) => {
+            return Ok(xrpc_error(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "cursor must be a non-negative integer",
+            ));
+        }
+    };
+    let (mut response, session, stream) = actix_ws::handle(&req, body)?;
+    if host.relay_header.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(SERVER, HeaderValue::from_static(RELAY_SERVER_HEADER));
+    }
+    let subscription = host.state().subscribe(cursor);
+    actix_rt::spawn(run_session(
+        session,
+        stream,
+        subscription,
+        host.config.send_timeout,
+    ));
+    Ok(response)
+}
+
+/// What a session sends next.
+enum Outgoing {
+    Frame(Bytes),
+    /// The connection fell further behind than the live ring holds.
+    TooSlow,
+    /// The host dropped its connections.
+    Dropped,
+}
+
+/// The backlog first, then live frames. Cancel-safe: popping the backlog completes at once
+/// and `broadcast::Receiver::recv` loses nothing when cancelled.
+async fn next_outgoing(
+    backlog: &mut VecDeque<Bytes>,
+    live: &mut broadcast::Receiver<Bytes>,
+) -> Outgoing {
+    // A dropped connection must end even in the middle of a long replay.
+    if live.is_closed() {
+        return Outgoing::Dropped;
+    }
+    if let Some(frame) = backlog.pop_front() {
+        return Outgoing::Frame(frame);
+    }
+    match live.recv().await {
+        Ok(frame) => Outgoing::Frame(frame),
+        Err(broadcast::error::RecvError::Lagged(_)) => Outgoing::TooSlow,
+        Err(broadcast::error::RecvError::Closed) => Outgoing::Dropped,
+    }
+}
+
+/// Sends an error frame and closes with 1008 and the error name, as the reference PDS does.
+async fn close_with_error(mut session: Session, error: &str, message: &str, timeout: Duration) {
+    let Ok(frame) = encode_error(error, Some(message)) else {
+        return;
+    };
+    if !matches!(
+        tokio::time::timeout(timeout, session.binary(frame)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let reason = CloseReason {
+        code: CloseCode::Policy,
+        description: Some(error.to_string()),
+    };
+    let _ = tokio::time::timeout(timeout, session.close(Some(reason))).await;
+}
+
+/// One `subscribeRepos` connection: replay, then live; answers pings, ignores everything
+/// else the client sends, and ends when the client goes, the host drops it, or a send stalls.
+async fn run_session(
+    mut session: Session,
+    stream: MessageStream,
+    subscription: Subscription,
+    send_timeout: Duration,
+) {
+    let (outdated, backlog, mut live) = match subscription {
+        Subscription::FutureCursor => {
+            close_with_error(
+                session,
+                FUTURE_CURSOR,
+                "cursor is ahead of the stream",
+                send_timeout,
+            )
+            .await;
+            return;
+        }
+        Subscription::Stream {
+            outdated,
+            backlog,
+            live,
+        } => (outdated, backlog, live),
+    };
+    let mut backlog = VecDeque::from(backlog);
+    if outdated
+        && let Ok(info) = encode_info(OUTDATED_CURSOR, Some("cursor is older than the outbox"))
+    {
+        backlog.push_front(Bytes::from(info));
+    }
+    let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME_BYTES);
+    loop {
+        let outgoing = tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Ping(payload))) => {
+                    match tokio::time::timeout(send_timeout, session.pong(&payload)).await {
+                        Ok(Ok(())) => continue,
+                        _ => return,
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                // A server ignores what the client sends (PROTOCOL.md §1).
+                Some(Ok(_)) => continue,
+            },
+            outgoing = next_outgoing(&mut backlog, &mut live) => outgoing,
+        };
+        match outgoing {
+            Outgoing::Frame(frame) => {
+                if !matches!(
+                    tokio::time::timeout(send_timeout, session.binary(frame)).await,
+                    Ok(Ok(()))
+                ) {
+                    return;
+                }
+            }
+            Outgoing::TooSlow => {
+                close_with_error(
+                    session,
+                    CONSUMER_TOO_SLOW,
+                    "consumer fell too far behind",
+                    send_timeout,
+                )
+                .await;
+                return;
+            }
+            // Returning drops the session: the connection ends without a close frame, as
+            // when a PDS process dies.
+            Outgoing::Dropped => return,
+        }
+    }
+}
+
+/// `GET /xrpc/com.atproto.server.describeServer`.
+async fn describe_server(host: web::Data<PdsShared>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "did": format!("did:web:localhost%3A{}", host.port),
+        "availableUserDomains": [USER_DOMAIN],
+    }))
+}
+
+/// `GET /xrpc/com.atproto.sync.getRepoStatus?did=`.
+async fn get_repo_status(req: HttpRequest, host: web::Data<PdsShared>) -> HttpResponse {
+    let Some(did) = query_param(&req, "did") else {
+        return xrpc_error(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "did is required",
+        );
+    };
+    let state = host.state();
+    let Some(account) = state.accounts.get(&did) else {
+        return xrpc_error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            "no repo for this DID",
+        );
+    };
+    let mut body = serde_json::json!({ "did": did, "active": account.active });
+    if let Some(status) = account.status {
+        body["status"] = status.as_str().into();
+    }
+    if let Some(repo_state) = account.repo.as_ref().and_then(|repo| repo.state) {
+        body["rev"] = repo_state.rev.to_string().into();
+    }
+    HttpResponse::Ok().json(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimPdsConfig;
+    use crate::sim::pds::host_state::HostState;
+
+    fn live_receiver(state: &HostState) -> broadcast::Receiver<Bytes> {
+        match state.subscribe(None) {
+            Subscription::Stream { live, .. } => live,
+            Subscription::FutureCursor => unreachable!("no cursor is never in the future"),
+        }
+    }
+
+    fn frame(seq: u64) -> Bytes {
+        Bytes::from(seq.to_be_bytes().to_vec())
+    }
+
+    #[actix_rt::test]
+    async fn a_lagging_session_is_too_slow_and_a_replaced_channel_drops_it() {
+        let config = SimPdsConfig {
+            live_buffer_events: 2,
+            ..SimPdsConfig::default()
+        };
+        let mut state = HostState::new(&config);
+        let mut backlog = VecDeque::from([frame(1)]);
+        let mut live = live_receiver(&state);
+        for seq in 2..=5 {
+            state.publish(seq, frame(seq), &config);
+        }
+        assert!(matches!(
+            next_outgoing(&mut backlog, &mut live).await,
+            Outgoing::Frame(f) if f == frame(1)
+        ));
+        assert!(matches!(
+            next_outgoing(&mut backlog, &mut live).await,
+            Outgoing::TooSlow
+        ));
+
+        let mut backlog = VecDeque::from([frame(1)]);
+        let mut live = live_receiver(&state);
+        state.replace_live_channel(&config);
+        assert!(matches!(
+            next_outgoing(&mut backlog, &mut live).await,
+            Outgoing::Dropped
+        ));
+    }
+}
