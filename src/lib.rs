@@ -2,16 +2,18 @@
 //!
 //! The tree follows the architecture (see README "Code organisation"):
 //! `atproto` is the protocol core (pure, synchronous, no I/O), `store` holds the
-//! event log and Postgres access, `http` the HTTP surfaces, `config` parses the command
-//! line into each subsystem's settings, `startup` prepares the data dir before anything runs.
+//! event log and Postgres access, `http` the HTTP surfaces, `actors` the ingest actors,
+//! `config` parses the command line into each subsystem's settings, `startup` prepares the
+//! data dir before anything runs.
 //!
 //! Dependencies point one way: `startup` → `config` → `store`, `http`; `atproto` imports
 //! none of them. No subsystem imports `config`: each owns its settings type and `config`
 //! fills it. The layers, each using only those before it: `atproto`, `store`, `http`,
-//! `config`, `startup`, `testkit` (checked by a test below).
+//! `actors`, `config`, `startup`, `testkit` (checked by a test below).
 
 #![forbid(unsafe_code)]
 
+pub mod actors;
 pub mod atproto;
 pub mod config;
 pub mod http;
@@ -25,7 +27,9 @@ mod tests {
     use std::path::Path;
 
     /// The top-level modules, each allowed to use only those before it.
-    const LAYERS: [&str; 6] = ["atproto", "store", "http", "config", "startup", "testkit"];
+    const LAYERS: [&str; 7] = [
+        "atproto", "store", "http", "actors", "config", "startup", "testkit",
+    ];
 
     fn sources(path: &Path, out: &mut Vec<(String, String)>) {
         if path.is_dir() {
