@@ -26,3 +26,4 @@
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
 pub mod obs;
+pub mod supervision;
