@@ -42,7 +42,7 @@ use crate::store::event_log::{EventLog, EventLogReader};
 use obs::{ActorMetrics, InstrumentedAddr};
 use persister::{Persister, PersisterMetrics};
 use sequencer::{ByteBudget, Drain, Sequencer};
-use write_behind::{PendingWrites, StateSink, WriteBehind, WriteBehindSettings};
+use write_behind::{FlushNow, PendingWrites, StateSink, WriteBehind, WriteBehindSettings};
 
 /// Settings of the ingest path's singletons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,11 +142,22 @@ pub fn start_ingest(
 }
 
 impl Ingest {
-    /// Waits until every event sequenced so far is durable (or ingest halted), then stops
-    /// the Persister's arbiter and waits for its thread, which closes the event log. The
-    /// Sequencer and WriteBehind stop with their arbiter.
+    /// Waits until every event sequenced so far is durable (or ingest halted), writes the
+    /// pending cursors and account state once more, then stops the Persister's arbiter and
+    /// waits for its thread, which closes the event log. The Sequencer and WriteBehind stop
+    /// with their arbiter.
     pub async fn shutdown(self) {
         let _ = self.sequencer.send(Drain).await;
+        match self.write_behind.send(FlushNow).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                tracing::warn!(
+                    reason,
+                    "final write-behind flush failed; cursors replay a little"
+                )
+            }
+            Err(_) => tracing::warn!("write-behind stopped before the final flush"),
+        }
         self.budget.close();
         self.persister_arbiter.stop();
         let arbiter = self.persister_arbiter;

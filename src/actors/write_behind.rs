@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
 
 use super::obs::{ActorObs, ObservedMessage};
 use crate::store::postgres::{Db, DbError};
@@ -234,6 +235,15 @@ impl StateSink for PostgresSink {
 // ------------------------------------------------------------------------------------------
 // Messages
 
+/// Flushes everything pending now (shutdown, tests); answers when that flush ended, with
+/// the failure's reason label if Postgres refused (the writes then stay pending).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), &'static str>")]
+pub struct FlushNow;
+impl ObservedMessage for FlushNow {
+    const NAME: &'static str = "flush_now";
+}
+
 /// Asks for the observable state.
 #[derive(Debug, Message)]
 #[rtype(result = "WriteBehindState")]
@@ -305,6 +315,13 @@ pub struct WriteBehind {
     sink: Arc<dyn StateSink>,
     settings: WriteBehindSettings,
     degraded: Arc<AtomicBool>,
+    /// The next scheduled flush (cancelled when a `FlushNow` flushes at once).
+    next_flush: Option<SpawnHandle>,
+    flushing: bool,
+    /// `FlushNow` callers answered when the running flush ends, and those that asked while
+    /// it ran (their writes may have come too late for it: they get a flush of their own).
+    waiting_current: Vec<oneshot::Sender<Result<(), &'static str>>>,
+    waiting_next: Vec<oneshot::Sender<Result<(), &'static str>>>,
     state: WriteBehindState,
 }
 
@@ -327,23 +344,40 @@ impl WriteBehind {
             sink,
             settings,
             degraded,
+            next_flush: None,
+            flushing: false,
+            waiting_current: Vec::new(),
+            waiting_next: Vec::new(),
             state: WriteBehindState::default(),
         }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
-        ctx.run_later(after, |act, ctx| act.flush(ctx));
+        if let Some(old) = self.next_flush.take() {
+            ctx.cancel_future(old);
+        }
+        self.next_flush = Some(ctx.run_later(after, |act, ctx| {
+            act.next_flush = None;
+            act.flush(ctx);
+        }));
     }
 
     /// One flush: one statement per table that has changes. Exactly one flush runs at a time
     /// (the next is scheduled only when this one finished).
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(old) = self.next_flush.take() {
+            ctx.cancel_future(old);
+        }
         let cursors = self.pending.take_cursors();
         let accounts = self.pending.take_accounts();
         if cursors.is_empty() && accounts.is_empty() {
+            for waiter in self.waiting_current.drain(..) {
+                let _ = waiter.send(Ok(()));
+            }
             self.schedule(ctx, self.settings.flush_every);
             return;
         }
+        self.flushing = true;
         let sink = Arc::clone(&self.sink);
         let work = async move {
             let mut out = FlushOutcome::default();
@@ -376,6 +410,11 @@ impl WriteBehind {
     }
 
     fn flushed(&mut self, out: FlushOutcome, ctx: &mut Context<Self>) {
+        self.flushing = false;
+        let answer = out.error.as_ref().map_or(Ok(()), |e| Err(e.reason()));
+        for waiter in self.waiting_current.drain(..) {
+            let _ = waiter.send(answer);
+        }
         if let Some(n) = out.cursors_written {
             self.state.cursor_statements += 1;
             self.state.cursors_written += n;
@@ -407,6 +446,10 @@ impl WriteBehind {
                 self.schedule(ctx, delay);
             }
         }
+        if !self.waiting_next.is_empty() {
+            self.waiting_current = std::mem::take(&mut self.waiting_next);
+            self.flush(ctx);
+        }
     }
 
     fn set_degraded(&mut self, degraded: bool) {
@@ -421,6 +464,22 @@ impl Actor for WriteBehind {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(Self::MAILBOX);
         self.schedule(ctx, self.settings.flush_every);
+    }
+}
+
+impl Handler<FlushNow> for WriteBehind {
+    type Result = ResponseFuture<Result<(), &'static str>>;
+
+    fn handle(&mut self, _: FlushNow, ctx: &mut Context<Self>) -> Self::Result {
+        let _guard = self.obs.enter(FlushNow::NAME);
+        let (tx, rx) = oneshot::channel();
+        if self.flushing {
+            self.waiting_next.push(tx);
+        } else {
+            self.waiting_current.push(tx);
+            self.flush(ctx);
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err("stopped")) })
     }
 }
 

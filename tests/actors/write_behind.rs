@@ -13,8 +13,8 @@ use rookery::actors::obs::{ActorMetrics, InstrumentedAddr};
 use rookery::actors::persister::GetPersisterState;
 use rookery::actors::sequencer::Drain;
 use rookery::actors::write_behind::{
-    AccountStateUpdate, GetWriteBehindState, PendingWrites, PostgresSink, StateSink, SyncState,
-    WriteBehind, WriteBehindSettings,
+    AccountStateUpdate, FlushNow, GetWriteBehindState, PendingWrites, PostgresSink, StateSink,
+    SyncState, WriteBehind, WriteBehindSettings,
 };
 use rookery::store::migrations;
 use rookery::store::postgres::{Db, DbError, DbSettings};
@@ -239,6 +239,45 @@ async fn ingest_goes_on_while_postgres_is_unreachable_and_the_writes_land_when_i
     assert!(recovered, "{:?}", write_behind_state(&ingest).await);
     assert!(!ingest.degraded.load(Ordering::Acquire));
     check_rows(&db).await;
+    ingest.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn shutdown_writes_what_is_pending_and_flush_now_reports_an_outage() {
+    let database = test_cluster().fresh_database().await.expect("db");
+    let db = Db::new(database.pg_config, DbSettings::default()).expect("pool");
+    seed(&db).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut settings = fast_settings();
+    settings.write_behind.flush_every = Duration::from_secs(3600);
+    let (ingest, _) = start(
+        dir.path(),
+        Arc::new(PostgresSink::new(db.clone())),
+        settings,
+    );
+    send_events(&ingest).await;
+    assert_eq!(
+        write_behind_state(&ingest).await.cursor_statements,
+        0,
+        "no timer flush yet"
+    );
+    ingest.shutdown().await;
+    check_rows(&db).await;
+
+    // FlushNow against a database that does not exist answers with the reason.
+    let missing = Db::new(
+        test_cluster().pg_config(&format!("missing_{:016x}", rand_id())),
+        DbSettings::default(),
+    )
+    .expect("pool");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ingest, _) = start(dir.path(), Arc::new(PostgresSink::new(missing)), settings);
+    send_events(&ingest).await;
+    let answer = ingest.write_behind.send(FlushNow).await.expect("mailbox");
+    assert_eq!(answer, Err("connect"));
+    let state = write_behind_state(&ingest).await;
+    assert!(state.degraded);
+    assert_eq!(state.pending_cursors as i64, HOSTS);
     ingest.shutdown().await;
 }
 
