@@ -13,8 +13,9 @@
 //! global registry.
 //!
 //! Caveat kept small on purpose: a message queued through the wrapper whose actor stops
-//! before handling it stays counted in the depth gauge. Actors here are supervised
-//! singletons whose mailbox survives restarts, so this only happens at shutdown.
+//! before handling it, or whose `send` future is dropped and which actix then discards,
+//! stays counted in the depth gauge. The ingest singletons are supervised (their mailbox
+//! survives restarts) and their senders await every send, so this happens only at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -178,15 +179,7 @@ impl ActorObs {
     /// Entered first by every handler: counts the message out of the mailbox and times the
     /// handler until the guard drops.
     pub fn enter(&self, message: &'static str) -> HandlerGuard {
-        // Saturating: a message sent around the wrapper must not wrap the count.
-        let _ = self
-            .instance
-            .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
-        self.metrics
-            .mailbox_depth
-            .with_label_values(&[self.actor])
-            .dec();
+        self.count_back_out();
         self.instance.room.notify_waiters();
         HandlerGuard {
             obs: self.clone(),
@@ -211,15 +204,19 @@ impl ActorObs {
             .inc();
     }
 
+    /// Saturating, and the gauge follows the instance count: a message that reached the
+    /// actor around the wrapper (it should not) can not drive either below zero.
     fn count_back_out(&self) {
-        let _ = self
+        let taken = self
             .instance
             .depth
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
-        self.metrics
-            .mailbox_depth
-            .with_label_values(&[self.actor])
-            .dec();
+        if taken.is_ok() {
+            self.metrics
+                .mailbox_depth
+                .with_label_values(&[self.actor])
+                .dec();
+        }
     }
 
     fn is_full(&self) -> bool {
@@ -475,6 +472,60 @@ mod tests {
         assert_eq!(metrics.full_mailbox_waits("gated", "work"), 1);
         assert_eq!(metrics.handled("gated", "work"), 3);
         assert_eq!(metrics.mailbox_depth("gated"), 0);
+    }
+
+    /// Stops itself on `Crash`; the Supervisor restarts it with the same struct.
+    struct Crashy {
+        obs: ActorObs,
+        handled: u32,
+    }
+    impl Actor for Crashy {
+        type Context = Context<Self>;
+    }
+    impl Supervised for Crashy {
+        fn restarting(&mut self, _: &mut Context<Self>) {
+            self.obs.restarted("stopped");
+        }
+    }
+    #[derive(Debug, Message)]
+    #[rtype(result = "u32")]
+    struct Crash;
+    impl ObservedMessage for Crash {
+        const NAME: &'static str = "crash";
+    }
+    impl Handler<Crash> for Crashy {
+        type Result = u32;
+        fn handle(&mut self, _: Crash, ctx: &mut Context<Self>) -> u32 {
+            let _guard = self.obs.enter(Crash::NAME);
+            self.handled += 1;
+            ctx.stop();
+            self.handled
+        }
+    }
+
+    #[actix_rt::test]
+    async fn supervised_restarts_are_counted_and_keep_the_address_and_state() {
+        let registry = Registry::new();
+        let metrics = ActorMetrics::register(&registry).expect("register");
+        let obs = metrics.actor("crashy", 4);
+        let actor_obs = obs.clone();
+        let addr = InstrumentedAddr::new(
+            Supervisor::start(move |_| Crashy {
+                obs: actor_obs,
+                handled: 0,
+            }),
+            obs,
+        );
+        for expected in 1..=3 {
+            assert_eq!(addr.send(Crash).await.expect("restarted"), expected);
+        }
+        // The third stop's restart happens after its answer; give it a turn.
+        for _ in 0..10 {
+            actix_rt::task::yield_now().await;
+        }
+        assert_eq!(metrics.restarts("crashy", "stopped"), 3);
+        assert_eq!(metrics.handled("crashy", "crash"), 3);
+        assert_eq!(metrics.mailbox_depth("crashy"), 0);
     }
 
     #[test]
