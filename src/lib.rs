@@ -2,17 +2,19 @@
 //!
 //! The tree follows the architecture (see README "Code organisation"):
 //! `atproto` is the protocol core (pure, synchronous, no I/O), `store` holds the
-//! event log and Postgres access, `http` the HTTP surfaces, `config` parses the command
-//! line into each subsystem's settings, `startup` prepares the data dir before anything runs.
+//! event log and Postgres access, `http` the HTTP surfaces, `actors` the ingest actors,
+//! `config` parses the command line into each subsystem's settings, `startup` prepares the
+//! data dir before anything runs.
 //!
 //! Dependencies point one way: `startup` → `config` → `store`, `http`; `atproto` imports
 //! none of them. No subsystem imports `config`: each owns its settings type and `config`
 //! fills it. The layers, each using only those before it: `atproto`, `store`, `http`,
-//! `config`, `startup`, `testkit`, `sim` (checked by a test below). `sim` (the simulated PDS
-//! hosts and PLC directory, behind the `sim` feature) builds on `testkit`.
+//! `actors`, `config`, `startup`, `testkit`, `sim` (checked by a test below). `sim` (the
+//! simulated PDS hosts and PLC directory, behind the `sim` feature) builds on `testkit`.
 
 #![forbid(unsafe_code)]
 
+pub mod actors;
 pub mod atproto;
 pub mod config;
 pub mod http;
@@ -28,8 +30,8 @@ mod tests {
     use std::path::Path;
 
     /// The top-level modules, each allowed to use only those before it.
-    const LAYERS: [&str; 7] = [
-        "atproto", "store", "http", "config", "startup", "testkit", "sim",
+    const LAYERS: [&str; 8] = [
+        "atproto", "store", "http", "actors", "config", "startup", "testkit", "sim",
     ];
 
     fn sources(path: &Path, out: &mut Vec<(String, String)>) {

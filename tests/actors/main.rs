@@ -1,0 +1,10 @@
+//! The ingest actors: Sequencer + Persister against a real event log (concurrent producers
+//! playing the ValidatorShards' role), and the write-behind against a real Postgres and,
+//! on tokio's paused clock, against an in-memory sink.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod pipeline;
+mod support;
+mod write_behind;
