@@ -16,6 +16,7 @@ use prometheus::Registry;
 use rookery::actors::obs::ActorMetrics;
 use rookery::actors::persister::GetPersisterState;
 use rookery::actors::sequencer::{Drain, EventKind, GetSequencerState, IngestEvent};
+use rookery::actors::upstream_cursor::HostCursor;
 use rookery::actors::write_behind::{AccountStateUpdate, StateSink};
 use rookery::actors::{IngestSettings, start_ingest};
 use rookery::atproto::frame::{self, Frame, IdentityEvent};
@@ -97,6 +98,7 @@ fn run(name: &str, frames: Vec<Bytes>) {
         for (p, chunk) in chunks.into_iter().enumerate() {
             let sequencer = ingest.sequencer.clone();
             let budget = ingest.budget.clone();
+            let cursor = HostCursor::new(p as i64 + 1, 0, ingest.pending.clone());
             tasks.push(actix_rt::spawn(async move {
                 for (i, f) in chunk.into_iter().enumerate() {
                     let peek = frame::peek_event(&f).expect("frame");
@@ -111,8 +113,7 @@ fn run(name: &str, frames: Vec<Bytes>) {
                         did,
                         kind,
                         frame: f,
-                        host_id: p as i64 + 1,
-                        upstream_seq: i as i64 + 1,
+                        cursor: cursor.begin(i as i64 + 1),
                         account: None,
                         permit,
                     };

@@ -28,7 +28,9 @@
 pub mod obs;
 pub mod persister;
 pub mod sequencer;
+pub mod shard_router;
 pub mod supervision;
+pub mod upstream_cursor;
 pub mod write_behind;
 
 use std::sync::Arc;

@@ -245,8 +245,7 @@ impl Persister {
         let events = batch.len() - dropped;
         for (s, stored) in batch.into_iter().zip(stored) {
             // A dropped event was dropped deliberately: its upstream seq is covered too.
-            self.pending
-                .record_cursor(s.event.host_id, s.event.upstream_seq);
+            s.event.cursor.complete();
             if let (true, Some(update)) = (stored, s.event.account) {
                 self.pending.record_account(update);
             }

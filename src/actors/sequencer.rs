@@ -30,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::obs::{ActorObs, InstrumentedAddr, ObservedMessage};
 use super::persister::{PersistBatch, Persister, Sequenced};
+use super::upstream_cursor::CursorMark;
 use super::write_behind::AccountStateUpdate;
 
 // ------------------------------------------------------------------------------------------
@@ -84,9 +85,9 @@ pub struct IngestEvent {
     /// The frame as received, or as the shard rewrote it (`#account`, `#identity`); its
     /// upstream seq is replaced by the relay's with `frame::resequence` before storing.
     pub frame: Bytes,
-    /// `hosts.id` of the host it came from, and its seq there (the host's cursor).
-    pub host_id: i64,
-    pub upstream_seq: i64,
+    /// The host it came from and its seq there: completed once the event is durable, so
+    /// the host's cursor covers it.
+    pub cursor: CursorMark,
     /// Account state to write behind once the event is durable.
     pub account: Option<AccountStateUpdate>,
     /// This event's share of the byte budget, released when it is durable.

@@ -34,6 +34,7 @@ async fn produce(
     for p in 0..PRODUCERS {
         let sequencer = ingest.sequencer.clone();
         let budget = ingest.budget.clone();
+        let pending = ingest.pending.clone();
         let tag = tag.to_string();
         tasks.push(actix_rt::spawn(async move {
             let mut sent = Vec::new();
@@ -41,7 +42,15 @@ async fn produce(
                 let did = format!("did:plc:{tag}p{p}e{i}");
                 let upstream = i as i64 + 1;
                 let frame = small_frame(&did, upstream);
-                let ev = event(&budget, frame.clone(), p as i64 + 1, upstream, None).await;
+                let ev = event(
+                    &budget,
+                    frame.clone(),
+                    &pending,
+                    p as i64 + 1,
+                    upstream,
+                    None,
+                )
+                .await;
                 let seq = sequencer
                     .send(ev)
                     .await
@@ -204,7 +213,15 @@ async fn signed_commits_and_indigo_scenario_frames_are_stored_byte_identical_apa
     assert!(inputs.len() > 10, "{} frames", inputs.len());
     let mut sent = BTreeMap::new();
     for (i, f) in inputs.iter().enumerate() {
-        let ev = event(&ingest.budget, f.clone(), 1, i as i64 + 1, None).await;
+        let ev = event(
+            &ingest.budget,
+            f.clone(),
+            &ingest.pending,
+            1,
+            i as i64 + 1,
+            None,
+        )
+        .await;
         let seq = ingest
             .sequencer
             .send(ev)
@@ -262,7 +279,17 @@ async fn the_byte_budget_stops_producers_and_frees_as_batches_become_durable() {
     // Fill the budget with events a shard holds but has not sent yet.
     let mut held = Vec::new();
     for i in 0..8 {
-        held.push(event(&ingest.budget, frame.clone(), 1, i + 1, None).await);
+        held.push(
+            event(
+                &ingest.budget,
+                frame.clone(),
+                &ingest.pending,
+                1,
+                i + 1,
+                None,
+            )
+            .await,
+        );
     }
     assert_eq!(ingest.budget.in_use(), u64::from(budget_bytes));
     assert!(ingest.budget.try_acquire(frame.len()).is_none(), "full");
@@ -343,12 +370,28 @@ async fn a_log_that_refuses_a_batch_halts_ingest_instead_of_skipping_seqs() {
     let seq = Sequencer::new(sobs.clone(), persister.clone(), budget.clone(), 1);
     let sequencer = InstrumentedAddr::new(actix::Supervisor::start(move |_| seq), sobs);
 
-    let ev = event(&budget, small_frame("did:plc:x", 1), 1, 1, None).await;
+    let ev = event(
+        &budget,
+        small_frame("did:plc:x", 1),
+        &PendingWrites::default(),
+        1,
+        1,
+        None,
+    )
+    .await;
     assert_eq!(sequencer.send(ev).await.expect("mailbox"), Ok(1));
     sequencer.send(Drain).await.expect("drain");
     let state = sequencer.send(GetSequencerState).await.expect("state");
     assert_eq!(state.halted, Some("seq_not_after_head"));
-    let ev = event(&budget, small_frame("did:plc:x", 2), 1, 2, None).await;
+    let ev = event(
+        &budget,
+        small_frame("did:plc:x", 2),
+        &PendingWrites::default(),
+        1,
+        2,
+        None,
+    )
+    .await;
     assert_eq!(
         sequencer.send(ev).await.expect("mailbox"),
         Err(SequencerError::Halted("seq_not_after_head"))

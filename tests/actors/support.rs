@@ -8,7 +8,8 @@ use bytes::Bytes;
 use prometheus::Registry;
 use rookery::actors::obs::ActorMetrics;
 use rookery::actors::sequencer::{ByteBudget, EventKind, IngestEvent};
-use rookery::actors::write_behind::{AccountStateUpdate, StateSink};
+use rookery::actors::upstream_cursor::HostCursor;
+use rookery::actors::write_behind::{AccountStateUpdate, PendingWrites, StateSink};
 use rookery::actors::{Ingest, IngestSettings, start_ingest};
 use rookery::atproto::frame::{self, Frame, IdentityEvent};
 use rookery::store::event_log::{EventLog, EventLogConfig, EventLogReader, LogRecord};
@@ -34,6 +35,7 @@ pub fn small_frame(did: &str, upstream_seq: i64) -> Bytes {
 pub async fn event(
     budget: &ByteBudget,
     frame: Bytes,
+    pending: &PendingWrites,
     host_id: i64,
     upstream_seq: i64,
     account: Option<AccountStateUpdate>,
@@ -50,8 +52,8 @@ pub async fn event(
         did,
         kind,
         frame,
-        host_id,
-        upstream_seq,
+        // A tracker of its own: completing the mark records exactly this cursor.
+        cursor: HostCursor::new(host_id, upstream_seq - 1, pending.clone()).begin(upstream_seq),
         account,
         permit,
     }

@@ -85,6 +85,7 @@ async fn send_events(ingest: &rookery::actors::Ingest) -> u64 {
             let ev = event(
                 &ingest.budget,
                 small_frame(&did, upstream),
+                &ingest.pending,
                 host,
                 upstream,
                 Some(account_update(host, round)),

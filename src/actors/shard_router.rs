@@ -1,0 +1,210 @@
+//! From Subscribers to ValidatorShards: the DID's hash picks the shard, so every event of one
+//! account goes through one shard, in the order its host sent it, with no locks.
+//!
+//! The contract between the two sides:
+//! - a Subscriber has already decoded the header (`frame::peek_event`), dropped
+//!   non-increasing upstream seqs, taken a [`BytePermit`] for the frame's length from the
+//!   ingest byte budget and a [`CursorMark`] for its upstream seq; [`ShardRouter::route`]
+//!   waits while the shard's queue is full, and that wait is what stops the Subscriber from
+//!   reading its socket (delay, never drop; lesson 10);
+//! - a shard receives [`UpstreamFrame`]s from its [`ShardQueue`] (on its own thread:
+//!   [`ShardQueue::blocking_recv`]), and either sends an `IngestEvent` to the Sequencer,
+//!   moving the permit and the cursor mark into it, or drops the frame on purpose and
+//!   completes the mark (a counted reason); the permit frees its bytes when dropped.
+//!
+//! The queues are bounded in slots here and in bytes by the permits the frames carry, so a
+//! shard's backlog can never exceed the byte budget however many hosts feed it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::sequencer::{BytePermit, EventKind};
+use super::upstream_cursor::CursorMark;
+use crate::store::event_log::did_hash;
+
+/// One frame on its way from a host's Subscriber to the shard that owns its DID. Owned data
+/// only (lesson 11).
+#[derive(Debug)]
+pub struct UpstreamFrame {
+    /// The host the frame came from (`hosts.hostname`, with its port when it has one), for
+    /// the host-authority check.
+    pub hostname: Arc<str>,
+    /// The account: `repo` of a `#commit`, `did` otherwise.
+    pub did: String,
+    pub kind: EventKind,
+    /// The websocket message as received.
+    pub frame: Bytes,
+    /// `hosts.id` and upstream seq, completed when the event is durable or dropped.
+    pub cursor: CursorMark,
+    /// The frame's share of the ingest byte budget.
+    pub permit: BytePermit,
+}
+
+/// The sending side: cheap to clone, one per Subscriber.
+#[derive(Clone, Debug)]
+pub struct ShardRouter {
+    queues: Arc<[mpsc::Sender<UpstreamFrame>]>,
+}
+
+/// The receiving side of one shard.
+#[derive(Debug)]
+pub struct ShardQueue {
+    rx: mpsc::Receiver<UpstreamFrame>,
+}
+
+/// The shard's queue is closed (the shard stopped): ingest is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("validator shard {0} is stopped")]
+pub struct ShardStopped(pub usize);
+
+/// The shard that owns `did` among `shards` (which must be at least 1).
+pub fn shard_of(did: &str, shards: usize) -> usize {
+    // The same hash the event log stores, so a shard and a record agree on an account.
+    (did_hash(did) % shards.max(1) as u64) as usize
+}
+
+impl ShardRouter {
+    /// `shards` queues of `depth` frames each (both at least 1).
+    pub fn new(shards: usize, depth: usize) -> (ShardRouter, Vec<ShardQueue>) {
+        let (senders, queues): (Vec<_>, Vec<_>) = (0..shards.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(depth.max(1));
+                (tx, ShardQueue { rx })
+            })
+            .unzip();
+        (
+            ShardRouter {
+                queues: senders.into(),
+            },
+            queues,
+        )
+    }
+
+    pub fn shards(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Hands `frame` to the shard that owns its DID, waiting while that queue is full.
+    pub async fn route(&self, frame: UpstreamFrame) -> Result<(), ShardStopped> {
+        let shard = shard_of(&frame.did, self.queues.len());
+        // A frame that cannot be delivered drops here with its permit and its mark: the
+        // mark is abandoned, so the host's cursor stays below it.
+        self.queues[shard]
+            .send(frame)
+            .await
+            .map_err(|_| ShardStopped(shard))
+    }
+
+    /// Frames waiting in each shard's queue (for the shards' depth gauges).
+    pub fn queued(&self) -> Vec<usize> {
+        self.queues
+            .iter()
+            .map(|q| q.max_capacity() - q.capacity())
+            .collect()
+    }
+}
+
+impl ShardQueue {
+    /// The next frame, waiting for one; `None` once every router is dropped and the queue
+    /// is empty. For the shard's own thread (it must not run inside an async runtime).
+    pub fn blocking_recv(&mut self) -> Option<UpstreamFrame> {
+        self.rx.blocking_recv()
+    }
+
+    /// The next frame, from async code.
+    pub async fn recv(&mut self) -> Option<UpstreamFrame> {
+        self.rx.recv().await
+    }
+
+    /// Stops accepting frames; those already queued can still be received (shutdown).
+    pub fn close(&mut self) {
+        self.rx.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::sequencer::ByteBudget;
+    use crate::actors::upstream_cursor::HostCursor;
+    use crate::actors::write_behind::PendingWrites;
+
+    async fn frame(did: &str, seq: i64, cursor: &HostCursor, budget: &ByteBudget) -> UpstreamFrame {
+        UpstreamFrame {
+            hostname: Arc::from("pds.example.com"),
+            did: did.to_string(),
+            kind: EventKind::Commit,
+            frame: Bytes::from(vec![0u8; 100]),
+            cursor: cursor.begin(seq),
+            permit: budget.acquire(100).await.expect("budget open"),
+        }
+    }
+
+    #[test]
+    fn shards_are_stable_and_cover_the_range() {
+        let dids: Vec<String> = (0..1000).map(|i| format!("did:plc:{i:024}")).collect();
+        let mut counts = [0usize; 4];
+        for d in &dids {
+            let s = shard_of(d, 4);
+            assert_eq!(s, shard_of(d, 4));
+            counts[s] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 150), "{counts:?}");
+        assert_eq!(shard_of("did:plc:x", 0), 0);
+    }
+
+    #[actix_rt::test]
+    async fn one_accounts_frames_keep_their_order_and_a_full_queue_waits() {
+        let (router, mut queues) = ShardRouter::new(2, 2);
+        let budget = ByteBudget::new(10_000);
+        let cursor = HostCursor::new(1, 0, PendingWrites::default());
+        let did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+        let shard = shard_of(did, 2);
+        router
+            .route(frame(did, 1, &cursor, &budget).await)
+            .await
+            .unwrap();
+        router
+            .route(frame(did, 2, &cursor, &budget).await)
+            .await
+            .unwrap();
+        assert_eq!(router.queued()[shard], 2);
+        // The queue is full: the third send waits until the shard takes one.
+        let third = frame(did, 3, &cursor, &budget).await;
+        let pending = {
+            let router = router.clone();
+            actix_rt::spawn(async move { router.route(third).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!pending.is_finished(), "a full queue makes the sender wait");
+        let first = queues[shard].recv().await.unwrap();
+        assert_eq!(first.cursor.seq(), 1);
+        pending.await.unwrap().unwrap();
+        assert_eq!(budget.in_use(), 300, "queued and received frames hold their bytes");
+        let seqs: Vec<i64> = [
+            queues[shard].recv().await.unwrap(),
+            queues[shard].recv().await.unwrap(),
+        ]
+        .iter()
+        .map(|f| f.cursor.seq())
+        .collect();
+        assert_eq!(seqs, [2, 3]);
+        drop(first);
+        assert_eq!(budget.in_use(), 0, "finished frames release their bytes");
+    }
+
+    #[actix_rt::test]
+    async fn a_stopped_shard_is_an_error_and_abandons_the_mark() {
+        let (router, mut queues) = ShardRouter::new(1, 4);
+        queues[0].close();
+        let budget = ByteBudget::new(10_000);
+        let cursor = HostCursor::new(1, 0, PendingWrites::default());
+        let f = frame("did:plc:x", 5, &cursor, &budget).await;
+        assert_eq!(router.route(f).await, Err(ShardStopped(0)));
+        assert_eq!(budget.in_use(), 0, "the permit is released");
+        cursor.begin(6).complete();
+        assert_eq!(cursor.committed(), 4, "never past the undelivered seq 5");
+    }
+}
