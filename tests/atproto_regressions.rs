@@ -1,0 +1,282 @@
+//! Regression tests for the protocol-core findings of issue 8 (real peers and coverage-guided
+//! fuzzing): readers that disagreed, and small inputs that cost far more than their size.
+//! Each test failed before its fix. Self-contained: its own helpers, only `rookery::*`, std
+//! and dev-dependencies.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use ipld_core::ipld::Ipld;
+use rookery::atproto::car;
+use rookery::atproto::cbor::write_head;
+use rookery::atproto::cid::{Cid, cid_for_dag_cbor};
+use rookery::atproto::commit::Commit;
+use rookery::atproto::frame::{self, CommitEvent, Frame, FrameError, RepoOp};
+use rookery::atproto::keys::{Curve, PrivateKey};
+use rookery::atproto::mst::Mst;
+use rookery::atproto::tid::Tid;
+use rookery::atproto::validate::{CommitVerdict, RepoState, ValidationPolicy, validate_commit};
+
+const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+/// 2026-01-01T00:00:00Z.
+const NOW: u64 = 1_767_225_600_000_000;
+
+fn key() -> PrivateKey {
+    PrivateKey::from_bytes(Curve::K256, &[7u8; 32]).expect("fixed key")
+}
+
+fn record(text: &str) -> (Cid, Vec<u8>) {
+    let bytes = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
+        ("$type", "app.bsky.feed.post"),
+        ("text", text),
+    ]))
+    .expect("record");
+    (cid_for_dag_cbor(&bytes), bytes)
+}
+
+fn path(i: usize) -> String {
+    format!("app.bsky.feed.post/3l{:011x}", i * 7919 + 1)
+}
+
+/// A valid, signed 1-op `#commit` on a 20-record repo, with the stored state before it.
+fn signed_commit() -> (CommitEvent, RepoState) {
+    let key = key();
+    let mut tree = Mst::from_entries(
+        (0..20)
+            .map(path)
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|p| (p.as_bytes(), record(p).0)),
+    )
+    .expect("tree");
+    let mut old = tree.clone();
+    let prev_data = old.root_cid();
+    let prev_rev = Tid::from_parts(NOW - 2_000_000, 1);
+    let (prev_commit, _) = Commit::sign(DID, prev_rev, prev_data, &key).expect("sign");
+    let new_path = path(1000);
+    let (cid, bytes) = record("hello");
+    tree.insert(new_path.as_bytes(), cid).expect("insert");
+    let data = tree.root_cid();
+    let diff = Mst::commit_diff(&mut old, &mut tree, [new_path.as_bytes()]).expect("diff");
+    let rev = Tid::from_parts(NOW - 1_000_000, 1);
+    let (commit_cid, block) = Commit::sign(DID, rev, data, &key).expect("sign");
+    let mut blocks = vec![(commit_cid, block)];
+    blocks.extend(diff);
+    blocks.push((cid, bytes));
+    let car = car::write_car(&[commit_cid], blocks.iter().map(|(c, b)| (c, b.as_slice())));
+    let evt = CommitEvent {
+        seq: 10,
+        rebase: false,
+        too_big: false,
+        repo: DID.into(),
+        commit: commit_cid,
+        rev: rev.to_string(),
+        since: Some(prev_rev.to_string()),
+        blocks: Bytes::from(car),
+        ops: vec![RepoOp {
+            action: "create".into(),
+            path: new_path,
+            cid: Some(cid),
+            prev: None,
+        }],
+        blobs: vec![],
+        prev_data: Some(prev_data),
+        time: "2025-12-31T23:59:00.000Z".into(),
+    };
+    let state = RepoState {
+        rev: prev_rev,
+        commit: prev_commit,
+        data: prev_data,
+    };
+    (evt, state)
+}
+
+// ------------------------------------------------------------------------------------------
+// Finding 1: non-text values read into text fields
+
+/// The four frame readers' verdicts, reduced to their errors.
+fn readers(msg: &[u8]) -> [Result<(), FrameError>; 4] {
+    [
+        frame::decode_header(msg).map(|_| ()),
+        frame::peek_event(msg).map(|_| ()),
+        frame::decode_frame(&Bytes::copy_from_slice(msg)).map(|_| ()),
+        frame::resequence(msg, 99).map(|_| ()),
+    ]
+}
+
+/// Every reader refuses `msg` with the same typed error, whose reason is `reason`.
+fn assert_all_refuse(name: &str, msg: &[u8], reason: &str) {
+    let results = readers(msg);
+    for (reader, r) in ["decode_header", "peek_event", "decode_frame", "resequence"]
+        .iter()
+        .zip(&results)
+    {
+        assert_eq!(
+            r, &results[0],
+            "{name}: {reader} disagrees with decode_header"
+        );
+        match r {
+            Err(e) => assert_eq!(e.reason(), reason, "{name}: {reader}: {e}"),
+            Ok(()) => panic!("{name}: {reader} accepted the frame"),
+        }
+    }
+}
+
+/// Header `{op, t}` and a body map with raw `(key, item)` entries, in the order given.
+fn frame_with(header_t: &[u8], entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut m = vec![0xa2, 0x61, b't'];
+    m.extend_from_slice(header_t);
+    m.extend_from_slice(&[0x62, b'o', b'p', 0x01]);
+    write_head(&mut m, 5, entries.len() as u64);
+    for (k, v) in entries {
+        write_head(&mut m, 3, k.len() as u64);
+        m.extend_from_slice(k.as_bytes());
+        m.extend_from_slice(v);
+    }
+    m
+}
+
+fn text(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_head(&mut out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+fn byte_string(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_head(&mut out, 2, b.len() as u64);
+    out.extend_from_slice(b);
+    out
+}
+
+#[test]
+fn text_fields_refuse_byte_strings_and_integers_in_every_reader() {
+    // The reproducer from the issue: `#identity` with did = h'61', seq 0, time "".
+    let repro =
+        hex::decode("a2617469236964656e74697479626f7001a363646964416163736571006474696d6560")
+            .expect("hex");
+    assert_all_refuse("reproducer", &repro, "frame-wrong-type");
+
+    let identity = |did: Vec<u8>| {
+        frame_with(
+            &text("#identity"),
+            &[
+                ("did", did),
+                ("seq", vec![0x01]),
+                ("time", text("2025-01-01T00:00:00Z")),
+            ],
+        )
+    };
+    // The good frame passes every reader.
+    let good = identity(text("did:plc:a"));
+    assert!(readers(&good).iter().all(Result::is_ok));
+    for (name, did) in [
+        ("did bytes", byte_string(b"did:plc:a")),
+        ("did 0", vec![0x00]),
+        ("did -1", vec![0x20]),
+        ("did 5", vec![0x05]),
+    ] {
+        assert_all_refuse(name, &identity(did), "frame-wrong-type");
+    }
+    // Optional text fields: handle as bytes; null is allowed.
+    let mut entries = vec![
+        ("did", text("did:plc:a")),
+        ("seq", vec![0x01]),
+        ("time", text("2025-01-01T00:00:00Z")),
+        ("handle", byte_string(b"a.test")),
+    ];
+    assert_all_refuse(
+        "handle bytes",
+        &frame_with(&text("#identity"), &entries),
+        "frame-wrong-type",
+    );
+    entries[3].1 = vec![0xf6];
+    assert!(
+        readers(&frame_with(&text("#identity"), &entries))
+            .iter()
+            .all(Result::is_ok)
+    );
+
+    // The header's `t` as a byte string (was read as "#identity"): a bad header everywhere.
+    let bytes_t = frame_with(
+        &byte_string(b"#identity"),
+        &[
+            ("did", text("did:plc:a")),
+            ("seq", vec![0x01]),
+            ("time", text("2025-01-01T00:00:00Z")),
+        ],
+    );
+    assert_all_refuse("t bytes", &bytes_t, "frame-bad-header");
+    // `t` as the integer 0 (was read as "" and then as an unknown type).
+    let zero_t = frame_with(&[0x00], &[("seq", vec![0x01])]);
+    assert_all_refuse("t 0", &zero_t, "frame-bad-header");
+}
+
+/// Encodes `evt` as a `#commit` frame after `edit` changed its body.
+fn commit_frame_edited(
+    evt: &CommitEvent,
+    edit: impl FnOnce(&mut BTreeMap<String, Ipld>),
+) -> Vec<u8> {
+    let msg = frame::encode_frame(&Frame::Commit(Box::new(evt.clone()))).expect("encode");
+    let h = frame::decode_header(&msg).expect("header");
+    let mut body: BTreeMap<String, Ipld> =
+        serde_ipld_dagcbor::from_slice(&msg[h.body_offset..]).expect("body");
+    edit(&mut body);
+    let mut out = msg[..h.body_offset].to_vec();
+    out.extend(serde_ipld_dagcbor::to_vec(&body).expect("encode body"));
+    out
+}
+
+#[test]
+fn signed_commit_with_byte_string_repo_is_refused_before_validation() {
+    let (evt, state) = signed_commit();
+    let policy = ValidationPolicy::default();
+    let pk = key().public_key();
+    // The unmodified event is valid.
+    let msg = Bytes::from(commit_frame_edited(&evt, |_| {}));
+    let Ok(Frame::Commit(c)) = frame::decode_frame(&msg) else {
+        panic!("good commit does not decode");
+    };
+    assert!(matches!(
+        validate_commit(&c, &pk, Some(&state), NOW, &policy),
+        Ok(CommitVerdict::Accept { .. })
+    ));
+    // `repo` as a byte string holding the DID: decoded as the DID before, so the signed commit
+    // validated and would have been re-emitted with a lexicon-breaking `repo`.
+    let bytes_repo = commit_frame_edited(&evt, |b| {
+        b.insert("repo".into(), Ipld::Bytes(DID.as_bytes().to_vec()));
+    });
+    assert_all_refuse("repo bytes", &bytes_repo, "frame-wrong-type");
+    // The other text and bytes fields of a commit.
+    for (field, value) in [
+        ("rev", Ipld::Bytes(evt.rev.as_bytes().to_vec())),
+        ("time", Ipld::Bytes(evt.time.as_bytes().to_vec())),
+        ("since", Ipld::Bytes(b"x".to_vec())),
+        ("blocks", Ipld::Integer(0)),
+        ("blocks", Ipld::String("x".into())),
+        ("seq", Ipld::Integer(-1)),
+        ("tooBig", Ipld::Integer(0)),
+        ("commit", Ipld::Bytes(vec![0])),
+        ("ops", Ipld::Integer(0)),
+    ] {
+        let m = commit_frame_edited(&evt, |b| {
+            b.insert(field.into(), value.clone());
+        });
+        assert_all_refuse(field, &m, "frame-wrong-type");
+    }
+    // Inside an op (only the typed decoder reads ops): `action` as bytes was read as "create".
+    let m = commit_frame_edited(&evt, |b| {
+        let Some(Ipld::List(ops)) = b.get_mut("ops") else {
+            panic!("ops");
+        };
+        let Some(Ipld::Map(op)) = ops.get_mut(0) else {
+            panic!("op");
+        };
+        op.insert("action".into(), Ipld::Bytes(b"create".to_vec()));
+    });
+    assert!(matches!(
+        frame::decode_frame(&Bytes::from(m)),
+        Err(FrameError::BadBody(_))
+    ));
+}
