@@ -280,3 +280,59 @@ fn signed_commit_with_byte_string_repo_is_refused_before_validation() {
         Err(FrameError::BadBody(_))
     ));
 }
+
+// ------------------------------------------------------------------------------------------
+// Finding 2: the 4,096-entry cap on the top-level body map
+
+/// An `#identity` body with `did`, `seq`, `time` and `extra` more keys `x00000`, `x00001`, …
+/// (`sorted`: all keys in canonical order, else the extra keys in reverse).
+fn identity_with_extra_keys(extra: usize, sorted: bool) -> Vec<u8> {
+    let mut keys: Vec<String> = (0..extra).map(|i| format!("x{i:05}")).collect();
+    if !sorted {
+        keys.reverse();
+    }
+    let mut entries: Vec<(&str, Vec<u8>)> = vec![
+        ("did", text("did:plc:a")),
+        ("seq", vec![0x01]),
+        ("time", text("2025-01-01T00:00:00Z")),
+    ];
+    entries.extend(keys.iter().map(|k| (k.as_str(), vec![0x00])));
+    frame_with(&text("#identity"), &entries)
+}
+
+#[test]
+fn top_level_body_map_is_capped_for_every_reader() {
+    let cap = frame::MAX_FRAME_COLLECTION_LEN;
+    for sorted in [true, false] {
+        // Exactly at the cap: every reader accepts, and they agree on what they read.
+        let at_cap = identity_with_extra_keys(cap - 3, sorted);
+        assert!(
+            readers(&at_cap).iter().all(Result::is_ok),
+            "sorted={sorted}"
+        );
+        let peek = frame::peek_event(&at_cap).expect("peek");
+        assert_eq!((peek.seq, peek.did), (Some(1), Some("did:plc:a")));
+        // One over: the same typed error everywhere (peek_event and resequence used to skip
+        // the cap when the keys came in canonical order).
+        let over = identity_with_extra_keys(cap - 2, sorted);
+        assert_all_refuse(&format!("sorted={sorted}"), &over, "frame-bad-cbor");
+        assert_eq!(
+            frame::peek_event(&over),
+            Err(FrameError::Cbor(
+                rookery::atproto::cbor::CborError::CollectionTooLong
+            ))
+        );
+    }
+    // A 5 MB frame of tiny entries (what made resequence allocate ~23x its size) is refused
+    // at the map head, before any entry is read.
+    let mut huge = frame_with(&text("#identity"), &[]);
+    huge.truncate(huge.len() - 1);
+    write_head(&mut huge, 5, 600_000);
+    for i in 0..600_000u32 {
+        huge.push(0x66); // text(6)
+        huge.extend_from_slice(format!("{i:06x}").as_bytes());
+        huge.push(0x00);
+    }
+    assert!(huge.len() <= frame::MAX_FRAME_BYTES, "{}", huge.len());
+    assert_all_refuse("5 MB of tiny entries", &huge, "frame-bad-cbor");
+}

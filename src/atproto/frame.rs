@@ -242,6 +242,9 @@ fn cbor_error(e: CborError) -> FrameError {
 ///
 /// This is the one body walk of every reader ([`decode_header`], [`peek_event`],
 /// [`decode_frame`], [`resequence`]), so they accept and refuse exactly the same bodies:
+/// - the map holds at most [`MAX_FRAME_COLLECTION_LEN`] entries, like every nested collection
+///   (the scanner's cap, checked here because the scanner only sees the values; before, only
+///   a map out of canonical order reached it, through the re-scan below);
 /// - a duplicate key is [`FrameError::DuplicateKey`]. Keys in canonical order are checked
 ///   against their predecessor; a map out of order is re-checked by the scanner;
 /// - a field named in `schema` must have its lexicon type, else [`FrameError::WrongType`].
@@ -258,6 +261,9 @@ fn walk_map<'a>(
         return Err(FrameError::BodyNotMap);
     }
     let lim = limits();
+    if count > lim.max_collection_len as u64 {
+        return Err(FrameError::Cbor(CborError::CollectionTooLong));
+    }
     // Values sit one level below the map: the same depth budget as scanning the whole map.
     let value_lim = DecodeLimits {
         max_depth: lim.max_depth - 1,
