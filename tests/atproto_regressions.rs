@@ -336,3 +336,48 @@ fn top_level_body_map_is_capped_for_every_reader() {
     assert!(huge.len() <= frame::MAX_FRAME_BYTES, "{}", huge.len());
     assert_all_refuse("5 MB of tiny entries", &huge, "frame-bad-cbor");
 }
+
+// ------------------------------------------------------------------------------------------
+// Finding 4: PdsEndpoint::parse and its own url() must agree
+
+use rookery::atproto::did_doc::{DidDocError, PdsEndpoint};
+
+/// An accepted endpoint re-parses from its `url()` to itself.
+fn assert_reparse_agrees(input: &str) {
+    if let Ok(ep) = PdsEndpoint::parse(input) {
+        let url = ep.url();
+        assert_eq!(
+            PdsEndpoint::parse(&url).as_ref(),
+            Ok(&ep),
+            "{} input bytes, url {} bytes",
+            input.len(),
+            url.len()
+        );
+    }
+}
+
+#[test]
+fn pds_endpoint_reparses_to_itself_after_idna() {
+    // 1,210 bytes of "é." (2-byte é): 1,217 input bytes, but the stored host is the punycode
+    // form "xn--9ca." per label, over 3,000 bytes, which the 2,048-byte limit refuses.
+    let long = format!("https://{}", "é.".repeat(403));
+    assert!(long.len() <= 2048);
+    assert_eq!(PdsEndpoint::parse(&long), Err(DidDocError::BadPdsEndpoint));
+    assert_reparse_agrees(&long);
+    // Up to the limit, IDNA hosts are fine and round-trip.
+    let ok = PdsEndpoint::parse("https://Bücher.example:8443/").expect("idna host");
+    assert_eq!(ok.host, "xn--bcher-kva.example:8443");
+    assert_reparse_agrees("https://Bücher.example:8443/");
+    // Exactly at the limit after normalisation, and one byte over.
+    let at = |n: usize| format!("https://{}.example", "a".repeat(n));
+    let fits = 2048 - "https://.example".len();
+    assert!(PdsEndpoint::parse(&at(fits)).is_ok());
+    assert_reparse_agrees(&at(fits));
+    assert_eq!(
+        PdsEndpoint::parse(&at(fits + 1)),
+        Err(DidDocError::BadPdsEndpoint)
+    );
+    // A label that grows under IDNA right at the limit.
+    let grown = format!("https://{}.é", "a".repeat(fits - 1));
+    assert_reparse_agrees(&grown);
+}
