@@ -16,6 +16,7 @@ use rookery::atproto::keys::{Curve, PrivateKey};
 use rookery::atproto::mst::Mst;
 use rookery::atproto::tid::Tid;
 use rookery::atproto::validate::{CommitVerdict, RepoState, ValidationPolicy, validate_commit};
+use sha2::Digest;
 
 const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
 /// 2026-01-01T00:00:00Z.
@@ -380,4 +381,227 @@ fn pds_endpoint_reparses_to_itself_after_idna() {
     // A label that grows under IDNA right at the limit.
     let grown = format!("https://{}.é", "a".repeat(fits - 1));
     assert_reparse_agrees(&grown);
+}
+
+// ------------------------------------------------------------------------------------------
+// Finding 3: a 2 MB hostile MST slice must cost a small multiple of its size
+
+use rookery::atproto::mst::{encode_node, key_depth};
+
+/// A record CID as small as a CID gets (identity multihash of nothing): `v` of an MST entry
+/// may be any CID, so a hostile entry is ~24 bytes on the wire.
+fn tiny_cid() -> Cid {
+    let hash = cid::multihash::Multihash::<64>::wrap(0x00, &[]).expect("identity hash");
+    Cid::new_v1(0x55, hash)
+}
+
+/// The hostile slice of the issue, within every documented limit: leaf nodes of 1,024 entries
+/// whose keys share a 1,000-byte prefix (`p` ≈ 1,000, suffix 1-2 bytes), under one layer-1
+/// root; as many leaves as fit in 2,000,000 bytes of CAR with the commit block. Returns the
+/// `#commit` frame, signed with a fixed key (the signature is never reached), to validate
+/// against [`hostile_state`].
+fn hostile_commit_frame() -> Vec<u8> {
+    let value = tiny_cid();
+    let prefix = |i: usize| format!("{i:0>1000}");
+    let mut leaves: Vec<(Cid, Vec<u8>)> = Vec::new();
+    let mut root_entries: Vec<(Vec<u8>, Cid, Option<Cid>)> = Vec::new();
+    let mut left = None;
+    let mut total = 1_000; // the commit block, the record block and the CAR header
+    for i in 0.. {
+        let mut keys = Vec::with_capacity(1024);
+        let mut n = 0;
+        while keys.len() < 1024 {
+            let key = format!("{}b{n:04}", prefix(i)).into_bytes();
+            if key_depth(&key) == 0 {
+                keys.push(key);
+            }
+            n += 1;
+        }
+        let entries: Vec<(&[u8], Cid, Option<Cid>)> =
+            keys.iter().map(|k| (k.as_slice(), value, None)).collect();
+        let block = encode_node(None, &entries);
+        total += block.len() + 40;
+        if total > 2_000_000 {
+            break;
+        }
+        let cid = cid_for_dag_cbor(&block);
+        leaves.push((cid, block));
+        if i == 0 {
+            left = Some(cid);
+        } else {
+            // A layer-1 key between the previous leaf's keys and this leaf's.
+            let root_key = (0..)
+                .map(|m| format!("{}a{m}", prefix(i)).into_bytes())
+                .find(|k| key_depth(k) == 1)
+                .expect("a layer-1 key");
+            root_entries.push((root_key, value, Some(cid)));
+        }
+    }
+    let root_refs: Vec<(&[u8], Cid, Option<Cid>)> = root_entries
+        .iter()
+        .map(|(k, v, t)| (k.as_slice(), *v, *t))
+        .collect();
+    let root = encode_node(left, &root_refs);
+    let root_cid = cid_for_dag_cbor(&root);
+
+    let state = hostile_state();
+    let rev = Tid::from_parts(NOW - 1_000_000, 1);
+    let (commit_cid, commit_block) = Commit::sign(DID, rev, root_cid, &key()).expect("sign");
+    let (record_cid, record_block) = record("hello");
+    let mut blocks = vec![(commit_cid, commit_block), (root_cid, root)];
+    blocks.extend(leaves);
+    blocks.push((record_cid, record_block));
+    let car = car::write_car(&[commit_cid], blocks.iter().map(|(c, b)| (c, b.as_slice())));
+    assert!(car.len() <= 2_000_000, "{}", car.len());
+    let evt = CommitEvent {
+        seq: 10,
+        rebase: false,
+        too_big: false,
+        repo: DID.into(),
+        commit: commit_cid,
+        rev: rev.to_string(),
+        since: Some(state.rev.to_string()),
+        blocks: Bytes::from(car),
+        ops: vec![RepoOp {
+            action: "create".into(),
+            path: "app.bsky.feed.post/3l2222222222".into(),
+            cid: Some(record_cid),
+            prev: None,
+        }],
+        blobs: vec![],
+        prev_data: Some(state.data),
+        time: "2025-12-31T23:59:00.000Z".into(),
+    };
+    frame::encode_frame(&Frame::Commit(Box::new(evt))).expect("encode")
+}
+
+/// `VmHWM` / `VmRSS` of this process, in bytes.
+fn proc_status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("kB value");
+    kb * 1024
+}
+
+const HOSTILE_CHILD_ENV: &str = "ROOKERY_HOSTILE_MST_FRAME";
+const HOSTILE_TEST: &str = "hostile_mst_slice_costs_a_small_multiple_of_its_size";
+
+/// The measured part, in a fresh process (VmHWM is per process): read the frame, then decode
+/// and validate it as the validator would, and report peak memory growth and times.
+fn hostile_child(path: &str) {
+    let msg = Bytes::from(std::fs::read(path).expect("frame file"));
+    let state = hostile_state();
+    let pk = key().public_key();
+    // Reference time for "its size": hashing the input once.
+    let hash_time = (0..3)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            std::hint::black_box(sha2::Sha256::digest(&msg[..]));
+            t.elapsed()
+        })
+        .min()
+        .expect("three runs");
+    let rss_before = proc_status_bytes("VmRSS:");
+    let hwm_before = proc_status_bytes("VmHWM:");
+    let run = || match frame::decode_frame(&msg) {
+        Ok(Frame::Commit(c)) => {
+            validate_commit(&c, &pk, Some(&state), NOW, &ValidationPolicy::default())
+                .map(|_| "accepted".to_string())
+                .unwrap_or_else(|e| e.reason().to_string())
+        }
+        other => format!("frame: {other:?}"),
+    };
+    // Three runs (the peak is the same each time), the fastest one reported.
+    let mut result = String::new();
+    let mut elapsed = std::time::Duration::MAX;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        result = run();
+        elapsed = elapsed.min(start.elapsed());
+    }
+    let hwm_after = proc_status_bytes("VmHWM:");
+    println!(
+        "HOSTILE-MST input={} rss_before={rss_before} hwm_before={hwm_before} \
+         hwm_after={hwm_after} validate_us={} sha256_us={} result={result}",
+        msg.len(),
+        elapsed.as_micros(),
+        hash_time.as_micros(),
+    );
+}
+
+/// The stored state [`hostile_commit_frame`] is validated against (rebuilt in the child: it
+/// depends only on the fixed key and clock).
+fn hostile_state() -> RepoState {
+    let prev_rev = Tid::from_parts(NOW - 2_000_000, 1);
+    let prev_data = cid_for_dag_cbor(b"\xa0");
+    let (prev_commit, _) = Commit::sign(DID, prev_rev, prev_data, &key()).expect("sign");
+    RepoState {
+        rev: prev_rev,
+        commit: prev_commit,
+        data: prev_data,
+    }
+}
+
+/// Finding 3: within every documented limit, 2 MB of MST blocks made `Mst::load` build
+/// ~100 MB of keys and spend 0.2-0.4 s hashing them, before the signature. The hostile
+/// frame runs in a child process (this test binary re-executed with `--exact`) that reports
+/// its peak RSS before and after decode + validation.
+#[test]
+fn hostile_mst_slice_costs_a_small_multiple_of_its_size() {
+    if let Ok(path) = std::env::var(HOSTILE_CHILD_ENV) {
+        hostile_child(&path);
+        return;
+    }
+    let msg = hostile_commit_frame();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hostile-mst.frame");
+    std::fs::write(&path, &msg).expect("write frame");
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", HOSTILE_TEST, "--nocapture", "--test-threads=1"])
+        .env(HOSTILE_CHILD_ENV, &path)
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find("HOSTILE-MST").map(|at| &l[at..]))
+        .unwrap_or_else(|| panic!("no report from the child: {stdout}"));
+    println!("{line}");
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    let input = field("input");
+    let growth = field("hwm_after").saturating_sub(field("rss_before"));
+    let (validate_us, sha256_us) = (field("validate_us"), field("sha256_us").max(1));
+    assert!(
+        line.contains("result=inversion-mst-over-budget"),
+        "refused by the load budget: {line}"
+    );
+    // Memory: peak growth of decode + validation within a small multiple of the input.
+    assert!(
+        growth <= 10 * input,
+        "peak RSS grew by {growth} bytes for a {input}-byte frame ({:.1}x)",
+        growth as f64 / input as f64
+    );
+    // Time: within a small multiple of hashing the input once (validation hashes every
+    // block anyway), measured in the same process; generous for a loaded machine.
+    assert!(
+        validate_us <= 30 * sha256_us,
+        "validation took {validate_us} µs, hashing the input {sha256_us} µs"
+    );
 }
