@@ -110,12 +110,7 @@ fn convert_json(value: &Value, depth: usize) -> Result<Ipld, DataModelError> {
             for (key, v) in map {
                 out.insert(key.clone(), convert_json(v, depth + 1)?);
             }
-            match out.get("$type") {
-                None => {}
-                Some(Ipld::String(t)) if t == "blob" => check_blob(&out)?,
-                Some(Ipld::String(t)) if !t.is_empty() => {}
-                Some(_) => return Err(DataModelError::BadType),
-            }
+            check_typed(&out)?;
             Ipld::Map(out)
         }
     })
@@ -133,6 +128,16 @@ fn json_integer(n: &Number) -> Result<i128, DataModelError> {
     match n.as_f64() {
         Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Ok(f as i128),
         _ => Err(DataModelError::Float),
+    }
+}
+
+/// The `$type` rules, in both directions: a non-empty string, and a blob's fields.
+fn check_typed(map: &BTreeMap<String, Ipld>) -> Result<(), DataModelError> {
+    match map.get("$type") {
+        None => Ok(()),
+        Some(Ipld::String(t)) if t == "blob" => check_blob(map),
+        Some(Ipld::String(t)) if !t.is_empty() => Ok(()),
+        Some(_) => Err(DataModelError::BadType),
     }
 }
 
@@ -163,8 +168,13 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, DataModelError> {
         .map_err(|_| DataModelError::BadBytes)
 }
 
-/// Converts data to its JSON form (the inverse of [`from_json`] on everything it accepts).
+/// Converts data to its JSON form, with the same validation as [`from_json`], of which it is
+/// the inverse: `from_json(&to_json(v)?) == Ok(v)` for every map `v`.
 pub fn to_json(value: &Ipld) -> Result<Value, DataModelError> {
+    convert_ipld(value, 0)
+}
+
+fn convert_ipld(value: &Ipld, depth: usize) -> Result<Value, DataModelError> {
     Ok(match value {
         Ipld::Null => Value::Null,
         Ipld::Bool(b) => Value::Bool(*b),
@@ -187,15 +197,25 @@ pub fn to_json(value: &Ipld) -> Result<Value, DataModelError> {
             m.insert("$link".into(), Value::String(cid.to_string()));
             Value::Object(m)
         }
-        Ipld::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Ipld::List(items) => {
+            if depth >= max_depth() {
+                return Err(DataModelError::TooDeep);
+            }
+            let items = items.iter().map(|v| convert_ipld(v, depth + 1));
+            Value::Array(items.collect::<Result<_, _>>()?)
+        }
         Ipld::Map(map) => {
+            if depth >= max_depth() {
+                return Err(DataModelError::TooDeep);
+            }
             // A map with one of these keys would read back as a link or bytes.
             if map.contains_key("$link") || map.contains_key("$bytes") {
                 return Err(DataModelError::ReservedKey);
             }
+            check_typed(map)?;
             let mut m = Map::new();
             for (k, v) in map {
-                m.insert(k.clone(), to_json(v)?);
+                m.insert(k.clone(), convert_ipld(v, depth + 1)?);
             }
             Value::Object(m)
         }
@@ -253,6 +273,16 @@ mod tests {
             Ipld::String("x".into()),
         )]));
         assert_eq!(to_json(&map), Err(DataModelError::ReservedKey));
+        let typed = |t: Ipld| Ipld::Map(BTreeMap::from([("$type".to_string(), t)]));
+        assert_eq!(
+            to_json(&typed(Ipld::String(String::new()))),
+            Err(DataModelError::BadType)
+        );
+        assert!(matches!(
+            to_json(&typed(Ipld::String("blob".into()))),
+            Err(DataModelError::BadBlob(_))
+        ));
+        assert!(to_json(&typed(Ipld::String("x.y".into()))).is_ok());
         let bytes = |s: &str| from_json(&json!({ "a": { "$bytes": s } }));
         let one = Ok(Ipld::Map(BTreeMap::from([(
             "a".to_string(),
