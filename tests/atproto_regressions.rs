@@ -11,7 +11,7 @@ use rookery::atproto::car;
 use rookery::atproto::cbor::write_head;
 use rookery::atproto::cid::{Cid, cid_for_dag_cbor};
 use rookery::atproto::commit::Commit;
-use rookery::atproto::frame::{self, CommitEvent, Frame, FrameError, RepoOp};
+use rookery::atproto::frame::{self, CommitEvent, Frame, FrameError, RepoOp, SyncEvent};
 use rookery::atproto::keys::{Curve, PrivateKey};
 use rookery::atproto::mst::Mst;
 use rookery::atproto::tid::Tid;
@@ -39,57 +39,120 @@ fn path(i: usize) -> String {
     format!("app.bsky.feed.post/3l{:011x}", i * 7919 + 1)
 }
 
+/// A PDS-side repo that signs with the fixed key: the source of valid commits and syncs.
+struct SigningRepo {
+    tree: Mst,
+    rev: Tid,
+}
+
+/// One record change of a commit.
+enum Change {
+    Create(String),
+    Update(String),
+    Delete(String),
+}
+
+impl SigningRepo {
+    fn new(records: usize) -> SigningRepo {
+        let paths: Vec<String> = (0..records).map(path).collect();
+        let tree =
+            Mst::from_entries(paths.iter().map(|p| (p.as_bytes(), record(p).0))).expect("tree");
+        SigningRepo {
+            tree,
+            rev: Tid::from_parts(NOW - 10_000_000, 1),
+        }
+    }
+
+    /// What a relay stores after this repo's latest commit.
+    fn state(&mut self) -> RepoState {
+        let data = self.tree.root_cid();
+        let (commit, _) = Commit::sign(DID, self.rev, data, &key()).expect("sign");
+        RepoState {
+            rev: self.rev,
+            commit,
+            data,
+        }
+    }
+
+    /// Applies `changes` and returns the signed `#commit` a PDS would send.
+    fn commit(&mut self, changes: &[Change]) -> CommitEvent {
+        let mut old = self.tree.clone();
+        let prev_data = old.root_cid();
+        let since = self.rev;
+        let mut ops = Vec::new();
+        let mut records = Vec::new();
+        for change in changes {
+            let (action, p) = match change {
+                Change::Create(p) => ("create", p),
+                Change::Update(p) => ("update", p),
+                Change::Delete(p) => ("delete", p),
+            };
+            let (cid, prev) = if action == "delete" {
+                (None, self.tree.remove(p.as_bytes()).expect("remove"))
+            } else {
+                let (cid, bytes) = record(&format!("{p} at {}", self.rev));
+                records.push((cid, bytes));
+                (
+                    Some(cid),
+                    self.tree.insert(p.as_bytes(), cid).expect("insert"),
+                )
+            };
+            ops.push(RepoOp {
+                action: action.into(),
+                path: p.clone(),
+                cid,
+                prev,
+            });
+        }
+        let data = self.tree.root_cid();
+        let diff = Mst::commit_diff(
+            &mut old,
+            &mut self.tree,
+            ops.iter().map(|o| o.path.as_bytes()),
+        )
+        .expect("diff");
+        self.rev = Tid::from_parts(self.rev.timestamp_micros() + 1_000_000, 1);
+        let (commit_cid, block) = Commit::sign(DID, self.rev, data, &key()).expect("sign");
+        let mut blocks = vec![(commit_cid, block)];
+        blocks.extend(diff);
+        blocks.extend(records);
+        let car = car::write_car(&[commit_cid], blocks.iter().map(|(c, b)| (c, b.as_slice())));
+        CommitEvent {
+            seq: 10,
+            rebase: false,
+            too_big: false,
+            repo: DID.into(),
+            commit: commit_cid,
+            rev: self.rev.to_string(),
+            since: Some(since.to_string()),
+            blocks: Bytes::from(car),
+            ops,
+            blobs: vec![],
+            prev_data: Some(prev_data),
+            time: "2025-12-31T23:59:00.000Z".into(),
+        }
+    }
+
+    /// A signed `#sync` of the current tree (a CAR holding only the commit block).
+    fn sync(&mut self) -> SyncEvent {
+        let data = self.tree.root_cid();
+        self.rev = Tid::from_parts(self.rev.timestamp_micros() + 1_000_000, 1);
+        let (cid, block) = Commit::sign(DID, self.rev, data, &key()).expect("sign");
+        SyncEvent {
+            seq: 11,
+            did: DID.into(),
+            blocks: Bytes::from(car::write_car(&[cid], [(&cid, &block[..])])),
+            rev: self.rev.to_string(),
+            time: "2025-12-31T23:59:00.000Z".into(),
+        }
+    }
+}
+
 /// A valid, signed 1-op `#commit` on a 20-record repo, with the stored state before it.
 fn signed_commit() -> (CommitEvent, RepoState) {
-    let key = key();
-    let mut tree = Mst::from_entries(
-        (0..20)
-            .map(path)
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|p| (p.as_bytes(), record(p).0)),
-    )
-    .expect("tree");
-    let mut old = tree.clone();
-    let prev_data = old.root_cid();
-    let prev_rev = Tid::from_parts(NOW - 2_000_000, 1);
-    let (prev_commit, _) = Commit::sign(DID, prev_rev, prev_data, &key).expect("sign");
-    let new_path = path(1000);
-    let (cid, bytes) = record("hello");
-    tree.insert(new_path.as_bytes(), cid).expect("insert");
-    let data = tree.root_cid();
-    let diff = Mst::commit_diff(&mut old, &mut tree, [new_path.as_bytes()]).expect("diff");
-    let rev = Tid::from_parts(NOW - 1_000_000, 1);
-    let (commit_cid, block) = Commit::sign(DID, rev, data, &key).expect("sign");
-    let mut blocks = vec![(commit_cid, block)];
-    blocks.extend(diff);
-    blocks.push((cid, bytes));
-    let car = car::write_car(&[commit_cid], blocks.iter().map(|(c, b)| (c, b.as_slice())));
-    let evt = CommitEvent {
-        seq: 10,
-        rebase: false,
-        too_big: false,
-        repo: DID.into(),
-        commit: commit_cid,
-        rev: rev.to_string(),
-        since: Some(prev_rev.to_string()),
-        blocks: Bytes::from(car),
-        ops: vec![RepoOp {
-            action: "create".into(),
-            path: new_path,
-            cid: Some(cid),
-            prev: None,
-        }],
-        blobs: vec![],
-        prev_data: Some(prev_data),
-        time: "2025-12-31T23:59:00.000Z".into(),
-    };
-    let state = RepoState {
-        rev: prev_rev,
-        commit: prev_commit,
-        data: prev_data,
-    };
-    (evt, state)
+    let mut repo = SigningRepo::new(20);
+    let state = repo.state();
+    (repo.commit(&[Change::Create(path(1000))]), state)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -604,4 +667,291 @@ fn hostile_mst_slice_costs_a_small_multiple_of_its_size() {
         validate_us <= 30 * sha256_us,
         "validation took {validate_us} µs, hashing the input {sha256_us} µs"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// Seeds for the fuzz targets (fuzz/README.md)
+
+use rookery::atproto::data_model;
+use rookery::atproto::validate::{SyncVerdict, validate_sync};
+
+const VECTORS: &str = "../shared/vectors";
+
+/// A vector file; a missing file fails the test (the vectors must be present).
+fn vector(rel: &str) -> Vec<u8> {
+    let path = format!("{VECTORS}/{rel}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("vector {path}: {e}"))
+}
+
+fn vector_json(rel: &str) -> serde_json::Value {
+    serde_json::from_slice(&vector(rel)).unwrap_or_else(|e| panic!("vector {rel}: {e}"))
+}
+
+/// A scenario's `{header, body}` frame (JSON form) as the binary message.
+fn frame_from_json(f: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in ["header", "body"] {
+        let ipld = data_model::from_json(&f[part]).expect("scenario frame in the data model");
+        out.extend(rookery::atproto::cbor::encode(&ipld).expect("encode"));
+    }
+    out
+}
+
+/// The stored state the `validate` fuzz target derives from a commit event.
+fn derived_state(c: &CommitEvent) -> Option<RepoState> {
+    let rev = c.since.as_deref().and_then(|s| Tid::parse(s).ok())?;
+    Some(RepoState {
+        rev,
+        commit: cid_for_dag_cbor(b"previous commit"),
+        data: c.prev_data.unwrap_or_else(|| cid_for_dag_cbor(b"\xa0")),
+    })
+}
+
+/// Seed inputs for every fuzz target, `(target, name, bytes)`: the vectors (relay scenario
+/// frames, commit slices, repo CARs, DID documents, data-model bytes) and valid frames
+/// signed with the `validate` target's fixed key.
+fn fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut seeds: Vec<(&'static str, String, Vec<u8>)> = Vec::new();
+    let mut cars: Vec<(String, Bytes)> = Vec::new();
+
+    // Relay scenario frames, and the CAR slices they carry.
+    let dir = format!("{VECTORS}/indigo/cmd/relay/testing/testdata");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 7, "relay scenarios present");
+    for name in &names {
+        let scenario = vector_json(&format!("indigo/cmd/relay/testing/testdata/{name}"));
+        let stem = name.trim_end_matches(".json");
+        for (i, m) in scenario["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .enumerate()
+        {
+            let msg = frame_from_json(&m["frame"]);
+            match frame::decode_frame(&Bytes::from(msg.clone())).expect("scenario frame") {
+                Frame::Commit(c) => cars.push((format!("{stem}-{i}"), c.blocks.clone())),
+                Frame::Sync(s) => cars.push((format!("{stem}-{i}"), s.blocks.clone())),
+                _ => {}
+            }
+            seeds.push(("frame", format!("{stem}-{i}"), msg.clone()));
+            seeds.push(("validate", format!("{stem}-{i}"), msg));
+        }
+    }
+
+    // Valid events signed with the fixed key: create, update + delete, a 3-op commit, a sync.
+    let mut repo = SigningRepo::new(50);
+    let policy = ValidationPolicy::default();
+    let pk = key().public_key();
+    let events = [
+        repo.commit(&[Change::Create(path(1000))]),
+        repo.commit(&[Change::Update(path(3)), Change::Delete(path(4))]),
+        repo.commit(&[
+            Change::Create(path(1001)),
+            Change::Create(path(1002)),
+            Change::Delete(path(1000)),
+        ]),
+    ];
+    for (i, evt) in events.into_iter().enumerate() {
+        let verdict = validate_commit(&evt, &pk, derived_state(&evt).as_ref(), NOW, &policy);
+        assert!(
+            matches!(verdict, Ok(CommitVerdict::Accept { .. })),
+            "seed commit {i}: {verdict:?}"
+        );
+        cars.push((format!("signed-commit-{i}"), evt.blocks.clone()));
+        let msg = frame::encode_frame(&Frame::Commit(Box::new(evt))).expect("encode");
+        seeds.push(("frame", format!("signed-commit-{i}"), msg.clone()));
+        seeds.push(("validate", format!("signed-commit-{i}"), msg));
+    }
+    let sync = repo.sync();
+    assert!(matches!(
+        validate_sync(&sync, &pk, None, NOW, &policy),
+        Ok(SyncVerdict::Accept { .. })
+    ));
+    cars.push(("signed-sync".into(), sync.blocks.clone()));
+    let msg = frame::encode_frame(&Frame::Sync(sync)).expect("encode");
+    seeds.push(("frame", "signed-sync".into(), msg.clone()));
+    seeds.push(("validate", "signed-sync".into(), msg));
+    for (name, msg) in [
+        (
+            "account",
+            frame::encode_account(5, DID, "2025-01-01T00:00:00Z", false, Some("deleted")),
+        ),
+        (
+            "info",
+            frame::encode_info(frame::OUTDATED_CURSOR, Some("replaying")),
+        ),
+        ("error", frame::encode_error(frame::FUTURE_CURSOR, None)),
+    ] {
+        seeds.push(("frame", name.into(), msg.expect("encode")));
+    }
+    seeds.push((
+        "frame",
+        "issue-8-reproducer".into(),
+        hex::decode("a2617469236964656e74697479626f7001a363646964416163736571006474696d6560")
+            .expect("hex"),
+    ));
+
+    // Repo CARs and slices from the vectors (the two large repos are left out: seeds should
+    // stay small, and libFuzzer's input length follows the largest seed).
+    for rel in [
+        "indigo/testing/testdata/repo_slice.car",
+        "indigo/testing/testdata/greenground.repo.car",
+        "indigo/testing/testdata/bafyreieovfuizojpw3zresz7sx3nk4trm2by23pt5rxbey3jme4uo5ogiu.car",
+    ] {
+        let name = rel.rsplit('/').next().expect("file name").to_string();
+        cars.push((name, Bytes::from(vector(rel))));
+    }
+    for (name, car_bytes) in &cars {
+        seeds.push(("car", name.clone(), car_bytes.to_vec()));
+        let parsed = car::read_car(car_bytes.clone(), &car::CarLimits::default()).expect("car");
+        // Every block (commit, MST nodes, records) for the CBOR + commit target.
+        let mut blocks: Vec<(String, Vec<u8>)> = parsed
+            .blocks
+            .iter()
+            .map(|(cid, b)| (format!("{name}-{cid}"), b.to_vec()))
+            .collect();
+        blocks.sort();
+        for (block_name, block) in blocks {
+            seeds.push(("cbor_commit", block_name, block));
+        }
+        // For the MST target: the same blocks as a CAR rooted at the commit's tree (when the
+        // slice holds its root: a #sync carries only the commit).
+        if let Some(commit) = parsed
+            .blocks
+            .get(&parsed.roots[0])
+            .and_then(|b| Commit::decode(b).ok())
+            .filter(|c| parsed.blocks.contains(&c.data))
+        {
+            let tree_car = car::write_car(
+                &[commit.data],
+                parsed.blocks.iter().map(|(c, b)| (c, &b[..])),
+            );
+            seeds.push(("mst", name.clone(), tree_car));
+        }
+    }
+    // A complete small tree, and a leaf of prefix-compressed long keys (a small version of
+    // the finding-3 slice).
+    let mut small = SigningRepo::new(30).tree;
+    let root = small.root_cid();
+    let nodes = small.node_blocks();
+    seeds.push((
+        "mst",
+        "complete-30".into(),
+        car::write_car(&[root], nodes.iter().map(|(c, b)| (c, b.as_slice()))),
+    ));
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|n| format!("{}/{n:04}", "a".repeat(900)).into_bytes())
+        .filter(|k| rookery::atproto::mst::key_depth(k) == 0)
+        .take(32)
+        .collect();
+    let entries: Vec<(&[u8], Cid, Option<Cid>)> = keys
+        .iter()
+        .map(|k| (k.as_slice(), tiny_cid(), None))
+        .collect();
+    let leaf = encode_node(None, &entries);
+    let leaf_cid = cid_for_dag_cbor(&leaf);
+    seeds.push((
+        "mst",
+        "prefix-leaf".into(),
+        car::write_car(&[leaf_cid], [(&leaf_cid, &leaf[..])]),
+    ));
+
+    // Data-model fixture bytes.
+    let fixtures = vector_json("interop/data-model/data-model-fixtures.json");
+    for (i, f) in fixtures.as_array().expect("fixtures").iter().enumerate() {
+        let b64 = f["cbor_base64"].as_str().expect("cbor_base64");
+        let bytes = data_encoding::BASE64_NOPAD
+            .decode(b64.as_bytes())
+            .expect("base64");
+        seeds.push(("cbor_commit", format!("data-model-{i}"), bytes));
+    }
+
+    // DID documents, keys and endpoints.
+    for rel in [
+        "indigo/atproto/identity/testdata/did_plc_doc.json",
+        "indigo/atproto/identity/testdata/did_plc_doc_legacy.json",
+        "indigo/atproto/identity/testdata/did_web_doc.json",
+        "indigo/testing/testdata/greenground.didDoc.json",
+        "indigo/testing/testdata/paul_staging.didDoc.json",
+        "indigo/testing/testdata/fakermaker.didDoc.json",
+    ] {
+        let name = rel.rsplit('/').next().expect("file name").to_string();
+        seeds.push(("did_doc_keys", name, vector(rel)));
+    }
+    let pk = key().public_key();
+    for (name, s) in [
+        ("did-key", pk.to_did_key()),
+        ("multikey", pk.to_multikey()),
+        ("endpoint", "https://pds.example.com:8443/".to_string()),
+        ("endpoint-v6", "http://[::1]:2583".to_string()),
+        ("endpoint-idna", "https://Bücher.example".to_string()),
+        ("handle", "alice.example.com".to_string()),
+        ("datetime", "2025-02-06T01:05:06.528Z".to_string()),
+    ] {
+        seeds.push(("did_doc_keys", name.into(), s.into_bytes()));
+    }
+    seeds
+}
+
+/// The seeds are valid where they should be (checked in the normal suite). With
+/// `ROOKERY_FUZZ_SEEDS=<dir>` they are also written to `<dir>/<target>/<name>`, which is how
+/// `fuzz/seed.sh` fills `fuzz/corpus/` (never committed).
+#[test]
+fn fuzz_seeds_are_valid_and_written_on_request() {
+    let seeds = fuzz_seeds();
+    for target in [
+        "frame",
+        "car",
+        "cbor_commit",
+        "mst",
+        "did_doc_keys",
+        "validate",
+    ] {
+        let n = seeds.iter().filter(|(t, _, _)| *t == target).count();
+        assert!(n >= 5, "{target}: {n} seeds");
+    }
+    for (target, name, bytes) in &seeds {
+        match *target {
+            "car" => {
+                car::read_car(Bytes::from(bytes.clone()), &car::CarLimits::default())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            "mst" => {
+                let parsed = car::read_car(Bytes::from(bytes.clone()), &car::CarLimits::default())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                Mst::load(parsed.roots[0], &parsed.blocks)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            "frame" if name != "issue-8-reproducer" => {
+                frame::decode_frame(&Bytes::from(bytes.clone()))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            _ => {}
+        }
+    }
+    let Ok(dir) = std::env::var("ROOKERY_FUZZ_SEEDS") else {
+        return;
+    };
+    for (target, name, bytes) in &seeds {
+        let dir = std::path::Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).expect("seed dir");
+        let file: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        std::fs::write(dir.join(format!("seed-{file}")), bytes).expect("write seed");
+    }
+    println!("wrote {} seeds to {dir}", seeds.len());
 }
