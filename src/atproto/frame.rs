@@ -133,7 +133,7 @@ struct RawEntry<'a> {
 /// iteration consumes input or fails, so a hostile count cannot loop longer than the input.
 fn map_entries<'a>(
     map: &'a [u8],
-    schema: &[(&'static str, Kind)],
+    schema: Schema,
 ) -> Result<(Vec<RawEntry<'a>>, usize), FrameError> {
     let mut out = Vec::new();
     let len = walk_map(map, schema, |e| out.push(e))?;
@@ -160,73 +160,108 @@ enum Kind {
 impl Kind {
     /// Whether the (scanned, well-formed) item `raw` is `null` or has this type.
     fn admits(self, raw: &[u8]) -> bool {
-        let first = raw.first().copied();
-        if first == Some(NULL) {
-            return true;
-        }
-        let Ok((major, arg, _)) = head(raw, 0) else {
+        let Some(&first) = raw.first() else {
             return false;
         };
-        match self {
-            Kind::Uint => major == MAJOR_UINT,
-            Kind::Bool => matches!(first, Some(0xf4 | 0xf5)),
-            Kind::Text => major == MAJOR_TEXT,
-            Kind::Bytes => major == MAJOR_BYTES,
-            Kind::Link => (major, arg) == (MAJOR_TAG, 42),
-            Kind::Array => major == MAJOR_ARRAY,
-        }
+        let major = first >> 5;
+        first == NULL
+            || match self {
+                Kind::Uint => major == MAJOR_UINT,
+                Kind::Bool => matches!(first, 0xf4 | 0xf5),
+                Kind::Text => major == MAJOR_TEXT,
+                Kind::Bytes => major == MAJOR_BYTES,
+                Kind::Link => matches!(head(raw, 0), Ok((MAJOR_TAG, 42, _))),
+                Kind::Array => major == MAJOR_ARRAY,
+            }
     }
 }
 
-/// Lexicon types of the top-level body fields of each known message (PROTOCOL.md §2).
-const COMMIT_FIELDS: &[(&str, Kind)] = &[
-    ("seq", Kind::Uint),
-    ("rebase", Kind::Bool),
-    ("tooBig", Kind::Bool),
-    ("repo", Kind::Text),
-    ("commit", Kind::Link),
-    ("rev", Kind::Text),
-    ("since", Kind::Text),
-    ("blocks", Kind::Bytes),
-    ("ops", Kind::Array),
-    ("blobs", Kind::Array),
-    ("prevData", Kind::Link),
-    ("time", Kind::Text),
-];
-const SYNC_FIELDS: &[(&str, Kind)] = &[
-    ("seq", Kind::Uint),
-    ("did", Kind::Text),
-    ("blocks", Kind::Bytes),
-    ("rev", Kind::Text),
-    ("time", Kind::Text),
-];
-const IDENTITY_FIELDS: &[(&str, Kind)] = &[
-    ("seq", Kind::Uint),
-    ("did", Kind::Text),
-    ("time", Kind::Text),
-    ("handle", Kind::Text),
-];
-const ACCOUNT_FIELDS: &[(&str, Kind)] = &[
-    ("seq", Kind::Uint),
-    ("did", Kind::Text),
-    ("time", Kind::Text),
-    ("active", Kind::Bool),
-    ("status", Kind::Text),
-];
-const INFO_FIELDS: &[(&str, Kind)] = &[("name", Kind::Text), ("message", Kind::Text)];
-const ERROR_FIELDS: &[(&str, Kind)] = &[("error", Kind::Text), ("message", Kind::Text)];
+/// The lexicon type of a top-level body field of one known message (PROTOCOL.md §2), with the
+/// field's name; `None` for a field the message does not define. A `match` per message type,
+/// so looking a key up costs a length switch and one comparison.
+type Schema = fn(&str) -> Option<(&'static str, Kind)>;
+
+fn commit_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "rebase" => ("rebase", Kind::Bool),
+        "tooBig" => ("tooBig", Kind::Bool),
+        "repo" => ("repo", Kind::Text),
+        "commit" => ("commit", Kind::Link),
+        "rev" => ("rev", Kind::Text),
+        "since" => ("since", Kind::Text),
+        "blocks" => ("blocks", Kind::Bytes),
+        "ops" => ("ops", Kind::Array),
+        "blobs" => ("blobs", Kind::Array),
+        "prevData" => ("prevData", Kind::Link),
+        "time" => ("time", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn sync_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "did" => ("did", Kind::Text),
+        "blocks" => ("blocks", Kind::Bytes),
+        "rev" => ("rev", Kind::Text),
+        "time" => ("time", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn identity_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "did" => ("did", Kind::Text),
+        "time" => ("time", Kind::Text),
+        "handle" => ("handle", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn account_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "did" => ("did", Kind::Text),
+        "time" => ("time", Kind::Text),
+        "active" => ("active", Kind::Bool),
+        "status" => ("status", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn info_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "name" => ("name", Kind::Text),
+        "message" => ("message", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn error_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "error" => ("error", Kind::Text),
+        "message" => ("message", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn no_field(_: &str) -> Option<(&'static str, Kind)> {
+    None
+}
 
 /// The field types every reader checks for a frame with this header (none for unknown
 /// `op`/`t`, which are skipped).
-fn body_schema(header: &FrameHeader<'_>) -> &'static [(&'static str, Kind)] {
+fn body_schema(header: &FrameHeader<'_>) -> Schema {
     match (header.op, header.t) {
-        (-1, _) => ERROR_FIELDS,
-        (1, Some("#commit")) => COMMIT_FIELDS,
-        (1, Some("#sync")) => SYNC_FIELDS,
-        (1, Some("#identity")) => IDENTITY_FIELDS,
-        (1, Some("#account")) => ACCOUNT_FIELDS,
-        (1, Some("#info")) => INFO_FIELDS,
-        _ => &[],
+        (-1, _) => error_field,
+        (1, Some("#commit")) => commit_field,
+        (1, Some("#sync")) => sync_field,
+        (1, Some("#identity")) => identity_field,
+        (1, Some("#account")) => account_field,
+        (1, Some("#info")) => info_field,
+        _ => no_field,
     }
 }
 
@@ -247,13 +282,13 @@ fn cbor_error(e: CborError) -> FrameError {
 ///   a map out of canonical order reached it, through the re-scan below);
 /// - a duplicate key is [`FrameError::DuplicateKey`]. Keys in canonical order are checked
 ///   against their predecessor; a map out of order is re-checked by the scanner;
-/// - a field named in `schema` must have its lexicon type, else [`FrameError::WrongType`].
+/// - a field `schema` knows must have its lexicon type, else [`FrameError::WrongType`].
 ///   serde would read a byte string or the integers 0/-1 into a text field (see
 ///   [`cbor::strict`]); checking the major type here, on the raw item every reader sees,
 ///   makes the cheap readers refuse what the typed decoder refuses, with the same error.
 fn walk_map<'a>(
     map: &'a [u8],
-    schema: &[(&'static str, Kind)],
+    schema: Schema,
     mut visit: impl FnMut(RawEntry<'a>),
 ) -> Result<usize, FrameError> {
     let (major, count, mut pos) = head(map, 0)?;
@@ -295,7 +330,7 @@ fn walk_map<'a>(
         let raw_key = &map[pos..kend];
         let vlen = cbor::scan_item(&map[kend..], &value_lim).map_err(cbor_error)?;
         let raw_value = &map[kend..kend + vlen];
-        if let Some((name, kind)) = schema.iter().find(|(name, _)| *name == key)
+        if let Some((name, kind)) = schema(key)
             && !kind.admits(raw_value)
         {
             return Err(FrameError::WrongType(name));
@@ -773,7 +808,7 @@ pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(msg.len() + 16);
 
     let (header_entries, _) =
-        map_entries(&msg[..header.body_offset], &[]).map_err(|_| FrameError::BadHeader)?;
+        map_entries(&msg[..header.body_offset], no_field).map_err(|_| FrameError::BadHeader)?;
     let mut hdr: Vec<(&str, Vec<u8>, &[u8])> = header_entries
         .iter()
         .map(|e| (e.key, e.raw_key.to_vec(), e.raw_value))
