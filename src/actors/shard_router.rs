@@ -182,7 +182,11 @@ mod tests {
         let first = queues[shard].recv().await.unwrap();
         assert_eq!(first.cursor.seq(), 1);
         pending.await.unwrap().unwrap();
-        assert_eq!(budget.in_use(), 300, "queued and received frames hold their bytes");
+        assert_eq!(
+            budget.in_use(),
+            300,
+            "queued and received frames hold their bytes"
+        );
         let seqs: Vec<i64> = [
             queues[shard].recv().await.unwrap(),
             queues[shard].recv().await.unwrap(),

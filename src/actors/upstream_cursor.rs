@@ -177,7 +177,11 @@ mod tests {
         m103.complete();
         assert_eq!(c.committed(), 100, "106 finished before 101 and 105");
         m101.complete();
-        assert_eq!(c.committed(), 104, "102..=104 were never sent: the gap is covered");
+        assert_eq!(
+            c.committed(),
+            104,
+            "102..=104 were never sent: the gap is covered"
+        );
         m102.complete();
         assert_eq!(c.committed(), 106, "gaps in upstream seqs are fine");
         assert_eq!(pending.len(), (1, 0));

@@ -147,6 +147,8 @@ impl std::hash::Hasher for CidHasher {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockMap {
     blocks: HashMap<Cid, Bytes, CidHashBuilder>,
+    /// Sum of the blocks' lengths: what work derived from the blocks is budgeted against.
+    bytes: usize,
 }
 
 impl BlockMap {
@@ -161,7 +163,14 @@ impl BlockMap {
     }
     /// Inserts a block; a block already present is kept (identical content, same CID).
     pub fn insert(&mut self, cid: Cid, block: Bytes) {
-        self.blocks.entry(cid).or_insert(block);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.blocks.entry(cid) {
+            self.bytes = self.bytes.saturating_add(block.len());
+            slot.insert(block);
+        }
+    }
+    /// Total length of the blocks held.
+    pub fn total_bytes(&self) -> usize {
+        self.bytes
     }
     pub fn len(&self) -> usize {
         self.blocks.len()

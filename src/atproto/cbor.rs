@@ -289,6 +289,83 @@ pub fn decode<'de, T: Deserialize<'de>>(
     serde_ipld_dagcbor::from_slice(bytes).map_err(|e| CborError::Decode(e.to_string()))
 }
 
+/// Field deserializers that check the CBOR major type (`#[serde(deserialize_with = ...)]`).
+///
+/// Why: `serde_ipld_dagcbor` 0.6 decodes `String`/`&str` (and `&[u8]`) fields through cbor4ii
+/// 0.2, whose length decoding masks the major-type bits instead of checking them, so a byte
+/// string, or the integers 0 and -1, are read into a text field (`h'61'` becomes `"a"`).
+/// These helpers go through `deserialize_any`, which dispatches on the real major type, and
+/// accept only the visitor calls of the expected kind. Every text or bytes field of a typed
+/// struct decoded from untrusted CBOR must use one of them.
+pub mod strict {
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
+    use std::fmt;
+
+    struct Text;
+    impl<'de> Visitor<'de> for Text {
+        type Value = &'de str;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a text string")
+        }
+        fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<&'de str, E> {
+            Ok(v)
+        }
+    }
+
+    struct Bytes;
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = &'de [u8];
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+        fn visit_borrowed_bytes<E: Error>(self, v: &'de [u8]) -> Result<&'de [u8], E> {
+            Ok(v)
+        }
+    }
+
+    struct OptText;
+    impl<'de> Visitor<'de> for OptText {
+        type Value = Option<&'de str>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a text string or null")
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Text).map(Some)
+        }
+    }
+
+    /// A text string borrowed from the input (the decoders here always read from a slice).
+    pub fn borrowed_text<'de, D: Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
+        d.deserialize_any(Text)
+    }
+
+    /// A text string or null.
+    pub fn opt_borrowed_text<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<&'de str>, D::Error> {
+        d.deserialize_option(OptText)
+    }
+
+    /// A text string, owned.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        borrowed_text(d).map(str::to_owned)
+    }
+
+    /// A text string or null, owned.
+    pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        opt_borrowed_text(d).map(|t| t.map(str::to_owned))
+    }
+
+    /// A byte string borrowed from the input.
+    pub fn borrowed_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
+        d.deserialize_any(Bytes)
+    }
+}
+
 /// Canonical DAG-CBOR encoding: map keys sorted length-first, then bytewise.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CborError> {
     serde_ipld_dagcbor::to_vec(value).map_err(|e| CborError::Encode(e.to_string()))

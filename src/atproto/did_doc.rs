@@ -109,15 +109,25 @@ impl PdsEndpoint {
         if url.path() != "/" || !url.username().is_empty() || url.password().is_some() {
             return Err(bad);
         }
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or(bad)?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(bad.clone())?;
         let host = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        Ok(PdsEndpoint {
+        let endpoint = PdsEndpoint {
             scheme,
             host: host.to_ascii_lowercase(),
-        })
+        };
+        // The limit applies to what is stored, too: the host is kept in its IDNA (punycode)
+        // form, which can be longer than the input ("é." is 3 bytes, "xn--9ca." 8), and an
+        // endpoint whose own url() it would refuse must not be accepted.
+        if endpoint.url().len() > MAX_ENDPOINT_LEN {
+            return Err(bad);
+        }
+        Ok(endpoint)
     }
 
     /// `scheme://host[:port]`, the base for XRPC calls.
@@ -413,6 +423,18 @@ mod tests {
                 esc(&aka), esc(&id), esc(&ty), esc(&key), esc(&endpoint)
             );
             let _ = parse(&json);
+        }
+
+        /// Whatever parses re-parses from its own `url()` to the same endpoint.
+        #[test]
+        fn endpoint_reparses_to_itself(
+            scheme in "https?://", host in "[a-zA-Z0-9é.ü-]{1,40}", port in "(:[0-9]{1,5})?",
+            slash in "/?",
+        ) {
+            if let Ok(ep) = PdsEndpoint::parse(&format!("{scheme}{host}{port}{slash}")) {
+                prop_assert!(ep.url().len() <= MAX_ENDPOINT_LEN);
+                prop_assert_eq!(PdsEndpoint::parse(&ep.url()), Ok(ep));
+            }
         }
 
         #[test]

@@ -47,6 +47,8 @@ pub enum FrameError {
     BodyNotMap,
     #[error("frame body map has a duplicate key")]
     DuplicateKey,
+    #[error("frame field {0} has the wrong CBOR type")]
+    WrongType(&'static str),
     #[error("frame body does not match its type: {0}")]
     BadBody(String),
     #[error("event has no seq to replace")]
@@ -68,6 +70,7 @@ impl FrameError {
             FrameError::BadHeader => "frame-bad-header",
             FrameError::BodyNotMap => "frame-body-not-map",
             FrameError::DuplicateKey => "frame-duplicate-key",
+            FrameError::WrongType(_) => "frame-wrong-type",
             FrameError::BadBody(_) => "frame-bad-body",
             FrameError::MissingSeq => "frame-missing-seq",
             FrameError::BadSeq => "frame-bad-seq",
@@ -93,8 +96,12 @@ fn limits() -> DecodeLimits {
 // Minimal CBOR head reading/writing (the scanner has already checked well-formedness).
 
 const MAJOR_UINT: u8 = 0;
+const MAJOR_BYTES: u8 = 2;
 const MAJOR_TEXT: u8 = 3;
+const MAJOR_ARRAY: u8 = 4;
 const MAJOR_MAP: u8 = 5;
+const MAJOR_TAG: u8 = 6;
+const NULL: u8 = 0xf6;
 
 /// `(major, argument, head length)` of the item at `pos`.
 fn head(bytes: &[u8], pos: usize) -> Result<(u8, u64, usize), FrameError> {
@@ -124,10 +131,138 @@ struct RawEntry<'a> {
 /// Splits the map item at the start of `map` into its entries, without decoding values, and
 /// returns the map's encoded length. Each value is checked by the bounded scanner; every
 /// iteration consumes input or fails, so a hostile count cannot loop longer than the input.
-fn map_entries<'a>(map: &'a [u8]) -> Result<(Vec<RawEntry<'a>>, usize), FrameError> {
+fn map_entries<'a>(
+    map: &'a [u8],
+    schema: Schema,
+) -> Result<(Vec<RawEntry<'a>>, usize), FrameError> {
     let mut out = Vec::new();
-    let len = walk_map(map, |e| out.push(e))?;
+    let len = walk_map(map, schema, |e| out.push(e))?;
     Ok((out, len))
+}
+
+/// The CBOR type a known body field must have when it holds a value.
+///
+/// `null` passes this check for every field: serde cannot misread it as a value of another
+/// type, and the typed decoder treats it like an absent field (refused where the lexicon
+/// requires the field, `None` where it is nullable), while [`resequence`] keeps it as sent
+/// (PROTOCOL.md §9). What must never pass is a value of another type, which serde would read
+/// as a different value than the other readers see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Uint,
+    Bool,
+    Text,
+    Bytes,
+    Link,
+    Array,
+}
+
+impl Kind {
+    /// Whether the (scanned, well-formed) item `raw` is `null` or has this type.
+    fn admits(self, raw: &[u8]) -> bool {
+        let Some(&first) = raw.first() else {
+            return false;
+        };
+        let major = first >> 5;
+        first == NULL
+            || match self {
+                Kind::Uint => major == MAJOR_UINT,
+                Kind::Bool => matches!(first, 0xf4 | 0xf5),
+                Kind::Text => major == MAJOR_TEXT,
+                Kind::Bytes => major == MAJOR_BYTES,
+                Kind::Link => matches!(head(raw, 0), Ok((MAJOR_TAG, 42, _))),
+                Kind::Array => major == MAJOR_ARRAY,
+            }
+    }
+}
+
+/// The lexicon type of a top-level body field of one known message (PROTOCOL.md §2), with the
+/// field's name; `None` for a field the message does not define. A `match` per message type,
+/// so looking a key up costs a length switch and one comparison.
+type Schema = fn(&str) -> Option<(&'static str, Kind)>;
+
+fn commit_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "rebase" => ("rebase", Kind::Bool),
+        "tooBig" => ("tooBig", Kind::Bool),
+        "repo" => ("repo", Kind::Text),
+        "commit" => ("commit", Kind::Link),
+        "rev" => ("rev", Kind::Text),
+        "since" => ("since", Kind::Text),
+        "blocks" => ("blocks", Kind::Bytes),
+        "ops" => ("ops", Kind::Array),
+        "blobs" => ("blobs", Kind::Array),
+        "prevData" => ("prevData", Kind::Link),
+        "time" => ("time", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn sync_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "did" => ("did", Kind::Text),
+        "blocks" => ("blocks", Kind::Bytes),
+        "rev" => ("rev", Kind::Text),
+        "time" => ("time", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn identity_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "did" => ("did", Kind::Text),
+        "time" => ("time", Kind::Text),
+        "handle" => ("handle", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn account_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "seq" => ("seq", Kind::Uint),
+        "did" => ("did", Kind::Text),
+        "time" => ("time", Kind::Text),
+        "active" => ("active", Kind::Bool),
+        "status" => ("status", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn info_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "name" => ("name", Kind::Text),
+        "message" => ("message", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn error_field(key: &str) -> Option<(&'static str, Kind)> {
+    Some(match key {
+        "error" => ("error", Kind::Text),
+        "message" => ("message", Kind::Text),
+        _ => return None,
+    })
+}
+
+fn no_field(_: &str) -> Option<(&'static str, Kind)> {
+    None
+}
+
+/// The field types every reader checks for a frame with this header (none for unknown
+/// `op`/`t`, which are skipped).
+fn body_schema(header: &FrameHeader<'_>) -> Schema {
+    match (header.op, header.t) {
+        (-1, _) => error_field,
+        (1, Some("#commit")) => commit_field,
+        (1, Some("#sync")) => sync_field,
+        (1, Some("#identity")) => identity_field,
+        (1, Some("#account")) => account_field,
+        (1, Some("#info")) => info_field,
+        _ => no_field,
+    }
 }
 
 /// A scanner error as a frame error; a duplicate key keeps its own reason.
@@ -140,15 +275,35 @@ fn cbor_error(e: CborError) -> FrameError {
 
 /// Calls `visit` for each entry of the map at the start of `map`; returns the map's length.
 ///
-/// A duplicate key is [`FrameError::DuplicateKey`], as in [`decode_frame`] (the scanner) and
-/// [`resequence`]: all three must read the same value for every key. Keys in canonical order
-/// are checked against their predecessor; a map out of order is re-checked by the scanner.
-fn walk_map<'a>(map: &'a [u8], mut visit: impl FnMut(RawEntry<'a>)) -> Result<usize, FrameError> {
+/// This is the one body walk of every reader ([`decode_header`], [`peek_event`],
+/// [`decode_frame`], [`resequence`]), so they accept and refuse exactly the same bodies:
+/// - the map holds at most [`MAX_FRAME_COLLECTION_LEN`] entries, like every nested collection
+///   (the scanner's cap, checked here because the scanner only sees the values; before, only
+///   a map out of canonical order reached it, through the re-scan below);
+/// - a duplicate key is [`FrameError::DuplicateKey`]. Keys in canonical order are checked
+///   against their predecessor; a map out of order is re-checked by the scanner;
+/// - a field `schema` knows must have its lexicon type, else [`FrameError::WrongType`].
+///   serde would read a byte string or the integers 0/-1 into a text field (see
+///   [`cbor::strict`]); checking the major type here, on the raw item every reader sees,
+///   makes the cheap readers refuse what the typed decoder refuses, with the same error.
+fn walk_map<'a>(
+    map: &'a [u8],
+    schema: Schema,
+    mut visit: impl FnMut(RawEntry<'a>),
+) -> Result<usize, FrameError> {
     let (major, count, mut pos) = head(map, 0)?;
     if major != MAJOR_MAP {
         return Err(FrameError::BodyNotMap);
     }
     let lim = limits();
+    if count > lim.max_collection_len as u64 {
+        return Err(FrameError::Cbor(CborError::CollectionTooLong));
+    }
+    // Values sit one level below the map: the same depth budget as scanning the whole map.
+    let value_lim = DecodeLimits {
+        max_depth: lim.max_depth - 1,
+        ..lim
+    };
     let mut prev_key: Option<&str> = None;
     let mut sorted = true;
     for _ in 0..count {
@@ -173,8 +328,13 @@ fn walk_map<'a>(map: &'a [u8], mut visit: impl FnMut(RawEntry<'a>)) -> Result<us
         }
         prev_key = Some(key);
         let raw_key = &map[pos..kend];
-        let vlen = cbor::scan_item(&map[kend..], &lim).map_err(cbor_error)?;
+        let vlen = cbor::scan_item(&map[kend..], &value_lim).map_err(cbor_error)?;
         let raw_value = &map[kend..kend + vlen];
+        if let Some((name, kind)) = schema(key)
+            && !kind.admits(raw_value)
+        {
+            return Err(FrameError::WrongType(name));
+        }
         visit(RawEntry {
             key,
             raw_key,
@@ -219,7 +379,7 @@ pub struct FrameHeader<'a> {
 #[derive(Deserialize)]
 struct HeaderIn<'a> {
     op: i64,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "cbor::strict::opt_borrowed_text")]
     t: Option<&'a str>,
 }
 
@@ -252,25 +412,33 @@ fn read_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
     })
 }
 
-/// Checks the framing (exactly two well-formed items within the size limit) and decodes the
-/// header. Cheap: no body decoding, no allocation.
-pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
-    let header = read_header(msg)?;
-    let body_len = cbor::scan_item(&msg[header.body_offset..], &limits()).map_err(cbor_error)?;
+/// Walks the body (see [`walk_map`]) and checks that nothing follows it.
+fn walk_body<'a>(
+    msg: &'a [u8],
+    header: &FrameHeader<'a>,
+    visit: impl FnMut(RawEntry<'a>),
+) -> Result<(), FrameError> {
+    let body_len = walk_map(&msg[header.body_offset..], body_schema(header), visit)?;
     if header.body_offset + body_len != msg.len() {
         return Err(FrameError::ExtraItems);
     }
+    Ok(())
+}
+
+/// Checks the framing (exactly two well-formed items within the size limit, the body a map
+/// whose known fields have their lexicon types) and decodes the header. Cheap: no body
+/// decoding, no allocation.
+pub fn decode_header(msg: &[u8]) -> Result<FrameHeader<'_>, FrameError> {
+    let header = read_header(msg)?;
+    walk_body(msg, &header, |_| {})?;
     Ok(header)
 }
 
-/// Header plus the body's top-level entries, with the same framing checks as [`decode_header`]
-/// but a single pass over the body.
+/// Header plus the body's top-level entries, with the same checks as [`decode_header`].
 fn read_event(msg: &[u8]) -> Result<(FrameHeader<'_>, Vec<RawEntry<'_>>), FrameError> {
     let header = read_header(msg)?;
-    let (entries, body_len) = map_entries(&msg[header.body_offset..])?;
-    if header.body_offset + body_len != msg.len() {
-        return Err(FrameError::ExtraItems);
-    }
+    let mut entries = Vec::new();
+    walk_body(msg, &header, |e| entries.push(e))?;
     Ok((header, entries))
 }
 
@@ -295,16 +463,13 @@ pub fn peek_event(msg: &[u8]) -> Result<EventPeek<'_>, FrameError> {
     };
     let mut seq = None;
     let mut did = None;
-    let body_len = walk_map(&msg[header.body_offset..], |entry| {
+    walk_body(msg, &header, |entry| {
         if entry.key == "seq" {
             seq = read_uint(entry.raw_value).filter(|s| i64::try_from(*s).is_ok());
         } else if entry.key == did_key {
             did = read_text(entry.raw_value);
         }
     })?;
-    if header.body_offset + body_len != msg.len() {
-        return Err(FrameError::ExtraItems);
-    }
     Ok(EventPeek { header, seq, did })
 }
 
@@ -319,7 +484,9 @@ fn ser_bytes<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
 /// (left out when `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoOp {
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub action: String,
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub path: String,
     #[serde(default)]
     pub cid: Option<Cid>,
@@ -367,18 +534,21 @@ struct CommitIn<'a> {
     rebase: bool,
     #[serde(rename = "tooBig", default)]
     too_big: bool,
+    #[serde(deserialize_with = "cbor::strict::text")]
     repo: String,
     commit: Cid,
+    #[serde(deserialize_with = "cbor::strict::text")]
     rev: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cbor::strict::opt_text")]
     since: Option<String>,
-    #[serde(with = "serde_bytes", borrow)]
+    #[serde(borrow, deserialize_with = "cbor::strict::borrowed_bytes")]
     blocks: &'a [u8],
     ops: Vec<RepoOp>,
     #[serde(default)]
     blobs: Option<Vec<Cid>>,
     #[serde(rename = "prevData", default)]
     prev_data: Option<Cid>,
+    #[serde(deserialize_with = "cbor::strict::text")]
     time: String,
 }
 
@@ -395,43 +565,68 @@ pub struct SyncEvent {
 #[derive(Deserialize)]
 struct SyncIn<'a> {
     seq: i64,
+    #[serde(deserialize_with = "cbor::strict::text")]
     did: String,
-    #[serde(with = "serde_bytes", borrow)]
+    #[serde(borrow, deserialize_with = "cbor::strict::borrowed_bytes")]
     blocks: &'a [u8],
+    #[serde(deserialize_with = "cbor::strict::text")]
     rev: String,
+    #[serde(deserialize_with = "cbor::strict::text")]
     time: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityEvent {
     pub seq: i64,
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub did: String,
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub time: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cbor::strict::opt_text"
+    )]
     pub handle: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountEvent {
     pub seq: i64,
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub did: String,
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub time: String,
     pub active: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cbor::strict::opt_text"
+    )]
     pub status: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InfoEvent {
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cbor::strict::opt_text"
+    )]
     pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
+    #[serde(deserialize_with = "cbor::strict::text")]
     pub error: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cbor::strict::opt_text"
+    )]
     pub message: Option<String>,
 }
 
@@ -471,8 +666,10 @@ impl Frame {
     }
 }
 
-/// Typed decode of a body that [`decode_header`] has already scanned: exactly one item, within
-/// the limits, no duplicate keys. Scanning it a second time would only repeat that work.
+/// Typed decode of a body that [`decode_header`] has already walked: exactly one map, within
+/// the limits, no duplicate keys, known top-level fields of their lexicon types. Scanning it
+/// a second time would only repeat that work. The structs read every text and bytes field
+/// through [`cbor::strict`], which also covers fields below the top level (an op's `action`).
 fn body<'a, T: Deserialize<'a>>(scanned: &'a [u8]) -> Result<T, FrameError> {
     serde_ipld_dagcbor::from_slice(scanned).map_err(|e| FrameError::BadBody(e.to_string()))
 }
@@ -481,9 +678,6 @@ fn body<'a, T: Deserialize<'a>>(scanned: &'a [u8]) -> Result<T, FrameError> {
 pub fn decode_frame(msg: &Bytes) -> Result<Frame, FrameError> {
     let header = decode_header(msg)?;
     let raw = &msg[header.body_offset..];
-    if !matches!(head(raw, 0), Ok((MAJOR_MAP, _, _))) {
-        return Err(FrameError::BodyNotMap);
-    }
     match (header.op, header.t) {
         (-1, _) => Ok(Frame::Error(body(raw)?)),
         (1, Some("#commit")) => {
@@ -614,7 +808,7 @@ pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(msg.len() + 16);
 
     let (header_entries, _) =
-        map_entries(&msg[..header.body_offset]).map_err(|_| FrameError::BadHeader)?;
+        map_entries(&msg[..header.body_offset], no_field).map_err(|_| FrameError::BadHeader)?;
     let mut hdr: Vec<(&str, Vec<u8>, &[u8])> = header_entries
         .iter()
         .map(|e| (e.key, e.raw_key.to_vec(), e.raw_value))

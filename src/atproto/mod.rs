@@ -5,6 +5,7 @@ pub mod car;
 pub mod cbor;
 pub mod cid;
 pub mod commit;
+pub mod data_model;
 pub mod did_doc;
 pub mod frame;
 pub mod keys;

@@ -15,6 +15,16 @@
 //! most [`MAX_ENTRIES_PER_NODE`] entries and keys of at most [`MAX_KEY_LEN`] bytes. Total depth is
 //! bounded by construction: a key's depth is at most 128 (256 hash bits / 2) and each link goes
 //! down exactly one layer, so recursion never exceeds 129 frames.
+//!
+//! Loading is also bounded by the bytes it came from. Prefix compression lets a ~24-byte entry
+//! stand for a 1,024-byte key, so within every per-node limit 2 MB of nodes could expand to
+//! ~100 MB of keys, all hashed for the depth check, before any signature is checked. Every
+//! load therefore has a budget of [`LOAD_BUDGET_FACTOR`] bytes of materialised tree (node and
+//! entry structs plus full keys) per byte of the block source (at least
+//! [`LOAD_BUDGET_FLOOR`]), charged before each key is built; past it the load stops with
+//! [`MstError::OverBudget`]. A real slice materialises ~4 bytes per byte of MST nodes (an
+//! entry is ~60 bytes on the wire and ~240 in memory) and less per byte of the whole slice,
+//! which also carries the commit and record blocks.
 
 use std::collections::HashSet;
 
@@ -36,6 +46,35 @@ pub const MAX_ENTRIES_PER_NODE: usize = 1024;
 
 /// Largest accepted MST node block (a full node of maximal keys stays far below this).
 pub const MAX_NODE_BYTES: usize = 2_000_000;
+
+/// Bytes of tree a load may materialise per byte of its block source (see the module docs).
+pub const LOAD_BUDGET_FACTOR: usize = 8;
+/// Smallest load budget, so tiny sources (a single node, tests) are never pinched.
+pub const LOAD_BUDGET_FLOOR: usize = 64 * 1024;
+
+/// What one decoded entry costs beyond its key bytes, and one node beyond its entries.
+const ENTRY_COST: usize = std::mem::size_of::<Entry>();
+const NODE_COST: usize = std::mem::size_of::<Node>();
+
+/// Bytes a load may still materialise.
+struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    fn for_source(bytes: usize) -> Budget {
+        Budget {
+            left: bytes
+                .saturating_mul(LOAD_BUDGET_FACTOR)
+                .max(LOAD_BUDGET_FLOOR),
+        }
+    }
+
+    fn charge(&mut self, bytes: usize) -> Result<(), MstError> {
+        self.left = self.left.checked_sub(bytes).ok_or(MstError::OverBudget)?;
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MstError {
@@ -63,6 +102,8 @@ pub enum MstError {
     LinkBelowLeaf,
     #[error("MST node appears twice in the tree")]
     DuplicateNode,
+    #[error("MST nodes expand to more than {LOAD_BUDGET_FACTOR}x the bytes they came from")]
+    OverBudget,
     #[error("MST node could not be encoded")]
     Encode,
 }
@@ -83,6 +124,7 @@ impl MstError {
             MstError::UntrimmedRoot => "mst-untrimmed-root",
             MstError::LinkBelowLeaf => "mst-link-below-leaf",
             MstError::DuplicateNode => "mst-duplicate-node",
+            MstError::OverBudget => "mst-over-budget",
             MstError::Encode => "mst-encode",
         }
     }
@@ -285,7 +327,7 @@ fn parse_link_cid(bytes: &[u8]) -> Result<Cid, MstError> {
 /// Decodes and checks one MST node block (untrusted input). Layer and cross-node key bounds
 /// are checked by [`Mst::load`], which knows where the node sits.
 pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
-    let raw = decode_raw(bytes)?;
+    let raw = decode_raw(bytes, &mut Budget::for_source(bytes.len()))?;
     let left = raw.left.map(parse_link_cid).transpose()?;
     let mut entries = Vec::with_capacity(raw.entries.len());
     for e in raw.entries {
@@ -295,11 +337,13 @@ pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, MstError> {
     Ok(DecodedNode { left, entries })
 }
 
-/// Shape, links, prefix compression, key order and key size of one node block.
-fn decode_raw(bytes: &[u8]) -> Result<RawNode<'_>, MstError> {
+/// Shape, links, prefix compression, key order and key size of one node block; the node and
+/// every full key are charged to `budget` before they are built.
+fn decode_raw<'a>(bytes: &'a [u8], budget: &mut Budget) -> Result<RawNode<'a>, MstError> {
     if bytes.len() > MAX_NODE_BYTES {
         return Err(MstError::NodeDecode("cbor-too-large"));
     }
+    budget.charge(NODE_COST)?;
     let mut r = NodeReader { bytes, pos: 0 };
     let (major, fields) = r.head()?;
     if major != 5 || fields != 2 {
@@ -310,7 +354,7 @@ fn decode_raw(bytes: &[u8]) -> Result<RawNode<'_>, MstError> {
     for _ in 0..2 {
         match r.key()? {
             b"l" if left.is_none() => left = Some(r.subtree_or_null()?),
-            b"e" if entries.is_none() => entries = Some(decode_entries(&mut r)?),
+            b"e" if entries.is_none() => entries = Some(decode_entries(&mut r, budget)?),
             _ => return Err(WRONG_SHAPE),
         }
     }
@@ -324,7 +368,10 @@ fn decode_raw(bytes: &[u8]) -> Result<RawNode<'_>, MstError> {
 }
 
 /// The `e` array: undoes prefix compression and checks key order and key size.
-fn decode_entries<'a>(r: &mut NodeReader<'a>) -> Result<Vec<RawEntry<'a>>, MstError> {
+fn decode_entries<'a>(
+    r: &mut NodeReader<'a>,
+    budget: &mut Budget,
+) -> Result<Vec<RawEntry<'a>>, MstError> {
     let (major, count) = r.head()?;
     if major != 4 {
         return Err(WRONG_SHAPE);
@@ -339,6 +386,12 @@ fn decode_entries<'a>(r: &mut NodeReader<'a>) -> Result<Vec<RawEntry<'a>>, MstEr
     for _ in 0..count {
         let (suffix, p, right, value) = r.entry()?;
         let prefix = usize::try_from(p).map_err(|_| MstError::BadPrefix)?;
+        // A prefix longer than the previous key fails below; charging it first is harmless.
+        budget.charge(
+            ENTRY_COST
+                .saturating_add(prefix)
+                .saturating_add(suffix.len()),
+        )?;
         let key = match entries.last() {
             None => {
                 if prefix != 0 {
@@ -807,6 +860,7 @@ fn collect_entries(link: Option<&Link>, out: &mut Vec<(Vec<u8>, Cid)>) -> Result
 struct Loader<'a> {
     blocks: &'a BlockMap,
     visited: HashSet<Cid, CidHashBuilder>,
+    budget: Budget,
 }
 
 impl Loader<'_> {
@@ -843,7 +897,7 @@ impl Loader<'_> {
         if !self.visited.insert(cid) {
             return Err(MstError::DuplicateNode);
         }
-        let decoded = decode_raw(&bytes)?;
+        let decoded = decode_raw(&bytes, &mut self.budget)?;
         let layer = match (layer, decoded.entries.first()) {
             (Some(layer), _) => {
                 if decoded.entries.is_empty() && decoded.left.is_none() {
@@ -934,6 +988,8 @@ impl Mst {
 
     /// Loads the tree rooted at `root` from `blocks`. Nodes absent from `blocks` become stubs;
     /// the root itself must be present. Blocks are assumed hash-checked (as `car::read_car` does).
+    /// What the loaded nodes materialise is bounded by [`LOAD_BUDGET_FACTOR`] times
+    /// `blocks.total_bytes()` ([`MstError::OverBudget`]).
     pub fn load(root: Cid, blocks: &BlockMap) -> Result<Mst, MstError> {
         let bytes = blocks
             .get(&root)
@@ -942,6 +998,7 @@ impl Mst {
         let mut loader = Loader {
             blocks,
             visited: HashSet::default(),
+            budget: Budget::for_source(blocks.total_bytes()),
         };
         let node = loader.node(root, bytes, None, None, None)?;
         Ok(Mst {
@@ -1235,6 +1292,58 @@ mod tests {
         for cut in 0..full.len() {
             assert!(decode_node(&full[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    /// A full leaf whose keys share a 1,000-byte prefix: ~24 bytes per entry on the wire,
+    /// ~1.2 KB per entry loaded.
+    fn prefix_bomb_leaf() -> Vec<u8> {
+        let value = cid_for_raw(b"v");
+        let keys: Vec<Vec<u8>> = (0..)
+            .map(|n| format!("{}{n:04}", "k".repeat(1000)).into_bytes())
+            .filter(|k| key_depth(k) == 0)
+            .take(MAX_ENTRIES_PER_NODE)
+            .collect();
+        let entries: Vec<(&[u8], Cid, Option<Cid>)> =
+            keys.iter().map(|k| (k.as_slice(), value, None)).collect();
+        encode_node(None, &entries)
+    }
+
+    #[test]
+    fn load_budget_scales_with_the_source_bytes() {
+        let bomb = prefix_bomb_leaf();
+        let cid = cid_for_dag_cbor(&bomb);
+        assert!(bomb.len() < 60_000, "{}", bomb.len());
+        // Alone, the node expands ~20x: refused, also by the standalone decoder.
+        assert_eq!(decode_node(&bomb), Err(MstError::OverBudget));
+        let mut blocks = BlockMap::new();
+        blocks.insert(cid, Bytes::from(bomb.clone()));
+        assert_eq!(blocks.total_bytes(), bomb.len());
+        assert_eq!(
+            Mst::load(cid, &blocks).map(|_| ()),
+            Err(MstError::OverBudget)
+        );
+        assert_eq!(MstError::OverBudget.reason(), "mst-over-budget");
+        // The same node in a source large enough to pay for it loads and checks out.
+        let padding = vec![0u8; 200_000];
+        blocks.insert(cid_for_raw(&padding), Bytes::from(padding));
+        let tree = Mst::load(cid, &blocks).expect("within budget");
+        assert_eq!(
+            tree.entries().expect("complete").len(),
+            MAX_ENTRIES_PER_NODE
+        );
+        // A real tree is well inside the budget: all its nodes and nothing else.
+        let keys: Vec<String> = (0..2000u32)
+            .map(|i| format!("app.bsky.feed.post/3l{i:011}"))
+            .collect();
+        let mut real =
+            Mst::from_entries(keys.iter().map(|k| (k.as_bytes(), leaf()))).expect("tree");
+        let root = real.root_cid();
+        let mut only_nodes = BlockMap::new();
+        for (cid, block) in real.node_blocks() {
+            only_nodes.insert(cid, Bytes::from(block));
+        }
+        assert!(only_nodes.total_bytes() * LOAD_BUDGET_FACTOR > 2 * LOAD_BUDGET_FLOOR);
+        assert!(Mst::load(root, &only_nodes).is_ok());
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl Sync11Error {
             Sync11Error::UpdateUnchanged => "op-update-unchanged",
             Sync11Error::DuplicatePath => "op-duplicate-path",
             Sync11Error::MissingBlock(_) => "inversion-missing-block",
+            Sync11Error::Tree(MstError::OverBudget) => "inversion-mst-over-budget",
             Sync11Error::Tree(_) => "inversion-bad-mst",
             Sync11Error::RecordNotInTree => "record-not-in-tree",
             Sync11Error::RecordMismatch => "record-cid-mismatch",

@@ -6,9 +6,11 @@ mod common;
 
 mod commit;
 mod crypto;
+mod data_model;
 mod did_doc;
 mod frame;
 mod mst;
+mod regressions;
 mod sync11;
 mod syntax;
 mod validate;
