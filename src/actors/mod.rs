@@ -72,7 +72,8 @@ pub struct Ingest {
     pub durable_head: watch::Receiver<u64>,
     /// Shards acquire a permit per frame before sending.
     pub budget: ByteBudget,
-    /// Cursors and account state waiting for the write-behind (shards record drops here).
+    /// Cursors and account state waiting for the write-behind (filled by the Persister;
+    /// shards report deliberate drops with `sequencer::UpstreamDropped`).
     pub pending: PendingWrites,
     /// True while Postgres writes are failing (readiness reads it).
     pub degraded: Arc<AtomicBool>,

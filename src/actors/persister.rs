@@ -16,7 +16,8 @@
 //!    `flush` if the log's sync policy left part of it unsynced, so nothing is announced
 //!    before it is on disk (ARCHITECTURE.md property 1);
 //! 3. publish the durable head on the `watch`;
-//! 4. record each host's highest upstream seq and the accounts' new state in
+//! 4. record each host's highest upstream seq (of the events, and of the events the shards
+//!    dropped on purpose that came with the batch) and the accounts' new state in
 //!    [`PendingWrites`] for the write-behind flusher;
 //! 5. drop the batch, which releases its byte-budget permits.
 //!
@@ -47,10 +48,14 @@ pub struct Sequenced {
     pub event: IngestEvent,
 }
 
-/// A batch from the Sequencer, seqs strictly increasing.
+/// A batch from the Sequencer: events with strictly increasing seqs, and upstream seqs the
+/// shards dropped on purpose meanwhile (cursors to advance once the events are durable).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<BatchDurable, PersistFailed>")]
-pub struct PersistBatch(pub Vec<Sequenced>);
+pub struct PersistBatch {
+    pub events: Vec<Sequenced>,
+    pub dropped: Vec<(i64, i64)>,
+}
 impl ObservedMessage for PersistBatch {
     const NAME: &'static str = "persist_batch";
 }
@@ -193,7 +198,11 @@ impl Persister {
         PersistFailed { reason }
     }
 
-    fn persist(&mut self, batch: Vec<Sequenced>) -> Result<BatchDurable, PersistFailed> {
+    fn persist(
+        &mut self,
+        batch: Vec<Sequenced>,
+        dropped_upstream: Vec<(i64, i64)>,
+    ) -> Result<BatchDurable, PersistFailed> {
         if let Some(reason) = self.state.failed {
             return Err(PersistFailed { reason });
         }
@@ -252,6 +261,9 @@ impl Persister {
             }
             // `s.event.permit` drops here: its bytes are free again.
         }
+        for (host_id, upstream_seq) in dropped_upstream {
+            self.pending.record_cursor(host_id, upstream_seq);
+        }
         Ok(BatchDurable {
             durable_head: head,
             events,
@@ -280,7 +292,7 @@ impl Handler<PersistBatch> for Persister {
 
     fn handle(&mut self, batch: PersistBatch, _: &mut Context<Self>) -> Self::Result {
         let _guard = self.obs.enter(PersistBatch::NAME);
-        self.persist(batch.0)
+        self.persist(batch.events, batch.dropped)
     }
 }
 

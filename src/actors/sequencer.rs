@@ -106,6 +106,19 @@ pub enum SequencerError {
     Halted(&'static str),
 }
 
+/// A shard dropped this upstream event on purpose (invalid, stale, not active). Sent through
+/// the Sequencer so the host's cursor covers it only after every event of the host queued
+/// before it is durable: a cursor must never pass an event that could still be lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Message)]
+#[rtype(result = "Result<(), SequencerError>")]
+pub struct UpstreamDropped {
+    pub host_id: i64,
+    pub upstream_seq: i64,
+}
+impl ObservedMessage for UpstreamDropped {
+    const NAME: &'static str = "upstream_dropped";
+}
+
 /// Answers once every event sequenced before it is durable (or ingest halted): shutdown.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -232,6 +245,10 @@ pub struct Sequencer {
     next_seq: u64,
     queued: VecDeque<Sequenced>,
     queued_bytes: u64,
+    /// Upstream seqs a shard dropped on purpose, covered once the events queued before
+    /// them are durable.
+    queued_drops: Vec<(i64, i64)>,
+    in_flight: bool,
     in_flight_events: usize,
     drains: Vec<oneshot::Sender<()>>,
     state: SequencerState,
@@ -258,6 +275,8 @@ impl Sequencer {
             next_seq,
             queued: VecDeque::new(),
             queued_bytes: 0,
+            queued_drops: Vec::new(),
+            in_flight: false,
             in_flight_events: 0,
             drains: Vec::new(),
             state: SequencerState {
@@ -269,23 +288,26 @@ impl Sequencer {
 
     /// Hands everything queued to the Persister, unless a batch is already in flight.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight_events > 0 {
+        if self.in_flight {
             return;
         }
-        if self.queued.is_empty() || self.state.halted.is_some() {
+        if (self.queued.is_empty() && self.queued_drops.is_empty()) || self.state.halted.is_some() {
             for drained in self.drains.drain(..) {
                 let _ = drained.send(());
             }
             return;
         }
-        let batch: Vec<Sequenced> = self.queued.drain(..).collect();
+        let events: Vec<Sequenced> = self.queued.drain(..).collect();
+        let dropped = std::mem::take(&mut self.queued_drops);
         self.queued_bytes = 0;
-        self.in_flight_events = batch.len();
+        self.in_flight = true;
+        self.in_flight_events = events.len();
         self.state.batches += 1;
-        self.state.largest_batch = self.state.largest_batch.max(batch.len());
+        self.state.largest_batch = self.state.largest_batch.max(events.len());
         let persister = self.persister.clone();
-        let write = async move { persister.send(PersistBatch(batch)).await };
+        let write = async move { persister.send(PersistBatch { events, dropped }).await };
         ctx.spawn(write.into_actor(self).map(|result, act, ctx| {
+            act.in_flight = false;
             act.in_flight_events = 0;
             match result {
                 Ok(Ok(done)) => {
@@ -307,6 +329,7 @@ impl Sequencer {
         self.state.halted = Some(reason);
         // Their seqs were never stored nor announced; dropping releases their bytes.
         self.queued.clear();
+        self.queued_drops.clear();
         self.queued_bytes = 0;
         for drained in self.drains.drain(..) {
             let _ = drained.send(());
@@ -327,7 +350,7 @@ impl Supervised for Sequencer {
         self.obs.restarted("stopped");
         // A restart drops the in-flight request; its outcome is unknown, so continuing
         // could announce a gap as durable. Halt loudly instead.
-        if self.in_flight_events > 0 {
+        if self.in_flight {
             self.halt("restarted_with_batch_in_flight");
         }
     }
@@ -348,6 +371,20 @@ impl Handler<IngestEvent> for Sequencer {
         self.state.events_sequenced += 1;
         self.dispatch(ctx);
         Ok(seq)
+    }
+}
+
+impl Handler<UpstreamDropped> for Sequencer {
+    type Result = Result<(), SequencerError>;
+
+    fn handle(&mut self, msg: UpstreamDropped, ctx: &mut Context<Self>) -> Self::Result {
+        let _guard = self.obs.enter(UpstreamDropped::NAME);
+        if let Some(reason) = self.state.halted {
+            return Err(SequencerError::Halted(reason));
+        }
+        self.queued_drops.push((msg.host_id, msg.upstream_seq));
+        self.dispatch(ctx);
+        Ok(())
     }
 }
 

@@ -2,8 +2,8 @@
 //! the event log.
 //!
 //! Owns nothing but a schedule: the pending writes live in [`PendingWrites`], a small shared
-//! map that the Persister fills after each durable batch (and the ValidatorShards will fill
-//! for events they deliberately drop). Every `flush_every` the actor takes everything that
+//! map that the Persister fills after each durable batch (including the upstream seqs the
+//! ValidatorShards dropped on purpose, which reach it through the Sequencer, in order). Every `flush_every` the actor takes everything that
 //! changed and writes it in **one statement per table** (lesson 5: never one statement per
 //! host), through a [`StateSink`] (Postgres in production, an in-memory fake in paused-clock
 //! tests).
@@ -82,7 +82,9 @@ impl PendingWrites {
     }
 
     /// Records that `host_id`'s events up to `upstream_seq` are durable or deliberately
-    /// dropped. Cursors only move forward.
+    /// dropped. Cursors only move forward. Called by the Persister after a durable batch;
+    /// shards report drops with `sequencer::UpstreamDropped` instead, so a cursor never
+    /// passes an event of the same host that is still queued.
     pub fn record_cursor(&self, host_id: i64, upstream_seq: i64) {
         let mut p = self.lock();
         let e = p.cursors.entry(host_id).or_insert(upstream_seq);

@@ -11,8 +11,10 @@ use prometheus::Registry;
 use rookery::actors::IngestSettings;
 use rookery::actors::obs::{ActorMetrics, InstrumentedAddr};
 use rookery::actors::persister::{GetPersisterState, Persister, PersisterMetrics};
-use rookery::actors::sequencer::{ByteBudget, Drain, GetSequencerState, Sequencer, SequencerError};
-use rookery::actors::write_behind::PendingWrites;
+use rookery::actors::sequencer::{
+    ByteBudget, Drain, GetSequencerState, Sequencer, SequencerError, UpstreamDropped,
+};
+use rookery::actors::write_behind::{GetWriteBehindState, PendingWrites};
 use rookery::atproto::frame::{self, Frame};
 use rookery::atproto::keys::Curve;
 use rookery::testkit::repo::{Change, SigningRepo, record_path};
@@ -223,6 +225,65 @@ async fn signed_commits_and_indigo_scenario_frames_are_stored_byte_identical_apa
         .expect("state");
     assert_eq!(persister.resequence_failures, 0);
     assert_stored_exactly(&records, &sent);
+    ingest.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_drop_reported_by_a_shard_moves_the_cursor_only_behind_the_queued_events() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ingest, _) = start(dir.path(), Arc::new(NullSink), IngestSettings::default());
+    for upstream in 1..=3 {
+        let ev = event(
+            &ingest.budget,
+            small_frame("did:plc:d", upstream),
+            7,
+            upstream,
+            None,
+        )
+        .await;
+        ingest
+            .sequencer
+            .send(ev)
+            .await
+            .expect("mailbox")
+            .expect("seq");
+    }
+    let dropped = UpstreamDropped {
+        host_id: 7,
+        upstream_seq: 4,
+    };
+    ingest
+        .sequencer
+        .send(dropped)
+        .await
+        .expect("mailbox")
+        .expect("accepted");
+    // Only a drop, with nothing queued: it still travels as a (record-less) batch.
+    let only = UpstreamDropped {
+        host_id: 8,
+        upstream_seq: 40,
+    };
+    ingest.sequencer.send(Drain).await.expect("drain");
+    ingest
+        .sequencer
+        .send(only)
+        .await
+        .expect("mailbox")
+        .expect("accepted");
+    ingest.sequencer.send(Drain).await.expect("drain");
+    let state = ingest
+        .write_behind
+        .send(GetWriteBehindState)
+        .await
+        .expect("state");
+    assert_eq!(state.pending_cursors, 2);
+    assert_eq!(read_all(&ingest.reader, 0).len(), 3, "drops store nothing");
+    let persister = ingest
+        .persister
+        .send(GetPersisterState)
+        .await
+        .expect("state");
+    assert_eq!(persister.events, 3);
     ingest.shutdown().await;
 }
 
