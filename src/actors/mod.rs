@@ -42,7 +42,9 @@ use crate::store::event_log::{EventLog, EventLogReader};
 use obs::{ActorMetrics, InstrumentedAddr};
 use persister::{Persister, PersisterMetrics};
 use sequencer::{ByteBudget, Drain, Sequencer};
-use write_behind::{FlushNow, PendingWrites, StateSink, WriteBehind, WriteBehindSettings};
+use write_behind::{
+    FlushNow, PendingWrites, StateSink, WriteBehind, WriteBehindMetrics, WriteBehindSettings,
+};
 
 /// Settings of the ingest path's singletons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +94,7 @@ pub fn start_ingest(
     registry: &Registry,
 ) -> Result<Ingest, prometheus::Error> {
     let persister_metrics = PersisterMetrics::register(registry)?;
+    let write_behind_metrics = WriteBehindMetrics::register(registry)?;
     let pending = PendingWrites::default();
     let degraded = Arc::new(AtomicBool::new(false));
     let budget = ByteBudget::new(settings.budget_bytes);
@@ -126,6 +129,7 @@ pub fn start_ingest(
         sink,
         settings.write_behind,
         Arc::clone(&degraded),
+        write_behind_metrics,
     );
     let write_behind = InstrumentedAddr::new(wb.start(), wb_obs);
 

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::oneshot;
 
 use super::obs::{ActorObs, ObservedMessage};
@@ -280,6 +281,71 @@ pub struct WriteBehindState {
 // ------------------------------------------------------------------------------------------
 // Actor
 
+/// The write-behind's counters on `/metrics` (bounded labels: table, reason).
+#[derive(Clone, Debug)]
+pub struct WriteBehindMetrics {
+    degraded: IntGauge,
+    statements: IntCounterVec,
+    rows: IntCounterVec,
+    failures: IntCounterVec,
+    pending: IntGaugeVec,
+}
+
+impl WriteBehindMetrics {
+    pub fn register(registry: &Registry) -> Result<WriteBehindMetrics, prometheus::Error> {
+        let m = WriteBehindMetrics {
+            degraded: IntGauge::new(
+                "rookery_write_behind_degraded",
+                "1 while Postgres writes fail and state waits to be written",
+            )?,
+            statements: IntCounterVec::new(
+                Opts::new(
+                    "rookery_write_behind_statements_total",
+                    "Batched statements written, by table",
+                ),
+                &["table"],
+            )?,
+            rows: IntCounterVec::new(
+                Opts::new(
+                    "rookery_write_behind_entries_total",
+                    "Cursors or accounts written, by table",
+                ),
+                &["table"],
+            )?,
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "rookery_write_behind_failures_total",
+                    "Failed flushes, by reason",
+                ),
+                &["reason"],
+            )?,
+            pending: IntGaugeVec::new(
+                Opts::new(
+                    "rookery_write_behind_pending",
+                    "Entries waiting for the next flush, by table",
+                ),
+                &["table"],
+            )?,
+        };
+        registry.register(Box::new(m.degraded.clone()))?;
+        registry.register(Box::new(m.statements.clone()))?;
+        registry.register(Box::new(m.rows.clone()))?;
+        registry.register(Box::new(m.failures.clone()))?;
+        registry.register(Box::new(m.pending.clone()))?;
+        Ok(m)
+    }
+
+    /// The degraded gauge's value (0 or 1).
+    pub fn degraded(&self) -> i64 {
+        self.degraded.get()
+    }
+
+    /// Failed flushes so far for `reason`.
+    pub fn failures(&self, reason: &str) -> u64 {
+        self.failures.with_label_values(&[reason]).get()
+    }
+}
+
 /// Flush cadence and retry backoff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteBehindSettings {
@@ -317,6 +383,7 @@ pub struct WriteBehind {
     sink: Arc<dyn StateSink>,
     settings: WriteBehindSettings,
     degraded: Arc<AtomicBool>,
+    metrics: WriteBehindMetrics,
     /// The next scheduled flush (cancelled when a `FlushNow` flushes at once).
     next_flush: Option<SpawnHandle>,
     flushing: bool,
@@ -339,6 +406,7 @@ impl WriteBehind {
         sink: Arc<dyn StateSink>,
         settings: WriteBehindSettings,
         degraded: Arc<AtomicBool>,
+        metrics: WriteBehindMetrics,
     ) -> WriteBehind {
         WriteBehind {
             obs,
@@ -346,6 +414,7 @@ impl WriteBehind {
             sink,
             settings,
             degraded,
+            metrics,
             next_flush: None,
             flushing: false,
             waiting_current: Vec::new(),
@@ -420,13 +489,30 @@ impl WriteBehind {
         if let Some(n) = out.cursors_written {
             self.state.cursor_statements += 1;
             self.state.cursors_written += n;
+            self.metrics.statements.with_label_values(&["hosts"]).inc();
+            self.metrics.rows.with_label_values(&["hosts"]).inc_by(n);
         }
         if let Some(n) = out.accounts_written {
             self.state.account_statements += 1;
             self.state.accounts_written += n;
+            self.metrics
+                .statements
+                .with_label_values(&["accounts"])
+                .inc();
+            self.metrics.rows.with_label_values(&["accounts"]).inc_by(n);
         }
         self.pending.restore_cursors(out.unwritten_cursors);
         self.pending.restore_accounts(out.unwritten_accounts);
+        let (cursors, accounts) = self.pending.len();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .pending
+            .with_label_values(&["hosts"])
+            .set(gauge(cursors));
+        self.metrics
+            .pending
+            .with_label_values(&["accounts"])
+            .set(gauge(accounts));
         match out.error {
             None => {
                 self.state.consecutive_failures = 0;
@@ -436,6 +522,7 @@ impl WriteBehind {
             }
             Some(e) => {
                 self.state.failures += 1;
+                self.metrics.failures.with_label_values(&[e.reason()]).inc();
                 self.state.consecutive_failures = self.state.consecutive_failures.saturating_add(1);
                 self.state.last_error = Some(e.reason());
                 self.set_degraded(true);
@@ -457,6 +544,7 @@ impl WriteBehind {
     fn set_degraded(&mut self, degraded: bool) {
         self.state.degraded = degraded;
         self.degraded.store(degraded, Ordering::Release);
+        self.metrics.degraded.set(i64::from(degraded));
     }
 }
 
