@@ -16,13 +16,14 @@
 //! - **WriteBehind** (one): on the ingest arbiter. It only awaits Postgres (async I/O), and
 //!   its timers then follow that arbiter's clock, which tests pause.
 //! - Subscribers, ValidatorShards, the HostSupervisor and the resolver come next; the
-//!   `sequencer::IngestEvent` message is the contract the shards send.
+//!   [`sequencer::IngestEvent`] and [`sequencer::UpstreamDropped`] messages are the contract
+//!   the shards send, and [`supervision`] is the restart policy the HostSupervisor applies.
 //!
-//! Memory is bounded in bytes, not slots (`sequencer::ByteBudget`): a shard acquires a permit
+//! Memory is bounded in bytes, not slots ([`sequencer::ByteBudget`]): a shard acquires a permit
 //! for the frame's length before sending, and the permit travels with the event until it is
 //! durable. When the budget is spent, shards (and then Subscribers) stop reading (lesson 10).
 //!
-//! Every actor kind reports through `obs` (mailbox depth, handled, handler time, restarts)
+//! Every actor kind reports through [`obs`] (mailbox depth, handled, handler time, restarts)
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
 pub mod obs;
