@@ -4,7 +4,8 @@
 //! Files live under `target/bench-tmp/` (the project's disk, real fsync).
 //!
 //! Run: `cargo bench --bench ingest_pipeline` (a plain binary, no criterion: one timed run
-//! per workload; set `INGEST_BENCH_EVENTS` to change N).
+//! per workload; set `INGEST_BENCH_EVENTS` to change N). Without `--bench` (nextest,
+//! `cargo test --all-targets`) it lists no tests and smoke-runs 1,000 events.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -152,10 +153,22 @@ fn run(name: &str, frames: Vec<Bytes>) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo nextest` lists tests first: this binary has none.
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    // `cargo bench` passes `--bench`; anything else (`cargo test --all-targets`) gets a
+    // quick smoke run so the target is exercised without a long debug-build benchmark.
+    let default = if args.iter().any(|a| a == "--bench") {
+        100_000
+    } else {
+        1_000
+    };
     let n: usize = std::env::var("INGEST_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(default);
     run("identity frames", small_frames(n));
     run("signed #commit frames", commit_frames((n / 5).max(1)));
 }

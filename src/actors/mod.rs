@@ -16,13 +16,14 @@
 //! - **WriteBehind** (one): on the ingest arbiter. It only awaits Postgres (async I/O), and
 //!   its timers then follow that arbiter's clock, which tests pause.
 //! - Subscribers, ValidatorShards, the HostSupervisor and the resolver come next; the
-//!   `sequencer::IngestEvent` message is the contract the shards send.
+//!   [`shard_router::UpstreamFrame`] and [`sequencer::IngestEvent`] messages are the contracts
+//!   the shards send, and [`supervision`] is the restart policy the HostSupervisor applies.
 //!
-//! Memory is bounded in bytes, not slots (`sequencer::ByteBudget`): a shard acquires a permit
+//! Memory is bounded in bytes, not slots ([`sequencer::ByteBudget`]): a shard acquires a permit
 //! for the frame's length before sending, and the permit travels with the event until it is
 //! durable. When the budget is spent, shards (and then Subscribers) stop reading (lesson 10).
 //!
-//! Every actor kind reports through `obs` (mailbox depth, handled, handler time, restarts)
+//! Every actor kind reports through [`obs`] (mailbox depth, handled, handler time, restarts)
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
 pub mod obs;
@@ -44,7 +45,9 @@ use crate::store::event_log::{EventLog, EventLogReader};
 use obs::{ActorMetrics, InstrumentedAddr};
 use persister::{Persister, PersisterMetrics};
 use sequencer::{ByteBudget, Drain, Sequencer};
-use write_behind::{FlushNow, PendingWrites, StateSink, WriteBehind, WriteBehindSettings};
+use write_behind::{
+    FlushNow, PendingWrites, StateSink, WriteBehind, WriteBehindMetrics, WriteBehindSettings,
+};
 
 /// Settings of the ingest path's singletons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +77,8 @@ pub struct Ingest {
     pub durable_head: watch::Receiver<u64>,
     /// Shards acquire a permit per frame before sending.
     pub budget: ByteBudget,
-    /// Cursors and account state waiting for the write-behind (shards record drops here).
+    /// Cursors and account state waiting for the write-behind (filled through the hosts'
+    /// `upstream_cursor::HostCursor`s and by the Persister).
     pub pending: PendingWrites,
     /// True while Postgres writes are failing (readiness reads it).
     pub degraded: Arc<AtomicBool>,
@@ -93,6 +97,7 @@ pub fn start_ingest(
     registry: &Registry,
 ) -> Result<Ingest, prometheus::Error> {
     let persister_metrics = PersisterMetrics::register(registry)?;
+    let write_behind_metrics = WriteBehindMetrics::register(registry)?;
     let pending = PendingWrites::default();
     let degraded = Arc::new(AtomicBool::new(false));
     let budget = ByteBudget::new(settings.budget_bytes);
@@ -127,6 +132,7 @@ pub fn start_ingest(
         sink,
         settings.write_behind,
         Arc::clone(&degraded),
+        write_behind_metrics,
     );
     let write_behind = InstrumentedAddr::new(wb.start(), wb_obs);
 

@@ -16,8 +16,9 @@
 //!    `flush` if the log's sync policy left part of it unsynced, so nothing is announced
 //!    before it is on disk (ARCHITECTURE.md property 1);
 //! 3. publish the durable head on the `watch`;
-//! 4. record each host's highest upstream seq and the accounts' new state in
-//!    [`PendingWrites`] for the write-behind flusher;
+//! 4. complete each event's upstream cursor mark (the host's cursor moves once every seq
+//!    routed before it is finished too, see `upstream_cursor`) and hand the accounts' new
+//!    state to [`PendingWrites`] for the write-behind flusher;
 //! 5. drop the batch, which releases its byte-budget permits.
 //!
 //! A frame that cannot be re-sequenced (the shard validated it, so this is a bug upstream) is
@@ -47,7 +48,7 @@ pub struct Sequenced {
     pub event: IngestEvent,
 }
 
-/// A batch from the Sequencer, seqs strictly increasing.
+/// A batch from the Sequencer: events with strictly increasing seqs.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<BatchDurable, PersistFailed>")]
 pub struct PersistBatch(pub Vec<Sequenced>);

@@ -233,6 +233,7 @@ pub struct Sequencer {
     next_seq: u64,
     queued: VecDeque<Sequenced>,
     queued_bytes: u64,
+    in_flight: bool,
     in_flight_events: usize,
     drains: Vec<oneshot::Sender<()>>,
     state: SequencerState,
@@ -259,6 +260,7 @@ impl Sequencer {
             next_seq,
             queued: VecDeque::new(),
             queued_bytes: 0,
+            in_flight: false,
             in_flight_events: 0,
             drains: Vec::new(),
             state: SequencerState {
@@ -270,7 +272,7 @@ impl Sequencer {
 
     /// Hands everything queued to the Persister, unless a batch is already in flight.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight_events > 0 {
+        if self.in_flight {
             return;
         }
         if self.queued.is_empty() || self.state.halted.is_some() {
@@ -279,14 +281,16 @@ impl Sequencer {
             }
             return;
         }
-        let batch: Vec<Sequenced> = self.queued.drain(..).collect();
+        let events: Vec<Sequenced> = self.queued.drain(..).collect();
         self.queued_bytes = 0;
-        self.in_flight_events = batch.len();
+        self.in_flight = true;
+        self.in_flight_events = events.len();
         self.state.batches += 1;
-        self.state.largest_batch = self.state.largest_batch.max(batch.len());
+        self.state.largest_batch = self.state.largest_batch.max(events.len());
         let persister = self.persister.clone();
-        let write = async move { persister.send(PersistBatch(batch)).await };
+        let write = async move { persister.send(PersistBatch(events)).await };
         ctx.spawn(write.into_actor(self).map(|result, act, ctx| {
+            act.in_flight = false;
             act.in_flight_events = 0;
             match result {
                 Ok(Ok(done)) => {
@@ -328,7 +332,7 @@ impl Supervised for Sequencer {
         self.obs.restarted("stopped");
         // A restart drops the in-flight request; its outcome is unknown, so continuing
         // could announce a gap as durable. Halt loudly instead.
-        if self.in_flight_events > 0 {
+        if self.in_flight {
             self.halt("restarted_with_batch_in_flight");
         }
     }

@@ -2,8 +2,8 @@
 //! the event log.
 //!
 //! Owns nothing but a schedule: the pending writes live in [`PendingWrites`], a small shared
-//! map that the Persister fills after each durable batch (and the ValidatorShards will fill
-//! for events they deliberately drop). Every `flush_every` the actor takes everything that
+//! map that the Persister fills after each durable batch (including the upstream seqs the
+//! ValidatorShards dropped on purpose, which reach it through the Sequencer, in order). Every `flush_every` the actor takes everything that
 //! changed and writes it in **one statement per table** (lesson 5: never one statement per
 //! host), through a [`StateSink`] (Postgres in production, an in-memory fake in paused-clock
 //! tests).
@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::oneshot;
 
 use super::obs::{ActorObs, ObservedMessage};
@@ -82,7 +83,9 @@ impl PendingWrites {
     }
 
     /// Records that `host_id`'s events up to `upstream_seq` are durable or deliberately
-    /// dropped. Cursors only move forward.
+    /// dropped. Cursors only move forward. Called by a host's `upstream_cursor::HostCursor`
+    /// when the prefix of finished seqs grows, so a cursor never passes an event of the same
+    /// host that is still in flight.
     pub fn record_cursor(&self, host_id: i64, upstream_seq: i64) {
         let mut p = self.lock();
         let e = p.cursors.entry(host_id).or_insert(upstream_seq);
@@ -278,6 +281,71 @@ pub struct WriteBehindState {
 // ------------------------------------------------------------------------------------------
 // Actor
 
+/// The write-behind's counters on `/metrics` (bounded labels: table, reason).
+#[derive(Clone, Debug)]
+pub struct WriteBehindMetrics {
+    degraded: IntGauge,
+    statements: IntCounterVec,
+    rows: IntCounterVec,
+    failures: IntCounterVec,
+    pending: IntGaugeVec,
+}
+
+impl WriteBehindMetrics {
+    pub fn register(registry: &Registry) -> Result<WriteBehindMetrics, prometheus::Error> {
+        let m = WriteBehindMetrics {
+            degraded: IntGauge::new(
+                "rookery_write_behind_degraded",
+                "1 while Postgres writes fail and state waits to be written",
+            )?,
+            statements: IntCounterVec::new(
+                Opts::new(
+                    "rookery_write_behind_statements_total",
+                    "Batched statements written, by table",
+                ),
+                &["table"],
+            )?,
+            rows: IntCounterVec::new(
+                Opts::new(
+                    "rookery_write_behind_entries_total",
+                    "Cursors or accounts written, by table",
+                ),
+                &["table"],
+            )?,
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "rookery_write_behind_failures_total",
+                    "Failed flushes, by reason",
+                ),
+                &["reason"],
+            )?,
+            pending: IntGaugeVec::new(
+                Opts::new(
+                    "rookery_write_behind_pending",
+                    "Entries waiting for the next flush, by table",
+                ),
+                &["table"],
+            )?,
+        };
+        registry.register(Box::new(m.degraded.clone()))?;
+        registry.register(Box::new(m.statements.clone()))?;
+        registry.register(Box::new(m.rows.clone()))?;
+        registry.register(Box::new(m.failures.clone()))?;
+        registry.register(Box::new(m.pending.clone()))?;
+        Ok(m)
+    }
+
+    /// The degraded gauge's value (0 or 1).
+    pub fn degraded(&self) -> i64 {
+        self.degraded.get()
+    }
+
+    /// Failed flushes so far for `reason`.
+    pub fn failures(&self, reason: &str) -> u64 {
+        self.failures.with_label_values(&[reason]).get()
+    }
+}
+
 /// Flush cadence and retry backoff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteBehindSettings {
@@ -315,6 +383,7 @@ pub struct WriteBehind {
     sink: Arc<dyn StateSink>,
     settings: WriteBehindSettings,
     degraded: Arc<AtomicBool>,
+    metrics: WriteBehindMetrics,
     /// The next scheduled flush (cancelled when a `FlushNow` flushes at once).
     next_flush: Option<SpawnHandle>,
     flushing: bool,
@@ -337,6 +406,7 @@ impl WriteBehind {
         sink: Arc<dyn StateSink>,
         settings: WriteBehindSettings,
         degraded: Arc<AtomicBool>,
+        metrics: WriteBehindMetrics,
     ) -> WriteBehind {
         WriteBehind {
             obs,
@@ -344,6 +414,7 @@ impl WriteBehind {
             sink,
             settings,
             degraded,
+            metrics,
             next_flush: None,
             flushing: false,
             waiting_current: Vec::new(),
@@ -418,13 +489,30 @@ impl WriteBehind {
         if let Some(n) = out.cursors_written {
             self.state.cursor_statements += 1;
             self.state.cursors_written += n;
+            self.metrics.statements.with_label_values(&["hosts"]).inc();
+            self.metrics.rows.with_label_values(&["hosts"]).inc_by(n);
         }
         if let Some(n) = out.accounts_written {
             self.state.account_statements += 1;
             self.state.accounts_written += n;
+            self.metrics
+                .statements
+                .with_label_values(&["accounts"])
+                .inc();
+            self.metrics.rows.with_label_values(&["accounts"]).inc_by(n);
         }
         self.pending.restore_cursors(out.unwritten_cursors);
         self.pending.restore_accounts(out.unwritten_accounts);
+        let (cursors, accounts) = self.pending.len();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .pending
+            .with_label_values(&["hosts"])
+            .set(gauge(cursors));
+        self.metrics
+            .pending
+            .with_label_values(&["accounts"])
+            .set(gauge(accounts));
         match out.error {
             None => {
                 self.state.consecutive_failures = 0;
@@ -434,6 +522,7 @@ impl WriteBehind {
             }
             Some(e) => {
                 self.state.failures += 1;
+                self.metrics.failures.with_label_values(&[e.reason()]).inc();
                 self.state.consecutive_failures = self.state.consecutive_failures.saturating_add(1);
                 self.state.last_error = Some(e.reason());
                 self.set_degraded(true);
@@ -455,6 +544,7 @@ impl WriteBehind {
     fn set_degraded(&mut self, degraded: bool) {
         self.state.degraded = degraded;
         self.degraded.store(degraded, Ordering::Release);
+        self.metrics.degraded.set(i64::from(degraded));
     }
 }
 

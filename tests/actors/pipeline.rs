@@ -244,6 +244,55 @@ async fn signed_commits_and_indigo_scenario_frames_are_stored_byte_identical_apa
 }
 
 #[actix_rt::test]
+async fn a_frame_that_cannot_be_resequenced_is_dropped_counted_and_leaves_a_gap() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ingest, _) = start(dir.path(), Arc::new(NullSink), IngestSettings::default());
+    // An `#identity` without `seq`: `peek_event` accepts it, `resequence` cannot.
+    let no_seq = Bytes::from(frame_bytes(&serde_json::json!({
+        "header": {"op": 1, "t": "#identity"},
+        "body": {"did": "did:plc:noseq", "time": "2025-12-31T23:00:00.000Z"},
+    })));
+    let frames = [
+        small_frame("did:plc:ok", 2),
+        no_seq,
+        small_frame("did:plc:ok", 4),
+    ];
+    let mut seqs = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let upstream = i as i64 + 1;
+        let ev = event(
+            &ingest.budget,
+            f.clone(),
+            &ingest.pending,
+            3,
+            upstream,
+            None,
+        )
+        .await;
+        seqs.push(
+            ingest
+                .sequencer
+                .send(ev)
+                .await
+                .expect("mailbox")
+                .expect("seq"),
+        );
+    }
+    ingest.sequencer.send(Drain).await.expect("drain");
+    let stored: Vec<u64> = read_all(&ingest.reader, 0).iter().map(|r| r.seq).collect();
+    assert_eq!(stored, vec![seqs[0], seqs[2]], "a gap, never a reused seq");
+    let persister = ingest
+        .persister
+        .send(GetPersisterState)
+        .await
+        .expect("state");
+    assert_eq!(persister.resequence_failures, 1);
+    assert_eq!(persister.failed, None, "a bad frame does not stop ingest");
+    assert_eq!(ingest.budget.in_use(), 0);
+    ingest.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn a_restart_on_the_same_data_dir_continues_above_the_old_head() {
     let dir = tempfile::tempdir().expect("tmp");
     let (ingest, _) = start(dir.path(), Arc::new(NullSink), IngestSettings::default());

@@ -14,7 +14,7 @@ use rookery::actors::persister::GetPersisterState;
 use rookery::actors::sequencer::Drain;
 use rookery::actors::write_behind::{
     AccountStateUpdate, FlushNow, GetWriteBehindState, PendingWrites, PostgresSink, StateSink,
-    SyncState, WriteBehind, WriteBehindSettings,
+    SyncState, WriteBehind, WriteBehindMetrics, WriteBehindSettings,
 };
 use rookery::store::migrations;
 use rookery::store::postgres::{Db, DbError, DbSettings};
@@ -226,11 +226,23 @@ async fn ingest_goes_on_while_postgres_is_unreachable_and_the_writes_land_when_i
     )
     .await
     .expect("admin");
+    // Seeded under another name and renamed, so the database appears complete at once: a
+    // flush that ran between creating the tables and inserting the rows would find no host.
+    let staging = format!("{name}_staging");
     admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .batch_execute(&format!("CREATE DATABASE {staging}"))
         .await
         .expect("create");
-    seed(&db).await;
+    let staging_db = Db::new(cluster.pg_config(&staging), settings).expect("pool");
+    seed(&staging_db).await;
+    drop(staging_db);
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{staging}'; \
+             ALTER DATABASE {staging} RENAME TO {name}"
+        ))
+        .await
+        .expect("rename");
 
     let recovered = eventually(Duration::from_secs(10), || async {
         let s = write_behind_state(&ingest).await;
@@ -349,6 +361,7 @@ async fn flushes_on_the_interval_and_retries_with_backoff_on_a_paused_clock() {
     let registry = Registry::new();
     let metrics = ActorMetrics::register(&registry).expect("metrics");
     let obs = metrics.actor(WriteBehind::NAME, WriteBehind::MAILBOX);
+    let wb_metrics = WriteBehindMetrics::register(&registry).expect("metrics");
     let pending = PendingWrites::default();
     let degraded = Arc::new(AtomicBool::new(false));
     let settings = WriteBehindSettings::default(); // 4 s; retries 1 s doubling to 60 s
@@ -358,6 +371,7 @@ async fn flushes_on_the_interval_and_retries_with_backoff_on_a_paused_clock() {
         Arc::new(FakeSink(Arc::clone(&fake))),
         settings,
         Arc::clone(&degraded),
+        wb_metrics.clone(),
     );
     let addr = InstrumentedAddr::new(actix::Actor::start(actor), obs);
     let s = Duration::from_secs;
@@ -418,6 +432,8 @@ async fn flushes_on_the_interval_and_retries_with_backoff_on_a_paused_clock() {
         (1, 4, 4)
     );
     assert!(state.degraded);
+    assert_eq!(wb_metrics.degraded(), 1);
+    assert_eq!(wb_metrics.failures("pool_timeout"), 4);
 
     // Newer writes during the outage merge; when Postgres is back, they land at the next retry.
     pending.record_cursor(1, 15);
@@ -438,6 +454,7 @@ async fn flushes_on_the_interval_and_retries_with_backoff_on_a_paused_clock() {
         assert_eq!(calls[1], vec![(1, 15), (2, 25)]);
     }
     assert!(!degraded.load(Ordering::Acquire));
+    assert_eq!(wb_metrics.degraded(), 0);
     let state = addr.send(GetWriteBehindState).await.expect("state");
     assert_eq!(state.pending_cursors, 0);
     assert_eq!(state.consecutive_failures, 0);
