@@ -561,7 +561,7 @@ fn hostile_mst_slice_costs_a_small_multiple_of_its_size() {
 use rookery::atproto::data_model;
 use rookery::atproto::validate::{SyncVerdict, validate_sync};
 
-use crate::common::vectors::{VECTORS, read_bytes as vector, read_json as vector_json};
+use crate::common::vectors::{read_bytes as vector, read_json as vector_json, scenario_frames};
 
 /// A scenario's `{header, body}` frame (JSON form) as the binary message.
 fn frame_from_json(f: &serde_json::Value) -> Vec<u8> {
@@ -591,33 +591,20 @@ fn fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut cars: Vec<(String, Bytes)> = Vec::new();
 
     // Relay scenario frames, and the CAR slices they carry.
-    let dir = format!("{VECTORS}indigo/cmd/relay/testing/testdata");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
-    assert!(names.len() >= 7, "relay scenarios present");
-    for name in &names {
-        let scenario = vector_json(&format!("indigo/cmd/relay/testing/testdata/{name}"));
-        let stem = name.trim_end_matches(".json");
-        for (i, m) in scenario["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .enumerate()
-        {
-            let msg = frame_from_json(&m["frame"]);
-            match frame::decode_frame(&Bytes::from(msg.clone())).expect("scenario frame") {
-                Frame::Commit(c) => cars.push((format!("{stem}-{i}"), c.blocks.clone())),
-                Frame::Sync(s) => cars.push((format!("{stem}-{i}"), s.blocks.clone())),
-                _ => {}
-            }
-            seeds.push(("frame", format!("{stem}-{i}"), msg.clone()));
-            seeds.push(("validate", format!("{stem}-{i}"), msg));
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, f) in scenario_frames() {
+        let stem = name.trim_end_matches(".json").to_string();
+        let i = index.entry(stem.clone()).or_default();
+        let label = format!("{stem}-{i}");
+        *i += 1;
+        let msg = frame_from_json(&f);
+        match frame::decode_frame(&Bytes::from(msg.clone())).expect("scenario frame") {
+            Frame::Commit(c) => cars.push((label.clone(), c.blocks.clone())),
+            Frame::Sync(s) => cars.push((label.clone(), s.blocks.clone())),
+            _ => {}
         }
+        seeds.push(("frame", label.clone(), msg.clone()));
+        seeds.push(("validate", label, msg));
     }
 
     // Valid events signed with the fixed key: create, update + delete, a 3-op commit, a sync.
