@@ -28,6 +28,7 @@
 
 pub mod obs;
 pub mod persister;
+pub mod resolver;
 pub mod sequencer;
 pub mod shard_router;
 pub mod supervision;
