@@ -6,5 +6,6 @@
 mod common;
 
 mod pipeline;
+mod resolver;
 mod support;
 mod write_behind;
