@@ -593,7 +593,11 @@ impl Resolver {
         self.load(did, true).await
     }
 
-    /// Forgets the DID in memory and in `did_cache` (on `#identity`).
+    /// Forgets the DID in memory and in `did_cache` (on `#identity`). Not rate-limited: any
+    /// upstream may send `#identity` for any DID, but those frames are bounded by the
+    /// Subscriber's per-host rate limits, and the lookups they cause still go through
+    /// singleflight and the in-flight cap. A lookup already in flight when the purge lands
+    /// still stores its answer.
     pub async fn purge(&self, did: &str) {
         self.count("purged");
         self.inner.cache.invalidate(did).await;
