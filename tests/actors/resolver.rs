@@ -10,7 +10,7 @@ use actix_web::{HttpResponse, HttpServer, web};
 use futures_util::future::join_all;
 use prometheus::Registry;
 use rookery::actors::obs::ActorMetrics;
-use rookery::actors::resolver::{HostCheck, ResolveError, Resolver, ResolverSettings};
+use rookery::actors::resolver::{HostCheck, ResolveError, Resolver, ResolverSettings, Transient};
 use rookery::atproto::did_doc::PdsEndpoint;
 use rookery::atproto::keys::{Curve, PrivateKey, PublicKey};
 use rookery::sim::{PlcEntry, SimPlc};
@@ -468,19 +468,24 @@ async fn invalid_dids_are_refused_without_a_request() {
     plc.stop().await;
 }
 
+/// What a did:web test host answers: status and body.
+type Answer = Arc<Mutex<(u16, String)>>;
+
 /// A did:web host on 127.0.0.1: `GET /.well-known/did.json` answers what the returned slot
 /// holds (filled once the port, and so the DID, is known).
-fn did_web_host() -> (actix_web::dev::ServerHandle, u16, Arc<Mutex<String>>) {
-    let document = Arc::new(Mutex::new(String::new()));
-    let served = Arc::clone(&document);
+fn did_web_host() -> (actix_web::dev::ServerHandle, u16, Answer) {
+    let answer: Answer = Arc::new(Mutex::new((200, String::new())));
+    let served = Arc::clone(&answer);
     let server = HttpServer::new(move || {
         let served = Arc::clone(&served);
         actix_web::App::new().route(
             "/.well-known/did.json",
             web::get().to(move || {
-                let body = served.lock().map(|d| d.clone()).unwrap_or_default();
+                let (status, body) = served.lock().map(|a| a.clone()).unwrap_or_default();
                 async move {
-                    HttpResponse::Ok()
+                    let status = actix_web::http::StatusCode::from_u16(status)
+                        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    HttpResponse::build(status)
                         .content_type("application/json")
                         .body(body)
                 }
@@ -495,7 +500,11 @@ fn did_web_host() -> (actix_web::dev::ServerHandle, u16, Arc<Mutex<String>>) {
     let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);
-    (handle, port, document)
+    (handle, port, answer)
+}
+
+fn set_answer(answer: &Answer, status: u16, body: String) {
+    *answer.lock().expect("answer slot") = (status, body);
 }
 
 fn web_entry(port: u16) -> PlcEntry {
@@ -514,7 +523,7 @@ async fn did_web_on_localhost_resolves_over_http() {
     let (server, port, document) = did_web_host();
     let did = format!("did:web:localhost%3A{port}");
     let entry = web_entry(port);
-    *document.lock().expect("slot") = entry.document(&did).to_string();
+    set_answer(&document, 200, entry.document(&did).to_string());
 
     let identity = resolver.resolve(&did).await.expect("did:web resolves");
     assert_eq!(identity.signing_key, entry.signing_key);
@@ -523,7 +532,11 @@ async fn did_web_on_localhost_resolves_over_http() {
     assert_eq!(plc.requests(), 0);
 
     // A document whose id names another DID is broken, and cached as such.
-    *document.lock().expect("slot") = entry.document("did:web:example.com").to_string();
+    set_answer(
+        &document,
+        200,
+        entry.document("did:web:example.com").to_string(),
+    );
     resolver.purge(&did).await;
     assert_eq!(
         resolver.resolve(&did).await,
@@ -531,5 +544,100 @@ async fn did_web_on_localhost_resolves_over_http() {
     );
     assert_eq!(resolver.state().await.negative_entries, 1);
     server.stop(false).await;
+    plc.stop().await;
+}
+
+#[actix_rt::test]
+async fn server_errors_are_transient_and_oversized_documents_broken() {
+    let plc = SimPlc::start().expect("plc");
+    let resolver = start(settings(&plc), None);
+    let (server, port, answer) = did_web_host();
+    let did = format!("did:web:localhost%3A{port}");
+    let entry = web_entry(port);
+
+    set_answer(&answer, 503, "busy".to_string());
+    assert_eq!(
+        resolver.resolve(&did).await,
+        Err(ResolveError::Transient(Transient::Status(503)))
+    );
+    // Not cached: the next call asks again and gets the document.
+    set_answer(&answer, 200, entry.document(&did).to_string());
+    assert_eq!(
+        resolver.resolve(&did).await.expect("resolves").signing_key,
+        entry.signing_key
+    );
+    assert_eq!(resolver.metrics().outcome("error_status"), 1);
+    assert_eq!(
+        resolver.metrics().outcome("client_recycled"),
+        0,
+        "the connection was fine"
+    );
+
+    // A body over 64 KiB is refused while reading, whatever it contains.
+    set_answer(
+        &answer,
+        200,
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024)),
+    );
+    resolver.purge(&did).await;
+    assert_eq!(
+        resolver.resolve(&did).await,
+        Err(ResolveError::Broken("did-doc-too-large"))
+    );
+    server.stop(false).await;
+    plc.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_slow_directory_times_out_and_the_client_is_recycled() {
+    let plc = SimPlc::start().expect("plc");
+    let resolver = start(
+        ResolverSettings {
+            request_timeout: Duration::from_millis(200),
+            ..settings(&plc)
+        },
+        None,
+    );
+    let (did, entry) = register(&plc);
+    plc.set_response_delay(Duration::from_millis(1_000));
+    assert_eq!(
+        resolver.resolve(&did).await,
+        Err(ResolveError::Transient(Transient::Timeout))
+    );
+    assert_eq!(resolver.metrics().outcome("error_timeout"), 1);
+    assert_eq!(resolver.metrics().outcome("client_recycled"), 1);
+    plc.set_response_delay(Duration::ZERO);
+    assert_eq!(
+        resolver.resolve(&did).await.expect("resolves").signing_key,
+        entry.signing_key
+    );
+    plc.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_thread_with_its_own_runtime_can_resolve() {
+    // How a ValidatorShard thread uses the pool: its own runtime, the shared handle.
+    let plc = SimPlc::start().expect("plc");
+    let resolver = start(settings(&plc), None);
+    let (did, entry) = register(&plc);
+    let shard_resolver = resolver.clone();
+    let shard_did = did.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            shard_resolver
+                .resolve(&shard_did)
+                .await
+                .map(|id| id.signing_key.clone())
+        })
+    })
+    .await
+    .expect("shard thread");
+    assert_eq!(key, Ok(entry.signing_key));
+    resolver.resolve(&did).await.expect("now cached");
+    assert_eq!(plc.requests_for(&did), 1);
     plc.stop().await;
 }
