@@ -857,6 +857,9 @@ impl Resolver {
         ttl: Duration,
     ) {
         let Some(db) = self.second_level() else {
+            if self.inner.db.is_some() {
+                self.count("pg_skipped");
+            }
             return;
         };
         let (document, key, host, endpoint, handle, negative) = match answer {
