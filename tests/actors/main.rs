@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod host_supervisor;
 mod pipeline;
 mod support;
 mod write_behind;
