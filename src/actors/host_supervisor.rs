@@ -133,10 +133,19 @@ pub trait Connector: 'static {
 pub struct ExitLink {
     permit: Option<OwnedSemaphorePermit>,
     live: Option<oneshot::Sender<()>>,
-    exit: Option<oneshot::Sender<SubscriberExit>>,
+    exit: Option<oneshot::Sender<ExitNotice>>,
     outcome: Option<SubscriberExit>,
     connected: bool,
     events: u64,
+    cursor: Option<i64>,
+}
+
+/// What the supervisor learns when a Subscriber stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitNotice {
+    pub exit: SubscriberExit,
+    /// The connection's committed cursor, when it had one to report.
+    pub cursor: Option<i64>,
 }
 
 impl ExitLink {
@@ -163,21 +172,9 @@ impl ExitLink {
         self.outcome.get_or_insert(exit);
     }
 
-    /// A link whose notices go nowhere (tests of a Subscriber without a supervisor): the
-    /// receivers are returned.
-    pub fn detached() -> (ExitLink, oneshot::Receiver<SubscriberExit>) {
-        let (exit, rx) = oneshot::channel();
-        (
-            ExitLink {
-                permit: None,
-                live: None,
-                exit: Some(exit),
-                outcome: None,
-                connected: false,
-                events: 0,
-            },
-            rx,
-        )
+    /// The cursor this connection reached (every seq up to it durable or dropped).
+    pub fn set_cursor(&mut self, committed: i64) {
+        self.cursor = Some(committed);
     }
 }
 
@@ -191,7 +188,10 @@ impl Drop for ExitLink {
             SubscriberExit::DialFailed
         });
         if let Some(tx) = self.exit.take() {
-            let _ = tx.send(exit);
+            let _ = tx.send(ExitNotice {
+                exit,
+                cursor: self.cursor,
+            });
         }
     }
 }
@@ -263,6 +263,14 @@ impl ObservedMessage for ChangeLimits {
 pub struct ListConnections;
 impl ObservedMessage for ListConnections {
     const NAME: &'static str = "list_connections";
+}
+
+/// Stops the supervisor and, through their stop channels, every Subscriber.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopSupervisor;
+impl ObservedMessage for StopSupervisor {
+    const NAME: &'static str = "stop";
 }
 
 /// The supervisor's counters.
@@ -569,6 +577,7 @@ impl HostSupervisor {
                 outcome: None,
                 connected: false,
                 events: 0,
+                cursor: None,
             },
         };
         self.state.dials += 1;
@@ -580,10 +589,13 @@ impl HostSupervisor {
         ctx.spawn(exit_rx.into_actor(self).map(move |r, act, ctx| {
             // A sender dropped without a notice cannot happen (the link's Drop sends);
             // count it as a drop without events all the same.
-            let exit = r.unwrap_or(SubscriberExit::Dropped {
-                events_delivered: 0,
+            let notice = r.unwrap_or(ExitNotice {
+                exit: SubscriberExit::Dropped {
+                    events_delivered: 0,
+                },
+                cursor: None,
             });
-            act.on_exit(id, epoch, exit, ctx);
+            act.on_exit(id, epoch, notice, ctx);
         }));
         self.connector.connect(request);
     }
@@ -601,12 +613,17 @@ impl HostSupervisor {
         self.queue_status(id, true);
     }
 
-    fn on_exit(&mut self, id: i64, epoch: u64, exit: SubscriberExit, ctx: &mut Context<Self>) {
+    fn on_exit(&mut self, id: i64, epoch: u64, notice: ExitNotice, ctx: &mut Context<Self>) {
+        let exit = notice.exit;
         self.state.exits += 1;
         self.obs.restarted(exit.reason());
         let Some(h) = self.hosts.get_mut(&id) else {
             return;
         };
+        if let Some(c) = notice.cursor {
+            // Also for a stale epoch (a kill): the next dial resumes from here.
+            h.rec.cursor = h.rec.cursor.max(c);
+        }
         if h.epoch != epoch {
             self.state.stale_exits += 1;
             return;
@@ -918,6 +935,14 @@ impl Handler<ListConnections> for HostSupervisor {
         let mut v: Vec<HostView> = self.hosts.values().map(Self::view).collect();
         v.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         MessageResult(v)
+    }
+}
+
+impl Handler<StopSupervisor> for HostSupervisor {
+    type Result = ();
+    fn handle(&mut self, _: StopSupervisor, ctx: &mut Context<Self>) {
+        let _guard = self.obs.enter(StopSupervisor::NAME);
+        ctx.stop();
     }
 }
 

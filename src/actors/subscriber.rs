@@ -17,9 +17,472 @@
 //!
 //! The exit is reported by the exit link it owns: whatever ends the actor (a close, an
 //! error, a kill, a panic), dropping the link sends the notice.
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix::io::{SinkWrite, WriteHandler};
+use actix::prelude::*;
+use actix_ws::Item;
+use awc::error::WsProtocolError;
+use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::StreamExt;
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+
+use super::host_supervisor::{Connector, DialRequest, ExitLink};
+use super::obs::{ActorMetrics, ActorObs};
+use super::sequencer::{ByteBudget, EventKind};
+use super::shard_router::{ShardRouter, UpstreamFrame};
+use super::supervision::SubscriberExit;
+use super::upstream_cursor::HostCursor;
+use super::write_behind::PendingWrites;
+use crate::atproto::frame::{self as fr, MAX_FRAME_BYTES};
+
+// ------------------------------------------------------------------------------------------
+// Settings, counters, observable state
+
+/// Keepalive and dial settings of every Subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriberSettings {
+    /// Ping an upstream that sent nothing for this long (indigo: 30 s).
+    pub ping_interval: Duration,
+    /// Give up on an upstream silent for this long (indigo: after 4 failed pings).
+    pub dead_after: Duration,
+    /// DNS, TCP, TLS and upgrade together.
+    pub handshake_timeout: Duration,
+    /// Largest reassembled websocket message (PROTOCOL.md §1: 5,000,000 bytes).
+    pub max_message_bytes: usize,
+}
+
+impl Default for SubscriberSettings {
+    fn default() -> Self {
+        SubscriberSettings {
+            ping_interval: Duration::from_secs(30),
+            dead_after: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(15),
+            max_message_bytes: MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Frames a Subscriber did not route, by bounded reason (no per-host labels).
+#[derive(Clone, Debug)]
+pub struct SubscriberMetrics {
+    skipped: IntCounterVec,
+}
+
+impl SubscriberMetrics {
+    pub fn register(registry: &Registry) -> Result<SubscriberMetrics, prometheus::Error> {
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "rookery_subscriber_frames_skipped_total",
+                "Upstream frames not routed to a shard, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(skipped.clone()))?;
+        Ok(SubscriberMetrics { skipped })
+    }
+
+    /// Frames skipped so far for `reason`.
+    pub fn skipped(&self, reason: &str) -> u64 {
+        self.skipped.with_label_values(&[reason]).get()
+    }
+}
+
+/// What one connection did (logged at exit; tests read it through [`SubscriberProbe`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriberState {
+    pub routed: u64,
+    pub non_increasing: u64,
+    pub skipped: u64,
+    pub rate_limited: u64,
+    pub last_seq: Option<u64>,
+}
+
+/// A shared view of a running Subscriber's state (tests, the admin API later).
+pub type SubscriberProbe = Arc<std::sync::Mutex<SubscriberState>>;
+
+// ------------------------------------------------------------------------------------------
+// Connector
+
+/// What every Subscriber shares: the shards, the byte budget, the cursor map.
+#[derive(Clone)]
+pub struct SubscriberDeps {
+    pub router: ShardRouter,
+    pub budget: ByteBudget,
+    pub pending: PendingWrites,
+    pub settings: SubscriberSettings,
+    pub actor_metrics: ActorMetrics,
+    pub metrics: SubscriberMetrics,
+    /// When set, each new connection's state is published here by hostname (tests).
+    pub probes: Option<Arc<std::sync::Mutex<std::collections::HashMap<String, SubscriberProbe>>>>,
+}
+
+/// The production [`Connector`]: dials with awc and starts a [`Subscriber`] on the current
+/// arbiter. The crypto provider must be installed once at start
+/// (`rustls::crypto::ring::default_provider().install_default()`).
+#[derive(Clone)]
+pub struct AwcConnector {
+    deps: SubscriberDeps,
+}
+
+impl AwcConnector {
+    pub fn new(deps: SubscriberDeps) -> AwcConnector {
+        AwcConnector { deps }
+    }
+}
+
+impl Connector for AwcConnector {
+    fn connect(&self, request: DialRequest) {
+        actix_rt::spawn(dial(self.deps.clone(), request));
+    }
+}
+
+/// `ws[s]://host/xrpc/com.atproto.sync.subscribeRepos[?cursor=N]`.
+pub fn subscribe_url(hostname: &str, no_ssl: bool, cursor: Option<i64>) -> String {
+    let scheme = if no_ssl { "ws" } else { "wss" };
+    match cursor {
+        Some(c) => format!("{scheme}://{hostname}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
+        None => format!("{scheme}://{hostname}/xrpc/com.atproto.sync.subscribeRepos"),
+    }
+}
+
+/// The handshake, then the actor. The link (and with it the handshake permit) is dropped on
+/// every early return, which reports the exit.
+async fn dial(deps: SubscriberDeps, request: DialRequest) {
+    let DialRequest {
+        host_id,
+        hostname,
+        cursor,
+        no_ssl,
+        relay_allowed,
+        limits,
+        mut stop,
+        mut link,
+        ..
+    } = request;
+    let url = subscribe_url(&hostname, no_ssl, cursor);
+    let client = awc::Client::builder()
+        .timeout(deps.settings.handshake_timeout)
+        .finish();
+    let connect = client
+        .ws(url)
+        .max_frame_size(deps.settings.max_message_bytes)
+        .connect();
+    let result = tokio::select! {
+        r = tokio::time::timeout(deps.settings.handshake_timeout, connect) => r,
+        exit = &mut stop => {
+            link.set_outcome(exit.unwrap_or(SubscriberExit::Shutdown));
+            return;
+        }
+    };
+    let (response, framed) = match result {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
+            tracing::debug!(host = %hostname, error = %e, "dial failed");
+            return; // DialFailed
+        }
+        Err(_) => {
+            tracing::debug!(host = %hostname, "handshake timed out");
+            return;
+        }
+    };
+    link.handshake_done();
+    let server = response
+        .headers()
+        .get(awc::http::header::SERVER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if is_relay_server(server) && !relay_allowed {
+        tracing::warn!(host = %hostname, server, "upstream is a relay");
+        link.set_outcome(SubscriberExit::RelayDetected);
+        return;
+    }
+    let probe = SubscriberProbe::default();
+    if let Some(probes) = &deps.probes {
+        probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hostname.to_string(), Arc::clone(&probe));
+    }
+    let obs = deps
+        .actor_metrics
+        .actor(Subscriber::NAME, Subscriber::MAILBOX);
+    let now = Instant::now();
+    let initial = *limits.borrow();
+    let (sink, stream) = framed.split();
+    Subscriber::create(move |ctx| {
+        ctx.add_stream(stream);
+        let sink: WsSink = Box::pin(sink);
+        let sink = SinkWrite::new(sink, ctx);
+        Subscriber {
+            obs,
+            hostname,
+            cursor: HostCursor::new(host_id, cursor.unwrap_or(0), deps.pending.clone()),
+            router: deps.router.clone(),
+            budget: deps.budget.clone(),
+            metrics: deps.metrics.clone(),
+            settings: deps.settings,
+            seqs: SeqCheck::default(),
+            limiter: RateLimiter::new(initial, now),
+            limits,
+            stop: Some(stop),
+            link,
+            sink,
+            partial: None,
+            last_heard: now,
+            state: SubscriberState::default(),
+            probe,
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// Actor
+
+/// The write half of the socket, type-erased (pongs, pings and the close frame).
+type WsSink = std::pin::Pin<Box<dyn futures_util::Sink<WsMessage, Error = WsProtocolError>>>;
+
+/// One host connection.
+pub struct Subscriber {
+    obs: ActorObs,
+    hostname: Arc<str>,
+    cursor: HostCursor,
+    router: ShardRouter,
+    budget: ByteBudget,
+    metrics: SubscriberMetrics,
+    settings: SubscriberSettings,
+    seqs: SeqCheck,
+    limiter: RateLimiter,
+    limits: watch::Receiver<HostLimits>,
+    stop: Option<oneshot::Receiver<SubscriberExit>>,
+    link: ExitLink,
+    sink: SinkWrite<WsMessage, WsSink>,
+    /// A message arriving in continuation frames.
+    partial: Option<BytesMut>,
+    last_heard: Instant,
+    state: SubscriberState,
+    probe: SubscriberProbe,
+}
+
+impl Subscriber {
+    /// Its `actor` label.
+    pub const NAME: &'static str = "subscriber";
+    /// Nothing is sent to a Subscriber on a data path (it reads its socket); the supervisor
+    /// controls it through its stop channel. A small mailbox suffices for future probes.
+    pub const MAILBOX: usize = 4;
+
+    fn skip(&mut self, reason: &'static str) {
+        self.state.skipped += 1;
+        self.metrics.skipped.with_label_values(&[reason]).inc();
+    }
+
+    fn publish(&self) {
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = self.state;
+    }
+
+    fn fail(&mut self, reason: &'static str, ctx: &mut Context<Self>) {
+        tracing::info!(host = %self.hostname, reason, "upstream connection ends");
+        self.skip(reason);
+        ctx.stop();
+    }
+
+    /// One whole websocket message.
+    fn on_message(&mut self, msg: Bytes, ctx: &mut Context<Self>) {
+        let (kind, seq, did) = match fr::peek_event(&msg) {
+            // Bad framing or CBOR is fatal for the connection (PROTOCOL.md §1).
+            Err(_) => return self.fail("bad_frame", ctx),
+            Ok(peek) if peek.header.op == -1 => {
+                let error = match fr::decode_frame(&msg) {
+                    Ok(fr::Frame::Error(e)) => e.error,
+                    _ => String::new(),
+                };
+                if error == "FutureCursor" {
+                    self.link.set_outcome(SubscriberExit::FutureCursor);
+                }
+                tracing::info!(host = %self.hostname, error, "upstream error frame");
+                return self.fail("error_frame", ctx);
+            }
+            Ok(peek) if peek.header.op != 1 => return self.skip("unknown_op"),
+            Ok(peek) => (
+                peek.header.t.and_then(EventKind::from_frame_type),
+                peek.seq,
+                peek.did.map(str::to_string),
+            ),
+        };
+        let Some(seq) = seq else {
+            // `#info` and other frames without a seq: nothing for the cursor.
+            return self.skip(if kind.is_some() {
+                "no_seq"
+            } else {
+                "info_or_unknown"
+            });
+        };
+        if !self.seqs.accept(seq) {
+            self.state.non_increasing += 1;
+            return self.skip("non_increasing_seq");
+        }
+        self.state.last_seq = Some(seq);
+        // A checked `u64` that fits `i64` (peek_event guarantees it).
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let mark = self.cursor.begin(seq);
+        let (Some(kind), Some(did)) = (kind, did) else {
+            // Skipped on purpose: the cursor may pass it.
+            mark.complete();
+            return self.skip(if kind.is_none() {
+                "unknown_type"
+            } else {
+                "no_did"
+            });
+        };
+        let now = Instant::now();
+        if self.limits.has_changed().unwrap_or(false) {
+            let limits = *self.limits.borrow_and_update();
+            self.limiter.set_limits(limits, now);
+        }
+        let until = self.limiter.admit(now).err();
+        if until.is_some() {
+            self.state.rate_limited += 1;
+        }
+        let router = self.router.clone();
+        let budget = self.budget.clone();
+        let hostname = Arc::clone(&self.hostname);
+        // While this runs the actor reads nothing: the rate limit and a full shard queue
+        // delay the upstream, they never drop (lesson 10).
+        ctx.wait(
+            async move {
+                if let Some(until) = until {
+                    tokio::time::sleep_until(until).await;
+                }
+                let permit = budget.acquire(msg.len()).await.map_err(|_| ())?;
+                router
+                    .route(UpstreamFrame {
+                        hostname,
+                        did,
+                        kind,
+                        frame: msg,
+                        cursor: mark,
+                        permit,
+                    })
+                    .await
+                    .map_err(|_| ())
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok(()) => {
+                    act.state.routed += 1;
+                    act.last_heard = Instant::now();
+                    act.link.delivered();
+                    act.publish();
+                }
+                Err(()) => {
+                    act.link.set_outcome(SubscriberExit::Shutdown);
+                    act.fail("ingest_stopped", ctx);
+                }
+            }),
+        );
+    }
+
+    fn keepalive(&mut self, ctx: &mut Context<Self>) {
+        let idle = self.last_heard.elapsed();
+        if idle >= self.settings.dead_after {
+            return self.fail("dead_upstream", ctx);
+        }
+        if idle >= self.settings.ping_interval {
+            let _ = self.sink.write(WsMessage::Ping(Bytes::new()));
+        }
+    }
+}
+
+impl Actor for Subscriber {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(Self::MAILBOX);
+        if let Some(stop) = self.stop.take() {
+            ctx.spawn(stop.into_actor(self).map(|exit, act, ctx| {
+                // A supervisor that went away stops its children too.
+                act.link
+                    .set_outcome(exit.unwrap_or(SubscriberExit::Shutdown));
+                let _ = act.sink.write(WsMessage::Close(Some(CloseReason {
+                    code: CloseCode::Normal,
+                    description: None,
+                })));
+                ctx.stop();
+            }));
+        }
+        let every = self.settings.ping_interval.min(self.settings.dead_after) / 2;
+        ctx.run_interval(every.max(Duration::from_millis(10)), |act, ctx| {
+            act.keepalive(ctx)
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.publish();
+        // What this connection made durable so far: the next dial resumes from it (marks
+        // still in flight only raise the stored cursor later; a lower cursor replays a few
+        // events, which the rev check drops).
+        self.link.set_cursor(self.cursor.committed());
+        tracing::debug!(host = %self.hostname, state = ?self.state, "subscriber stopped");
+        // Dropping `self.link` with the actor reports the exit.
+    }
+}
+
+impl WriteHandler<WsProtocolError> for Subscriber {}
+
+impl StreamHandler<Result<Frame, WsProtocolError>> for Subscriber {
+    fn handle(&mut self, item: Result<Frame, WsProtocolError>, ctx: &mut Context<Self>) {
+        let _guard = self.obs.enter("frame");
+        self.last_heard = Instant::now();
+        let frame = match item {
+            Ok(frame) => frame,
+            // Oversized frames, bad masking, a reset socket: the connection is over.
+            Err(_) => return self.fail("protocol_error", ctx),
+        };
+        match frame {
+            Frame::Binary(msg) => self.on_message(msg, ctx),
+            Frame::Continuation(Item::FirstBinary(part)) => {
+                let mut buf = BytesMut::with_capacity(part.len());
+                buf.extend_from_slice(&part);
+                self.partial = Some(buf);
+            }
+            Frame::Continuation(Item::Continue(part)) => self.continuation(part, false, ctx),
+            Frame::Continuation(Item::Last(part)) => self.continuation(part, true, ctx),
+            // A text message is fatal (indigo); so is one split into text continuations.
+            Frame::Text(_) | Frame::Continuation(Item::FirstText(_)) => {
+                self.fail("text_frame", ctx)
+            }
+            Frame::Ping(payload) => {
+                let _ = self.sink.write(WsMessage::Pong(payload));
+            }
+            Frame::Pong(_) => {}
+            Frame::Close(_) => ctx.stop(),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Subscriber {
+    /// One continuation part; the whole message is handled after the last one.
+    fn continuation(&mut self, part: Bytes, last: bool, ctx: &mut Context<Self>) {
+        let Some(buf) = self.partial.as_mut() else {
+            return self.fail("bad_continuation", ctx);
+        };
+        if buf.len() + part.len() > self.settings.max_message_bytes {
+            return self.fail("message_too_large", ctx);
+        }
+        buf.extend_from_slice(&part);
+        if last && let Some(buf) = self.partial.take() {
+            self.on_message(buf.freeze(), ctx);
+        }
+    }
+}
 
 // ------------------------------------------------------------------------------------------
 // Pure pieces (table-tested below, no actors)

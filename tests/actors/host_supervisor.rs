@@ -129,6 +129,8 @@ impl Connector for ScriptedConnector {
                             .limits
                             .insert(host.clone(), *limits.borrow_and_update());
                         tokio::select! {
+                            // The stop comes with the limits sender's drop: read it first.
+                            biased;
                             exit = &mut stop => {
                                 if let Ok(exit) = exit {
                                     script.lock().unwrap().stopped_with.push((host.clone(), exit));

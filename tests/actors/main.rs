@@ -7,5 +7,6 @@ mod common;
 
 mod host_supervisor;
 mod pipeline;
+mod subscriber;
 mod support;
 mod write_behind;
