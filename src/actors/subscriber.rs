@@ -26,6 +26,7 @@ use actix_ws::Item;
 use awc::error::WsProtocolError;
 use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{FutureExt, Shared};
 use futures_util::stream::StreamExt;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::{oneshot, watch};
@@ -229,7 +230,7 @@ async fn dial(deps: SubscriberDeps, request: DialRequest) {
             seqs: SeqCheck::default(),
             limiter: RateLimiter::new(initial, now),
             limits,
-            stop: Some(stop),
+            stop: stop.shared(),
             link,
             sink,
             partial: None,
@@ -258,7 +259,9 @@ pub struct Subscriber {
     seqs: SeqCheck,
     limiter: RateLimiter,
     limits: watch::Receiver<HostLimits>,
-    stop: Option<oneshot::Receiver<SubscriberExit>>,
+    /// The supervisor's stop, shared: the reader awaits it, and so does every back-pressure
+    /// wait, so a kill or ban takes effect even while the actor waits on a full shard.
+    stop: Shared<oneshot::Receiver<SubscriberExit>>,
     link: ExitLink,
     sink: SinkWrite<WsMessage, WsSink>,
     /// A message arriving in continuation frames.
@@ -350,25 +353,34 @@ impl Subscriber {
         let router = self.router.clone();
         let budget = self.budget.clone();
         let hostname = Arc::clone(&self.hostname);
+        let stop = self.stop.clone();
         // While this runs the actor reads nothing: the rate limit and a full shard queue
-        // delay the upstream, they never drop (lesson 10).
+        // delay the upstream, they never drop (lesson 10). A stop abandons the frame's mark,
+        // so the cursor stays below it and the next connection asks for it again.
+        let deliver = async move {
+            if let Some(until) = until {
+                tokio::time::sleep_until(until).await;
+            }
+            let permit = budget.acquire(msg.len()).await.map_err(|_| None)?;
+            router
+                .route(UpstreamFrame {
+                    hostname,
+                    did,
+                    kind,
+                    frame: msg,
+                    cursor: mark,
+                    permit,
+                })
+                .await
+                .map_err(|_| None)
+        };
         ctx.wait(
             async move {
-                if let Some(until) = until {
-                    tokio::time::sleep_until(until).await;
+                tokio::select! {
+                    biased;
+                    exit = stop => Err(Some(exit.unwrap_or(SubscriberExit::Shutdown))),
+                    done = deliver => done,
                 }
-                let permit = budget.acquire(msg.len()).await.map_err(|_| ())?;
-                router
-                    .route(UpstreamFrame {
-                        hostname,
-                        did,
-                        kind,
-                        frame: msg,
-                        cursor: mark,
-                        permit,
-                    })
-                    .await
-                    .map_err(|_| ())
             }
             .into_actor(self)
             .map(|res, act, ctx| match res {
@@ -378,12 +390,23 @@ impl Subscriber {
                     act.link.delivered();
                     act.publish();
                 }
-                Err(()) => {
+                Err(Some(exit)) => act.stop_with(exit, ctx),
+                Err(None) => {
                     act.link.set_outcome(SubscriberExit::Shutdown);
                     act.fail("ingest_stopped", ctx);
                 }
             }),
         );
+    }
+
+    /// The supervisor ended this connection: close it politely and report `exit`.
+    fn stop_with(&mut self, exit: SubscriberExit, ctx: &mut Context<Self>) {
+        self.link.set_outcome(exit);
+        let _ = self.sink.write(WsMessage::Close(Some(CloseReason {
+            code: CloseCode::Normal,
+            description: None,
+        })));
+        ctx.stop();
     }
 
     fn keepalive(&mut self, ctx: &mut Context<Self>) {
@@ -402,18 +425,10 @@ impl Actor for Subscriber {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(Self::MAILBOX);
-        if let Some(stop) = self.stop.take() {
-            ctx.spawn(stop.into_actor(self).map(|exit, act, ctx| {
-                // A supervisor that went away stops its children too.
-                act.link
-                    .set_outcome(exit.unwrap_or(SubscriberExit::Shutdown));
-                let _ = act.sink.write(WsMessage::Close(Some(CloseReason {
-                    code: CloseCode::Normal,
-                    description: None,
-                })));
-                ctx.stop();
-            }));
-        }
+        ctx.spawn(self.stop.clone().into_actor(self).map(|exit, act, ctx| {
+            // A supervisor that went away stops its children too.
+            act.stop_with(exit.unwrap_or(SubscriberExit::Shutdown), ctx);
+        }));
         let every = self.settings.ping_interval.min(self.settings.dead_after) / 2;
         ctx.run_interval(every.max(Duration::from_millis(10)), |act, ctx| {
             act.keepalive(ctx)

@@ -471,3 +471,75 @@ async fn a_restarted_supervisor_resumes_from_the_cursors_in_postgres() {
     assert_eq!(list.len(), 2);
     sup.send(StopSupervisor).await.expect("stop");
 }
+
+#[actix_rt::test]
+async fn a_kill_takes_effect_while_waiting_on_a_full_shard() {
+    let rig = rig(1);
+    let pds = pds();
+    let host = pds.hostname();
+    let store = MemoryHosts::with(vec![record(1, &host, HostStatus::Active, 0)]);
+    let sup = rig.supervisor(Arc::new(store));
+    assert!(rig.connected(&host).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let one_did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+    for seq in 1..=5 {
+        pds.push_raw(small_frame(one_did, seq));
+    }
+    assert!(eventually(WAIT, || async { rig.probe(&host).routed == 1 }).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        sup.send(rookery::actors::host_supervisor::KillConnection {
+            hostname: host.clone()
+        })
+        .await
+        .unwrap()
+    );
+    assert!(
+        eventually(WAIT, || async {
+            sup.send(rookery::actors::host_supervisor::GetSupervisorState)
+                .await
+                .unwrap()
+                .stale_exits
+                == 1
+        })
+        .await,
+        "the blocked Subscriber stopped"
+    );
+    assert!(
+        rig.pending.is_empty(),
+        "no frame was completed: the cursor did not move"
+    );
+    sup.send(StopSupervisor).await.expect("stop");
+}
+
+#[actix_rt::test]
+async fn over_the_rate_limit_events_are_delayed_not_dropped() {
+    let mut rig = rig(1024);
+    rig.drain();
+    let pds = pds();
+    let host = pds.hostname();
+    // account_limit 0: 50 events per second.
+    let mut rec = record(1, &host, HostStatus::Active, 0);
+    rec.account_limit = 0;
+    let store = MemoryHosts::with(vec![rec]);
+    let sup = rig.supervisor(Arc::new(store));
+    assert!(rig.connected(&host).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    for seq in 1..=120 {
+        pds.push_raw(small_frame(&did(seq), seq));
+    }
+    assert!(eventually(WAIT, || async { rig.got().len() == 120 }).await);
+    let took = started.elapsed();
+    // 50 at once, then 70 more at 50 per second.
+    assert!(took >= Duration::from_millis(1_300), "{took:?}");
+    let mut seqs = rig.seqs();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=120).collect::<Vec<_>>());
+    assert!(
+        rig.probe(&host).rate_limited >= 60,
+        "{:?}",
+        rig.probe(&host)
+    );
+    sup.send(StopSupervisor).await.expect("stop");
+}
