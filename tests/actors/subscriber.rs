@@ -543,3 +543,157 @@ async fn over_the_rate_limit_events_are_delayed_not_dropped() {
     );
     sup.send(StopSupervisor).await.expect("stop");
 }
+
+#[actix_rt::test]
+async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
+    use rookery::actors::host_supervisor::{NewHost, StatusWrite};
+    use rookery::actors::upstream_cursor::HostCursor;
+    let database = test_cluster().fresh_database().await.expect("db");
+    let db = Db::new(database.pg_config, DbSettings::default()).expect("pool");
+    migrations::migrate(&db).await.expect("migrate");
+    let store = PostgresHostStore::new(db.clone());
+    let client = db.client().await.expect("client");
+
+    // The batched status statement: `banned` stays, everything else is written.
+    let a = store
+        .add_host(NewHost {
+            hostname: "a.example".into(),
+            no_ssl: false,
+            admin_added: false,
+            account_limit: None,
+        })
+        .await
+        .expect("add");
+    let again = store
+        .add_host(NewHost {
+            hostname: "a.example".into(),
+            no_ssl: false,
+            admin_added: false,
+            account_limit: None,
+        })
+        .await
+        .expect("add again");
+    assert_eq!(a.id, again.id, "adding is idempotent");
+    client
+        .execute(
+            "INSERT INTO hosts (hostname, status) VALUES ('b.example', 'banned')",
+            &[],
+        )
+        .await
+        .expect("b");
+    let hosts = store.load_hosts().await.expect("load");
+    let b = hosts.iter().find(|h| h.hostname == "b.example").expect("b");
+    assert_eq!(b.status, HostStatus::Banned);
+    let writes = [(a.id, HostStatus::Offline), (b.id, HostStatus::Active)]
+        .map(|(host_id, status)| StatusWrite {
+            host_id,
+            status,
+            failures: 15,
+            connected: true,
+        })
+        .to_vec();
+    assert_eq!(store.write_statuses(writes).await.expect("write"), 2);
+    let rows = store.load_hosts().await.expect("load");
+    let status = |id: i64| {
+        rows.iter()
+            .find(|h| h.id == id)
+            .map(|h| (h.status, h.failures))
+    };
+    assert_eq!(status(a.id), Some((HostStatus::Offline, 15)));
+    assert_eq!(
+        status(b.id),
+        Some((HostStatus::Banned, 15)),
+        "never unbanned by a write"
+    );
+    store.unban(b.id).await.expect("unban");
+    let rows = store.load_hosts().await.expect("load");
+    let b_row = rows.iter().find(|h| h.id == b.id).expect("b");
+    assert_eq!((b_row.status, b_row.failures), (HostStatus::Active, 0));
+
+    // FutureCursor from a real PDS against a real write-behind: the old connection's late
+    // mark cannot raise the reset cursor, and the new connection's cursor is written.
+    let mut rig = rig(64);
+    rig.drain();
+    let pds = pds();
+    for seq in 1..=3 {
+        pds.push_raw(small_frame(&did(seq), seq));
+    }
+    let row = client
+        .query_one(
+            "INSERT INTO hosts (hostname, last_seq, no_ssl) VALUES ($1, 500, true) RETURNING id",
+            &[&pds.hostname()],
+        )
+        .await
+        .expect("host");
+    let id: i64 = row.get(0);
+    let late = HostCursor::new(id, 500, rig.pending.clone()).begin(501);
+    let metrics = ActorMetrics::register(&Registry::new()).expect("m");
+    let wb_obs = metrics.actor(WriteBehind::NAME, WriteBehind::MAILBOX);
+    let wb = WriteBehind::new(
+        wb_obs.clone(),
+        rig.pending.clone(),
+        Arc::new(PostgresSink::new(db.clone())),
+        WriteBehindSettings {
+            flush_every: Duration::from_millis(50),
+            ..WriteBehindSettings::default()
+        },
+        Arc::default(),
+    );
+    let wb = InstrumentedAddr::new(actix::Actor::start(wb), wb_obs);
+    let obs = rig
+        .metrics
+        .actor(HostSupervisor::NAME, HostSupervisor::MAILBOX);
+    let sup = HostSupervisor::new(
+        obs.clone(),
+        Arc::new(store.clone()),
+        Arc::new(AwcConnector::new(rig.deps.clone())),
+        HostSupervisorSettings {
+            startup_spread: Duration::ZERO,
+            status_flush_every: Duration::from_millis(50),
+            ..HostSupervisorSettings::default()
+        },
+    )
+    .with_cursors(rig.pending.clone(), Some(wb.clone()));
+    let sup = InstrumentedAddr::new(actix::Actor::start(sup), obs);
+    let last_seq = || async {
+        client
+            .query_one("SELECT last_seq, status FROM hosts WHERE id = $1", &[&id])
+            .await
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .expect("row")
+    };
+    assert!(
+        eventually(WAIT, || async {
+            last_seq().await == (0, "idle".to_string())
+        })
+        .await,
+        "{:?}",
+        last_seq().await
+    );
+    late.complete();
+    wb.send(FlushNow).await.expect("wb").expect("flush");
+    assert_eq!(
+        last_seq().await.0,
+        0,
+        "the old connection's mark did not undo the reset"
+    );
+    // Redialled without a cursor (live only): the next event moves the cursor from 0.
+    assert!(
+        eventually(WAIT, || async {
+            view(&sup, &pds.hostname()).await.dials >= 2
+                && rig.probes.lock().unwrap().contains_key(&pds.hostname())
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pds.push_raw(small_frame(&did(9), 9));
+    assert!(
+        eventually(WAIT, || async {
+            last_seq().await == (9, "active".to_string())
+        })
+        .await,
+        "{:?}",
+        last_seq().await
+    );
+    sup.send(StopSupervisor).await.expect("stop");
+}
