@@ -28,6 +28,8 @@ use super::write_behind::PendingWrites;
 #[derive(Debug)]
 struct Track {
     host_id: i64,
+    /// The host's cursor generation when this connection started (a reset starts a new one).
+    generation: u64,
     /// Everything at or below this is durable or dropped on purpose.
     committed: i64,
     /// The highest seq begun so far.
@@ -59,6 +61,7 @@ impl HostCursor {
         HostCursor {
             track: Arc::new(Mutex::new(Track {
                 host_id,
+                generation: pending.cursor_generation(host_id),
                 committed: start,
                 last_begun: start,
                 outstanding: BTreeMap::new(),
@@ -110,9 +113,9 @@ impl HostCursor {
         let cursor = t.contiguous();
         if cursor > t.committed {
             t.committed = cursor;
-            let host_id = t.host_id;
+            let (host_id, generation) = (t.host_id, t.generation);
             drop(t);
-            self.pending.record_cursor(host_id, cursor);
+            self.pending.record_cursor_in(host_id, generation, cursor);
         }
     }
 }
@@ -206,6 +209,23 @@ mod tests {
             "never past the lost seq 2 on this connection"
         );
         assert_eq!(c.outstanding(), 1);
+    }
+
+    #[test]
+    fn marks_of_a_connection_older_than_a_reset_are_ignored() {
+        let (old, pending) = tracker(500);
+        let late = old.begin(501);
+        pending.reset_cursor(7);
+        let new = HostCursor::new(7, 0, pending.clone());
+        late.complete();
+        assert!(
+            pending.is_empty(),
+            "the old connection cannot raise a reset cursor"
+        );
+        new.begin(3).complete();
+        assert_eq!(pending.len(), (1, 0));
+        old.begin(502).complete();
+        assert_eq!(pending.len(), (1, 0));
     }
 
     #[test]

@@ -70,6 +70,10 @@ impl AccountStateUpdate {
 struct Pending {
     cursors: HashMap<i64, i64>,
     accounts: HashMap<i64, AccountStateUpdate>,
+    /// Per host, how many times its cursor was reset ([`PendingWrites::reset_cursor`]):
+    /// cursor trackers of an older generation (the connection that got `FutureCursor`)
+    /// can no longer raise it.
+    generations: HashMap<i64, u64>,
 }
 
 /// Writes waiting for the next flush: at most one entry per host and per account.
@@ -90,6 +94,33 @@ impl PendingWrites {
         let mut p = self.lock();
         let e = p.cursors.entry(host_id).or_insert(upstream_seq);
         *e = (*e).max(upstream_seq);
+    }
+
+    /// The cursor generation of `host_id` (0 until its cursor is first reset). A cursor
+    /// tracker records under the generation it was created in.
+    pub fn cursor_generation(&self, host_id: i64) -> u64 {
+        self.lock().generations.get(&host_id).copied().unwrap_or(0)
+    }
+
+    /// Like [`PendingWrites::record_cursor`], but ignored when `generation` is older than
+    /// the host's current one: marks of a connection whose cursor was reset complete late
+    /// (their events were in flight) and must not undo the reset.
+    pub fn record_cursor_in(&self, host_id: i64, generation: u64, upstream_seq: i64) {
+        let mut p = self.lock();
+        if p.generations.get(&host_id).copied().unwrap_or(0) != generation {
+            return;
+        }
+        let e = p.cursors.entry(host_id).or_insert(upstream_seq);
+        *e = (*e).max(upstream_seq);
+    }
+
+    /// Forgets `host_id`'s pending cursor and starts a new generation (upstream
+    /// `FutureCursor`). The caller writes `last_seq = 0` itself, after the write-behind's
+    /// running flush ended ([`FlushNow`]): this map only ever raises `last_seq`.
+    pub fn reset_cursor(&self, host_id: i64) {
+        let mut p = self.lock();
+        p.cursors.remove(&host_id);
+        *p.generations.entry(host_id).or_insert(0) += 1;
     }
 
     /// Records an account update; a later update of the same account wins field by field.

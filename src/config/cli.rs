@@ -117,6 +117,23 @@ pub struct ServeArgs {
         default_value = "2"
     )]
     pub http_workers: String,
+    /// Upstream dials (DNS, TCP, TLS, upgrade) in flight at once; a cold start with thousands
+    /// of hosts never opens more (LESSONS.md 1).
+    #[arg(
+        long,
+        env = "ROOKERY_MAX_CONCURRENT_HANDSHAKES",
+        allow_hyphen_values = true,
+        default_value = "64"
+    )]
+    pub max_concurrent_handshakes: String,
+    /// Window over which the first dials of known hosts are spread at start (humantime).
+    #[arg(
+        long,
+        env = "ROOKERY_STARTUP_SPREAD",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub startup_spread: String,
     /// How long a graceful shutdown may wait for open HTTP connections (humantime).
     #[arg(
         long,

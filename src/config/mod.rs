@@ -148,6 +148,8 @@ pub struct Config {
     pub replay_window: Duration,
     /// The event log under `<data-dir>/events`, its retention window being `replay_window`.
     pub event_log: EventLogConfig,
+    /// The startup ramp of upstream hosts.
+    pub hosts: crate::actors::host_supervisor::HostSupervisorSettings,
 }
 
 impl Config {
@@ -166,6 +168,16 @@ impl Config {
             plc_url,
             replay_window,
             event_log,
+            hosts: crate::actors::host_supervisor::HostSupervisorSettings {
+                max_concurrent_handshakes: parse_count(
+                    "max-concurrent-handshakes",
+                    &args.max_concurrent_handshakes,
+                    1,
+                    4096,
+                )?,
+                startup_spread: parse_duration("startup-spread", &args.startup_spread)?,
+                ..Default::default()
+            },
         })
     }
 
@@ -205,6 +217,14 @@ impl Config {
                 humantime::format_duration(self.http.shutdown_timeout).to_string(),
             ),
         ];
+        out.push((
+            "max-concurrent-handshakes",
+            self.hosts.max_concurrent_handshakes.to_string(),
+        ));
+        out.push((
+            "startup-spread",
+            humantime::format_duration(self.hosts.startup_spread).to_string(),
+        ));
         out.push(("initial-seq", self.event_log.initial_seq.to_string()));
         out.push(("event-log-sync", self.event_log.sync.to_string()));
         out.push((
@@ -455,6 +475,27 @@ mod tests {
         ] {
             let err = serve(args).unwrap_err();
             assert_eq!(err.option, option, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn host_ramp_options_parse_and_default() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.hosts.max_concurrent_handshakes, 64);
+        assert_eq!(config.hosts.startup_spread, Duration::from_secs(30));
+        let config =
+            serve(&["--max-concurrent-handshakes", "8", "--startup-spread", "2m"]).unwrap();
+        assert_eq!(config.hosts.max_concurrent_handshakes, 8);
+        assert_eq!(config.hosts.startup_spread, Duration::from_secs(120));
+        for (args, option) in [
+            (
+                &["--max-concurrent-handshakes", "0"][..],
+                "max-concurrent-handshakes",
+            ),
+            (&["--startup-spread", "soon"][..], "startup-spread"),
+        ] {
+            let err = serve(args).expect_err("rejected");
+            assert!(err.to_string().contains(option), "{err}");
         }
     }
 

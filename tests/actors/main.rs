@@ -5,7 +5,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod host_supervisor;
 mod pipeline;
 mod resolver;
+mod subscriber;
 mod support;
 mod write_behind;
