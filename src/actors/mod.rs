@@ -29,6 +29,7 @@ pub mod obs;
 pub mod persister;
 pub mod sequencer;
 pub mod shard_router;
+pub mod shard_rules;
 pub mod supervision;
 pub mod upstream_cursor;
 pub mod write_behind;
