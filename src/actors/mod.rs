@@ -25,6 +25,7 @@
 //! Every actor kind reports through `obs` (mailbox depth, handled, handler time, restarts)
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
+pub mod account_store;
 pub mod obs;
 pub mod persister;
 pub mod sequencer;

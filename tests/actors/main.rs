@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod account_store;
 mod pipeline;
 mod support;
 mod write_behind;
