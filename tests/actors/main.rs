@@ -7,5 +7,6 @@ mod common;
 
 mod account_store;
 mod pipeline;
+mod shard_scenarios;
 mod support;
 mod write_behind;
