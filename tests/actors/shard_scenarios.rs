@@ -15,7 +15,7 @@ use rookery::actors::shard_rules::{
 };
 use rookery::atproto::did_doc::PdsEndpoint;
 use rookery::atproto::frame::{self, Frame};
-use rookery::atproto::keys::PublicKey;
+use rookery::atproto::keys::{Curve, PrivateKey, PublicKey};
 use rookery::atproto::validate::{ValidationPolicy, validate_commit, validate_sync};
 use serde_json::Value;
 
@@ -27,6 +27,9 @@ struct Identity {
     pds_host: String,
     handle: Option<String>,
     key: PublicKey,
+    /// What a stale cache entry holds (a key rotated without `#identity`); `fresh`
+    /// resolutions return `key`.
+    cached_key: Option<PublicKey>,
 }
 
 /// What one message became.
@@ -69,6 +72,7 @@ impl MiniShard {
                     pds_host,
                     handle,
                     key: PublicKey::from_multikey(key).expect("multikey"),
+                    cached_key: None,
                 },
             );
         }
@@ -132,20 +136,18 @@ impl MiniShard {
                 shard_rules::decide(facts, self.accounts.get(&did), view, &source, NOW);
             if outcome == RuleOutcome::Validate {
                 let account = &self.accounts[&did];
+                let key = match (&identity.cached_key, fresh) {
+                    (Some(cached), false) => cached,
+                    _ => &identity.key,
+                };
                 outcome = match &decoded {
                     Frame::Commit(c) => shard_rules::after_commit(
-                        &validate_commit(
-                            c,
-                            &identity.key,
-                            account.sync.as_ref(),
-                            NOW,
-                            &self.policy,
-                        ),
+                        &validate_commit(c, key, account.sync.as_ref(), NOW, &self.policy),
                         account,
                         fresh,
                     ),
                     Frame::Sync(s) => shard_rules::after_sync(
-                        &validate_sync(s, &identity.key, account.sync.as_ref(), NOW, &self.policy),
+                        &validate_sync(s, key, account.sync.as_ref(), NOW, &self.policy),
                         account,
                         fresh,
                     ),
@@ -380,5 +382,37 @@ fn frames_from_a_host_that_is_not_the_pds_only_pass_as_identity() {
             shard.accounts.is_empty(),
             "{name}: no account created (no spidering)"
         );
+    }
+}
+
+#[test]
+fn a_stale_key_re_resolves_once_and_a_wrong_key_drops_bad_signature() {
+    let s = scenario("post_lifecycle.json");
+    let wrong = PrivateKey::generate(Curve::K256).public_key();
+
+    // Rotated without #identity: the cached key fails, the fresh one verifies.
+    let mut shard = MiniShard::new(&s, None);
+    for id in shard.identities.values_mut() {
+        id.cached_key = Some(wrong.clone());
+    }
+    for (i, (msg, _, _)) in messages(&s).into_iter().enumerate() {
+        let emitted = shard.handle(&msg).expect("handled");
+        assert!(emitted.outcome.is_ok(), "#{i}: {:?}", emitted.outcome);
+        assert_eq!(emitted.re_resolves, 1, "#{i}");
+    }
+
+    // The DID document's key is wrong too: dropped after one re-resolve.
+    let mut shard = MiniShard::new(&s, None);
+    for id in shard.identities.values_mut() {
+        id.key = wrong.clone();
+    }
+    for (i, (msg, _, _)) in messages(&s).into_iter().enumerate() {
+        let emitted = shard.handle(&msg).expect("handled");
+        assert!(
+            matches!(emitted.outcome, Err(DropReason::BadSignature)),
+            "#{i}: {:?}",
+            emitted.outcome
+        );
+        assert_eq!(emitted.re_resolves, 1, "#{i}");
     }
 }
