@@ -53,6 +53,10 @@ pub const UPSTREAM_ACTIVE: &str = "active";
 pub const UPSTREAM_INACTIVE: &str = "inactive";
 /// Upstream status of a deleted account (not counted against its host's limit).
 pub const UPSTREAM_DELETED: &str = "deleted";
+/// Longest upstream status kept. The lexicon's set is open, but its known values are short
+/// words; a longer one would be stored in every cache entry and row and re-published, so it
+/// is treated like a missing status.
+pub const MAX_UPSTREAM_STATUS_LEN: usize = 64;
 
 // ------------------------------------------------------------------------------------------
 // Account state
@@ -421,7 +425,11 @@ fn repo_event(acct: &AccountRecord, now_micros: u64) -> RuleOutcome {
 fn account_event(active: bool, status: Option<&str>, acct: &AccountRecord) -> RuleOutcome {
     let (upstream, note) = match (active, status) {
         (true, _) => (UPSTREAM_ACTIVE, None),
-        (false, Some(s)) if !s.is_empty() && s != UPSTREAM_ACTIVE => (s, None),
+        (false, Some(s))
+            if !s.is_empty() && s.len() <= MAX_UPSTREAM_STATUS_LEN && s != UPSTREAM_ACTIVE =>
+        {
+            (s, None)
+        }
         (false, _) => (UPSTREAM_INACTIVE, Some(Note::InvalidAccountEvent)),
     };
     let published_active = is_active(acct.local_status, upstream);
@@ -666,6 +674,8 @@ mod tests {
         }
     }
 
+    const LONG_STATUS: &str =
+        "deactivated-deactivated-deactivated-deactivated-deactivated-deactivated";
     const COMMIT: EventFacts<'static> = EventFacts::Commit;
     const SYNC: EventFacts<'static> = EventFacts::Sync;
 
@@ -735,6 +745,7 @@ mod tests {
             case("#account reactivation from the current PDS", acct_evt(true, None), Some(account(LocalStatus::Active, "deactivated")), resolved(false), pds(), forward(publish(true, None), upstream(UPSTREAM_ACTIVE), None)),
             case("#account active=false without status is stored inactive and noted", acct_evt(false, None), Some(active()), resolved(false), pds(), forward(publish(false, Some(UPSTREAM_INACTIVE)), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
             case("#account active=false status=active is invalid too", acct_evt(false, Some("active")), Some(active()), resolved(false), pds(), forward(publish(false, Some(UPSTREAM_INACTIVE)), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
+            case("#account with an oversized status is stored inactive and noted", acct_evt(false, Some(LONG_STATUS)), Some(active()), resolved(false), pds(), forward(publish(false, Some(UPSTREAM_INACTIVE)), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
             case("#account active=true with a status publishes active", acct_evt(true, Some("deactivated")), Some(active()), resolved(false), pds(), forward(publish(true, None), None, None)),
             case("#account active of a takendown account publishes takendown", acct_evt(true, None), Some(account(LocalStatus::Takendown, "deactivated")), resolved(false), pds(), forward(publish(false, Some("takendown")), upstream(UPSTREAM_ACTIVE), None)),
             case("#account active of a throttled account publishes throttled", acct_evt(true, None), Some(account(LocalStatus::Throttled, UPSTREAM_ACTIVE)), resolved(false), pds(), forward(publish(false, Some("throttled")), None, None)),
@@ -850,6 +861,11 @@ mod tests {
             assert_eq!(a.is_active(), want_active, "{name}");
             assert_eq!(a.published_status(), want_status, "{name}");
         }
+    }
+
+    #[test]
+    fn the_oversized_status_row_is_oversized() {
+        assert!(LONG_STATUS.len() > MAX_UPSTREAM_STATUS_LEN);
     }
 
     #[test]
