@@ -26,12 +26,14 @@
 //! Every actor kind reports through [`obs`] (mailbox depth, handled, handler time, restarts)
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
+pub mod account_store;
 pub mod host_supervisor;
 pub mod obs;
 pub mod persister;
 pub mod resolver;
 pub mod sequencer;
 pub mod shard_router;
+pub mod shard_rules;
 pub mod subscriber;
 pub mod supervision;
 pub mod upstream_cursor;

@@ -11,6 +11,10 @@
 //!   vs absent, op `prev`, `blocks` all survive byte-for-byte). Only `seq` is replaced and, for
 //!   `#commit`, the required `tooBig`/`rebase`/`blobs` are added when missing. Keys are written
 //!   in canonical (length-first) order. Rebuilding from typed structs would lose fields.
+//! - [`rewrite_account`] / [`strip_identity_handle`]: the ValidatorShard's two other changes
+//!   (§9: the relay's own `active`/`status` on `#account`, no unverified `handle` on
+//!   `#identity`). They and [`resequence`] share one rewrite (`rewrite_fields`) over the
+//!   readers' walker, so all three keep the same bytes and refuse the same frames.
 //!
 //! Unknown `t` decodes to [`Frame::Unknown`] and unknown `op` to [`Frame::UnknownOp`]: both are
 //! counted and skipped by callers, not fatal. Bad framing or bad CBOR is a [`FrameError`].
@@ -57,6 +61,8 @@ pub enum FrameError {
     BadSeq,
     #[error("frame could not be encoded")]
     Encode,
+    #[error("frame is not a {0} event")]
+    NotType(&'static str),
 }
 
 impl FrameError {
@@ -75,6 +81,7 @@ impl FrameError {
             FrameError::MissingSeq => "frame-missing-seq",
             FrameError::BadSeq => "frame-bad-seq",
             FrameError::Encode => "frame-encode",
+            FrameError::NotType(_) => "frame-not-type",
         }
     }
 }
@@ -797,16 +804,30 @@ fn text_item(s: &str) -> Vec<u8> {
     out
 }
 
-/// Re-emits an event under a new `seq`, keeping every other byte of every other field as the
-/// PDS sent it. For `#commit`, adds `tooBig: false`, `rebase: false` and `blobs: []` when they
-/// are missing. Header and body keys come out in canonical order.
-pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
-    if new_seq <= 0 {
-        return Err(FrameError::BadSeq);
-    }
-    let (header, entries) = read_event(msg)?;
-    let mut out = Vec::with_capacity(msg.len() + 16);
+/// One change [`rewrite_fields`] makes to a top-level body field; every field not named keeps
+/// its raw bytes.
+#[derive(Clone, Copy, Debug)]
+enum Change<'v> {
+    /// Replace the value, or add the field when it is absent.
+    Set(&'v [u8]),
+    /// Add the field only when it is absent (the PDS's value wins).
+    Default(&'v [u8]),
+    /// Remove the field when present.
+    Remove,
+}
 
+/// The one byte-level rewrite every re-emitting function goes through: walks the frame with
+/// the readers' walker ([`read_event`]: same limits, same refusals), copies the header and
+/// every body entry not named in `changes` as received, applies `changes`, and writes both
+/// maps in canonical key order. The output is at most a few bytes per change longer than the
+/// input, so it stays within the frame limit's order of magnitude.
+fn rewrite_fields(
+    msg: &[u8],
+    header: &FrameHeader<'_>,
+    entries: &[RawEntry<'_>],
+    changes: &[(&'static str, Change<'_>)],
+) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(msg.len() + 32);
     let (header_entries, _) =
         map_entries(&msg[..header.body_offset], no_field).map_err(|_| FrameError::BadHeader)?;
     let mut hdr: Vec<(&str, Vec<u8>, &[u8])> = header_entries
@@ -815,31 +836,107 @@ pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
         .collect();
     write_map(&mut out, &mut hdr)?;
 
-    let mut seq_item = Vec::with_capacity(9);
-    write_head(&mut seq_item, MAJOR_UINT, new_seq as u64);
-    let mut fields: Vec<(&str, Vec<u8>, &[u8])> = Vec::with_capacity(entries.len() + 3);
-    let mut saw_seq = false;
-    for e in &entries {
-        if e.key == "seq" {
-            saw_seq = true;
-            fields.push((e.key, e.raw_key.to_vec(), &seq_item));
-        } else {
-            fields.push((e.key, e.raw_key.to_vec(), e.raw_value));
+    let change_of = |key: &str| changes.iter().find(|(k, _)| *k == key).map(|(_, c)| *c);
+    let mut fields: Vec<(&str, Vec<u8>, &[u8])> = Vec::with_capacity(entries.len() + changes.len());
+    for e in entries {
+        match change_of(e.key) {
+            Some(Change::Set(value)) => fields.push((e.key, e.raw_key.to_vec(), value)),
+            Some(Change::Remove) => {}
+            Some(Change::Default(_)) | None => {
+                fields.push((e.key, e.raw_key.to_vec(), e.raw_value))
+            }
         }
     }
-    if !saw_seq {
-        return Err(FrameError::MissingSeq);
-    }
-    // false = 0xf4, [] = 0x80
-    const FALSE: &[u8] = &[0xf4];
-    const EMPTY_ARRAY: &[u8] = &[0x80];
-    if header.op == 1 && header.t == Some("#commit") {
-        for (key, default) in [("tooBig", FALSE), ("rebase", FALSE), ("blobs", EMPTY_ARRAY)] {
-            if !entries.iter().any(|e| e.key == key) {
-                fields.push((key, text_item(key), default));
-            }
+    for &(key, change) in changes {
+        if let Change::Set(value) | Change::Default(value) = change
+            && !entries.iter().any(|e| e.key == key)
+        {
+            fields.push((key, text_item(key), value));
         }
     }
     write_map(&mut out, &mut fields)?;
     Ok(out)
+}
+
+/// Re-emits an event under a new `seq`, keeping every other byte of every other field as the
+/// PDS sent it. For `#commit`, adds `tooBig: false`, `rebase: false` and `blobs: []` when they
+/// are missing. Header and body keys come out in canonical order.
+pub fn resequence(msg: &[u8], new_seq: i64) -> Result<Vec<u8>, FrameError> {
+    if new_seq <= 0 {
+        return Err(FrameError::BadSeq);
+    }
+    let (header, entries) = read_event(msg)?;
+    if !entries.iter().any(|e| e.key == "seq") {
+        return Err(FrameError::MissingSeq);
+    }
+    let mut seq_item = Vec::with_capacity(9);
+    write_head(&mut seq_item, MAJOR_UINT, new_seq as u64);
+    let seq = ("seq", Change::Set(&seq_item));
+    if header.op == 1 && header.t == Some("#commit") {
+        rewrite_fields(
+            msg,
+            &header,
+            &entries,
+            &[
+                seq,
+                ("tooBig", Change::Default(FALSE)),
+                ("rebase", Change::Default(FALSE)),
+                ("blobs", Change::Default(EMPTY_ARRAY)),
+            ],
+        )
+    } else {
+        rewrite_fields(msg, &header, &entries, &[seq])
+    }
+}
+
+const FALSE: &[u8] = &[0xf4];
+const TRUE: &[u8] = &[0xf5];
+const EMPTY_ARRAY: &[u8] = &[0x80];
+
+/// Reads a frame that must be of type `t` (`op = 1`), for the typed rewrites.
+fn read_typed<'a>(
+    msg: &'a [u8],
+    t: &'static str,
+) -> Result<(FrameHeader<'a>, Vec<RawEntry<'a>>), FrameError> {
+    let (header, entries) = read_event(msg)?;
+    if header.op != 1 || header.t != Some(t) {
+        return Err(FrameError::NotType(t));
+    }
+    Ok((header, entries))
+}
+
+/// Re-emits an `#account` with the relay's computed `active` and `status` (PROTOCOL.md §7,
+/// §9): `active` is replaced (or added), `status` replaced, added, or removed when `None`.
+/// Every other field (`seq`, `did`, `time`, fields this relay does not know) keeps its bytes.
+pub fn rewrite_account(
+    msg: &[u8],
+    active: bool,
+    status: Option<&str>,
+) -> Result<Bytes, FrameError> {
+    let (header, entries) = read_typed(msg, "#account")?;
+    let status_item = status.map(text_item);
+    let status_change = match &status_item {
+        Some(item) => Change::Set(item),
+        None => Change::Remove,
+    };
+    let active_item = if active { TRUE } else { FALSE };
+    let out = rewrite_fields(
+        msg,
+        &header,
+        &entries,
+        &[
+            ("active", Change::Set(active_item)),
+            ("status", status_change),
+        ],
+    )?;
+    Ok(Bytes::from(out))
+}
+
+/// Re-emits an `#identity` without its `handle` (PROTOCOL.md §6: a handle the DID document
+/// does not declare is not broadcast). Every other field keeps its bytes; a frame with no
+/// handle comes out with the same fields.
+pub fn strip_identity_handle(msg: &[u8]) -> Result<Bytes, FrameError> {
+    let (header, entries) = read_typed(msg, "#identity")?;
+    let out = rewrite_fields(msg, &header, &entries, &[("handle", Change::Remove)])?;
+    Ok(Bytes::from(out))
 }

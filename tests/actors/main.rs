@@ -5,9 +5,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod account_store;
 mod host_supervisor;
 mod pipeline;
 mod resolver;
+mod shard_scenarios;
 mod subscriber;
 mod support;
 mod write_behind;

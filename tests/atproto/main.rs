@@ -9,6 +9,7 @@ mod crypto;
 mod data_model;
 mod did_doc;
 mod frame;
+mod frame_rewrite;
 mod mst;
 mod regressions;
 mod sync11;
