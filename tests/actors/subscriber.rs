@@ -22,7 +22,7 @@ use rookery::actors::subscriber::{
 };
 use rookery::actors::supervision::HostStatus;
 use rookery::actors::write_behind::{
-    FlushNow, PendingWrites, PostgresSink, WriteBehind, WriteBehindSettings,
+    FlushNow, PendingWrites, PostgresSink, WriteBehind, WriteBehindMetrics, WriteBehindSettings,
 };
 use rookery::sim::{SimPds, SimPdsConfig, SimPlc, install_crypto_provider};
 use rookery::store::migrations;
@@ -403,6 +403,7 @@ async fn a_restarted_supervisor_resumes_from_the_cursors_in_postgres() {
             ..WriteBehindSettings::default()
         },
         Arc::default(),
+        WriteBehindMetrics::register(&Registry::new()).expect("metrics"),
     );
     let wb = InstrumentedAddr::new(actix::Actor::start(wb), wb_obs);
 
@@ -638,6 +639,7 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
             ..WriteBehindSettings::default()
         },
         Arc::default(),
+        WriteBehindMetrics::register(&Registry::new()).expect("metrics"),
     );
     let wb = InstrumentedAddr::new(actix::Actor::start(wb), wb_obs);
     let obs = rig
