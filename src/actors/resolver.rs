@@ -577,6 +577,19 @@ impl Resolver {
         self.load(did, false).await
     }
 
+    /// The DID's identity if the memory cache has an answer (positive or negative), without
+    /// any I/O: a ValidatorShard decides at once on a hit and holds the event on a miss
+    /// while [`Resolver::resolve`] runs elsewhere, so one slow lookup never stalls a shard.
+    pub async fn cached(&self, did: &str) -> Option<Result<Arc<ResolvedIdentity>, ResolveError>> {
+        let cached = self.inner.cache.get(did).await?;
+        self.count(if cached.answer.is_ok() {
+            "hit"
+        } else {
+            "negative_hit"
+        });
+        Some(cached.answer)
+    }
+
     /// Purges the DID and resolves it from the network (skipping `did_cache`): the
     /// "re-resolve once" after a host mismatch or a signature failure. At most once per DID
     /// per `fresh_interval`; a call inside the interval answers like [`Resolver::resolve`]

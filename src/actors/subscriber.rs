@@ -222,6 +222,7 @@ async fn dial(deps: SubscriberDeps, request: DialRequest) {
         Subscriber {
             obs,
             hostname,
+            no_ssl,
             cursor: HostCursor::new(host_id, cursor.unwrap_or(0), deps.pending.clone()),
             router: deps.router.clone(),
             budget: deps.budget.clone(),
@@ -251,6 +252,7 @@ type WsSink = std::pin::Pin<Box<dyn futures_util::Sink<WsMessage, Error = WsProt
 pub struct Subscriber {
     obs: ActorObs,
     hostname: Arc<str>,
+    no_ssl: bool,
     cursor: HostCursor,
     router: ShardRouter,
     budget: ByteBudget,
@@ -353,6 +355,7 @@ impl Subscriber {
         let router = self.router.clone();
         let budget = self.budget.clone();
         let hostname = Arc::clone(&self.hostname);
+        let no_ssl = self.no_ssl;
         let stop = self.stop.clone();
         // While this runs the actor reads nothing: the rate limit and a full shard queue
         // delay the upstream, they never drop (lesson 10). A stop abandons the frame's mark,
@@ -365,6 +368,7 @@ impl Subscriber {
             router
                 .route(UpstreamFrame {
                     hostname,
+                    no_ssl,
                     did,
                     kind,
                     frame: msg,
