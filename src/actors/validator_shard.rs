@@ -841,7 +841,7 @@ impl Shard {
         let seen = self.drop_counts.entry(reason).or_default();
         *seen += 1;
         // Sampled: the 1st, 2nd, 4th, 8th ... and then every 1,024th of each reason.
-        if log && (seen.is_power_of_two() || *seen % 1024 == 0) {
+        if log && (seen.is_power_of_two() || seen.is_multiple_of(1024)) {
             tracing::info!(
                 shard = self.index,
                 reason,

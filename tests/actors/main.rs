@@ -8,6 +8,7 @@ mod common;
 mod account_store;
 mod host_supervisor;
 mod pipeline;
+mod relay_pipeline;
 mod resolver;
 mod shard_scenarios;
 mod subscriber;
