@@ -267,7 +267,8 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         system_clock(),
         &actor_metrics,
         metrics.registry(),
-    )?;
+    )
+    .await?;
     let readiness = Readiness::new(pipeline.ingest.degraded.clone());
 
     let settings = config.http;

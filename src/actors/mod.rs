@@ -229,6 +229,8 @@ pub enum PipelineError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Resolver(#[from] ResolverStartError),
+    #[error("recovering account state from the event log: {0}")]
+    Recovery(#[from] write_behind::RecoveryError),
 }
 
 /// The running ingest path: hosts → shards → durable log.
@@ -242,10 +244,11 @@ pub struct Pipeline {
     pub subscriber_metrics: SubscriberMetrics,
 }
 
-/// Starts the ingest singletons, the resolver, the shards and the HostSupervisor (which
-/// loads the host table and dials every host that is not banned or idle). Must be called
-/// inside an actix system; the rustls provider must be installed.
-pub fn start_pipeline(
+/// Brings account state in Postgres up to the event log (the tail after the write-behind's
+/// last checkpoint, see [`write_behind::recover_account_state`]), then starts the ingest
+/// singletons, the resolver, the shards and the HostSupervisor (which loads the host table
+/// and dials every host that is not banned or idle). Must be called inside an actix system.
+pub async fn start_pipeline(
     log: EventLog,
     db: Db,
     settings: PipelineSettings,
@@ -253,6 +256,14 @@ pub fn start_pipeline(
     metrics: &ActorMetrics,
     registry: &Registry,
 ) -> Result<Pipeline, PipelineError> {
+    let recovery = write_behind::recover_account_state(&log.reader(), &db).await?;
+    tracing::info!(
+        checkpoint = recovery.checkpoint,
+        head = recovery.head,
+        events = recovery.events_read,
+        accounts = recovery.accounts,
+        "account state recovered from the event log tail"
+    );
     let sink = Arc::new(write_behind::PostgresSink::new(db.clone()));
     let ingest = start_ingest(log, sink, settings.ingest, metrics, registry)?;
     let resolver = Resolver::start(settings.resolver, Some(db.clone()), metrics, registry)?;

@@ -312,6 +312,30 @@ fn verify_signature(commit: &Commit, key: &PublicKey) -> Result<(), ValidationEr
     })
 }
 
+/// The state a stored `#commit` or `#sync` left (`rev`, commit CID, MST root), read back from
+/// its own blocks without verifying anything. Only for events this relay already validated
+/// and stored: rebuilding account state from the event log's tail after a crash. `None`
+/// for other kinds or blocks that do not hold the commit.
+pub fn stored_state_of(msg: &Bytes) -> Option<RepoState> {
+    let (blocks, commit_cid) = match super::frame::decode_frame(msg).ok()? {
+        super::frame::Frame::Commit(c) => (c.blocks, Some(c.commit)),
+        super::frame::Frame::Sync(s) => (s.blocks, None),
+        _ => return None,
+    };
+    let limits = CarLimits {
+        max_bytes: MAX_COMMIT_BLOCKS_BYTES.max(MAX_SYNC_BLOCKS_BYTES),
+        max_blocks: MAX_COMMIT_CAR_BLOCKS,
+    };
+    let car = car::read_car(blocks, &limits).ok()?;
+    let cid = commit_cid.or_else(|| car.roots.first().copied())?;
+    let commit = Commit::decode(car.blocks.get(&cid)?).ok()?;
+    Some(RepoState {
+        rev: commit.rev,
+        commit: cid,
+        data: commit.data,
+    })
+}
+
 /// Validates a `#commit` against the account's key and stored state (see the module docs for
 /// the order of checks). `now_micros` is the wall clock in µs since the UNIX epoch.
 pub fn validate_commit(
