@@ -268,6 +268,7 @@ pub async fn start_pipeline(
     let ingest = start_ingest(log, sink, settings.ingest, metrics, registry)?;
     let resolver = Resolver::start(settings.resolver, Some(db.clone()), metrics, registry)?;
     let shard_metrics = ShardMetrics::register(registry)?;
+    let warn_only = host_supervisor::InversionWarnOnly::default();
     let subscriber_metrics = SubscriberMetrics::register(registry)?;
     let (router, queues) = ShardRouter::new(settings.shards, settings.shard_queue_depth);
     let shards = ValidatorShards::start(
@@ -279,6 +280,7 @@ pub async fn start_pipeline(
             actor_metrics: metrics.clone(),
             metrics: shard_metrics.clone(),
             clock,
+            warn_only: warn_only.clone(),
         },
         settings.shard,
     );
@@ -298,7 +300,8 @@ pub async fn start_pipeline(
         Arc::new(connector),
         settings.supervisor,
     )
-    .with_cursors(ingest.pending.clone(), Some(ingest.write_behind.clone()));
+    .with_cursors(ingest.pending.clone(), Some(ingest.write_behind.clone()))
+    .with_inversion_warn_only(warn_only);
     let supervisor = InstrumentedAddr::new(supervisor.start(), obs);
     Ok(Pipeline {
         ingest,

@@ -48,6 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::account_store::{AccountStore, AccountStoreSettings, AccountStoreState};
+use super::host_supervisor::InversionWarnOnly;
 use super::obs::{ActorMetrics, ActorObs, InstrumentedAddr};
 use super::resolver::{ResolveError, ResolvedIdentity, Resolver};
 use super::sequencer::{IngestBatch, IngestEvent, Sequencer, SequencerError};
@@ -227,6 +228,8 @@ pub struct ShardDeps {
     pub actor_metrics: ActorMetrics,
     pub metrics: ShardMetrics,
     pub clock: WallClock,
+    /// Hosts whose inversion failures only warn (the supervisor keeps the set).
+    pub warn_only: InversionWarnOnly,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -361,6 +364,7 @@ struct Shard {
     metrics: ShardMetrics,
     obs: ActorObs,
     clock: WallClock,
+    warn_only: InversionWarnOnly,
     probe: ShardProbe,
     state: ShardState,
     holds: HashMap<String, Held>,
@@ -396,6 +400,7 @@ async fn run_shard(
         metrics: deps.metrics.clone(),
         obs: deps.actor_metrics.actor(SHARD_ACTOR, settings.outbox),
         clock: Arc::clone(&deps.clock),
+        warn_only: deps.warn_only.clone(),
         http: awc::Client::builder()
             .timeout(settings.recheck_timeout)
             .disable_redirects()
@@ -686,12 +691,16 @@ impl Shard {
                 };
                 outcome = match &decoded {
                     Frame::Commit(c) => {
+                        let policy = ValidationPolicy {
+                            inversion_failure_warns: self.warn_only.contains(source_host_id),
+                            ..self.settings.policy
+                        };
                         let result = validate_commit(
                             c,
                             &id.signing_key,
                             account.sync.as_ref(),
                             now,
-                            &self.settings.policy,
+                            &policy,
                         );
                         if let Ok(CommitVerdict::Accept { inversion, .. }) = &result {
                             self.count_inversion(*inversion);

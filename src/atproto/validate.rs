@@ -97,6 +97,10 @@ pub struct ValidationPolicy {
     /// How far in the future a `rev` may be.
     pub future_rev_tolerance_micros: u64,
     pub legacy: LegacyPolicy,
+    /// An operator's per-host override: an MST inversion failure is reported in the verdict
+    /// ([`Inversion::FailedWarnOnly`]) instead of refusing the commit. Every other check,
+    /// the signature included, still applies.
+    pub inversion_failure_warns: bool,
 }
 
 impl Default for ValidationPolicy {
@@ -105,6 +109,7 @@ impl Default for ValidationPolicy {
             strict: true,
             future_rev_tolerance_micros: DEFAULT_FUTURE_REV_TOLERANCE_MICROS,
             legacy: LegacyPolicy::Reject,
+            inversion_failure_warns: false,
         }
     }
 }
@@ -132,6 +137,8 @@ pub enum Inversion {
     FirstCommit,
     /// Lenient mode, no `prevData` although state is stored: not inverted.
     NoPrevData,
+    /// The inversion failed and the host is set to warn-only: passed, counted.
+    FailedWarnOnly,
 }
 
 impl Inversion {
@@ -142,6 +149,7 @@ impl Inversion {
             Inversion::Legacy => "legacy-op",
             Inversion::FirstCommit => "first-commit",
             Inversion::NoPrevData => "no-prev-data",
+            Inversion::FailedWarnOnly => "failed-warn-only",
         }
     }
 }
@@ -415,6 +423,9 @@ pub fn validate_commit(
                     LegacyPolicy::Accept => Inversion::Legacy,
                     LegacyPolicy::Reject => return Err(ValidationError::LegacyOp),
                 },
+                Sync11Outcome::Failed(_) if policy.inversion_failure_warns => {
+                    Inversion::FailedWarnOnly
+                }
                 Sync11Outcome::Failed(e) => return Err(ValidationError::Inversion(e)),
             }
         }

@@ -31,8 +31,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "0002_account_checkpoint",
-        sql: include_str!("../../schema/0002_account_checkpoint.sql"),
+        name: "0002_checkpoint_inversion_override",
+        sql: include_str!("../../schema/0002_checkpoint_inversion_override.sql"),
     },
 ];
 

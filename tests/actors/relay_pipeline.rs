@@ -19,7 +19,7 @@ use rookery::store::event_log::LogRecord;
 use rookery::store::migrations;
 use rookery::store::postgres::{Db, DbSettings};
 use rookery::testkit::postgres::test_cluster;
-use rookery::testkit::repo::Change;
+use rookery::testkit::repo::{Change, SigningRepo};
 use serde_json::Value;
 
 use crate::common::vectors;
@@ -405,5 +405,102 @@ async fn account_state_lost_before_its_write_behind_is_rebuilt_from_the_log_tail
     );
     relay.stop().await;
     pds.stop().await;
+    plc.stop().await;
+}
+
+/// A signed commit of `repo` as a frame with upstream seq `seq`; `break_inversion` gives it a
+/// `prevData` that does not match its ops (the signature stays valid: `prevData` is not in
+/// the signed block).
+fn commit_frame(repo: &mut SigningRepo, path: &str, seq: u64, break_inversion: bool) -> Bytes {
+    let mut c = repo.commit(&[Change::Create(path.to_string())]);
+    c.seq = seq as i64;
+    if break_inversion {
+        c.prev_data = Some(rookery::testkit::repo::record("not the tree").0);
+    }
+    Bytes::from(frame::encode_frame(&Frame::Commit(Box::new(c))).expect("encode"))
+}
+
+#[actix_rt::test]
+async fn a_host_set_to_warn_only_passes_inversion_failures_and_no_other_host_does() {
+    use rookery::actors::host_supervisor::{ListConnections, SetInversionWarnOnly};
+    let plc = SimPlc::start().expect("plc");
+    let lax = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
+    let strict = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
+    let relay = Relay::start(&[&lax, &strict], settings(&plc), system_clock()).await;
+    relay.wait_connected(&[&lax, &strict]).await;
+    let set = relay
+        .pipeline()
+        .supervisor
+        .send(SetInversionWarnOnly {
+            hostname: lax.hostname(),
+            warn_only: true,
+        })
+        .await
+        .expect("supervisor");
+    assert!(set, "the override is stored");
+    let hosts = relay
+        .pipeline()
+        .supervisor
+        .send(ListConnections)
+        .await
+        .expect("supervisor");
+    let shown: Vec<(String, bool)> = hosts
+        .iter()
+        .map(|h| (h.hostname.clone(), h.inversion_warn_only))
+        .collect();
+    assert!(shown.contains(&(lax.hostname(), true)), "{shown:?}");
+    assert!(shown.contains(&(strict.hostname(), false)), "{shown:?}");
+    let stored: bool = relay
+        .db
+        .client()
+        .await
+        .expect("client")
+        .query_one(
+            "SELECT inversion_warn_only FROM hosts WHERE hostname = $1",
+            &[&lax.hostname()],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert!(stored);
+
+    let start = rookery::actors::validator_shard::system_clock()() - 3_600_000_000;
+    for pds in [&lax, &strict] {
+        let did = plc.new_did();
+        let mut repo = SigningRepo::new(&did, rookery::atproto::keys::Curve::K256, 10, start);
+        plc.register(
+            &did,
+            PlcEntry {
+                handle: format!("u{}.sim.test", pds.port()),
+                signing_key: repo.public(),
+                pds_endpoint: pds.endpoint(),
+                tombstoned: false,
+            },
+        );
+        pds.push_raw(commit_frame(&mut repo, "app.bsky.feed.post/a", 1, false));
+        pds.push_raw(commit_frame(&mut repo, "app.bsky.feed.post/b", 2, true));
+    }
+    relay.wait_settled(4).await;
+    assert_eq!(
+        relay.log().len(),
+        3,
+        "both good commits and the lax host's bad one"
+    );
+    assert_eq!(
+        relay
+            .pipeline()
+            .shard_metrics
+            .inversions("failed-warn-only"),
+        1
+    );
+    assert_eq!(
+        relay.dropped("inversion-root-mismatch"),
+        1,
+        "the strict host's"
+    );
+    let mut relay = relay;
+    relay.stop().await;
+    lax.stop().await;
+    strict.stop().await;
     plc.stop().await;
 }

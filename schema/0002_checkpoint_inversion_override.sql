@@ -6,3 +6,8 @@ CREATE TABLE relay_checkpoint (
     id                 smallint PRIMARY KEY CHECK (id = 1),
     account_state_seq  bigint NOT NULL CHECK (account_state_seq >= 0)
 );
+
+-- An operator's per-host override: inversion failures of this host's commits are counted
+-- and the commit passes (signature still required), for one PDS implementation that does
+-- not send correct sync 1.1 diffs yet, without weakening any other host.
+ALTER TABLE hosts ADD COLUMN inversion_warn_only boolean NOT NULL DEFAULT false;
