@@ -117,12 +117,7 @@ async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
     )
     .await;
 
-    for round in 0..ROUNDS {
-        if round == ROUNDS / 2 {
-            // Mid-stream: frames are in flight, durable but not yet in Postgres, or both.
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reaped");
-        }
+    let commit_round = |round: usize| {
         for did in &accounts {
             pds.commit(
                 did,
@@ -130,7 +125,16 @@ async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
             )
             .expect("commit");
         }
+    };
+    for round in 0..ROUNDS / 2 {
+        commit_round(round);
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Mid-stream: frames are in flight, durable but not yet in Postgres, or both.
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    for round in ROUNDS / 2..ROUNDS {
+        commit_round(round);
     }
 
     let mut child = spawn(&data, &url, &plc.url(), &log);
