@@ -390,6 +390,8 @@ async fn run_shard(
     mut stop: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
 ) {
+    // Unbounded in type only: each hold has exactly one task that sends one wake, and holds
+    // are bounded by `hold_per_shard`.
     let (wakes, mut wake_rx) = mpsc::unbounded_channel();
     let (outbox, outbox_rx) = mpsc::channel(settings.outbox.max(1));
     let sender = actix_rt::spawn(send_outbox(index, outbox_rx, deps.sequencer.clone()));
