@@ -9,6 +9,7 @@ mod account_store;
 mod host_supervisor;
 mod pipeline;
 mod relay_pipeline;
+mod relay_validation;
 mod resolver;
 mod shard_scenarios;
 mod subscriber;
