@@ -876,7 +876,12 @@ async fn lookup(
     }
     let mut delay = retry;
     loop {
-        let result = if fresh {
+        // After a purge (`#identity`) a plain `resolve` already goes to the network. Using
+        // `resolve_fresh` there would spend the DID's one forced re-resolution per
+        // `fresh_interval`, so a signature failure soon after an `#identity` (every account
+        // creation starts with one) would get the stale cached key back and drop a validly
+        // signed commit as `bad-signature`.
+        let result = if let HoldCause::Fresh { purge: false } = cause {
             resolver.resolve_fresh(did).await
         } else {
             resolver.resolve(did).await
