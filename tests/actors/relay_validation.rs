@@ -8,10 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rookery::actors::validator_shard::{WallClock, system_clock};
-use rookery::atproto::frame::{self, CommitEvent, Frame};
+use rookery::atproto::frame::{self, CommitEvent, Frame, IdentityEvent};
 use rookery::atproto::keys::{Curve, PrivateKey};
 use rookery::sim::{PlcEntry, SimPds, SimPdsConfig, SimPlc};
-use rookery::testkit::repo::{Change, SigningRepo, commit_frame, record_path, without_block};
+use rookery::testkit::repo::{
+    Change, EVENT_TIME, SigningRepo, commit_frame, record_path, without_block,
+};
 
 use crate::relay_pipeline::{Relay, pinned, settings};
 
@@ -195,11 +197,23 @@ async fn relay_drops_a_commit_signed_with_a_key_the_plc_does_not_name_after_one_
     relay.flush().await;
     assert_eq!(relay.stored_rev(&did).await, None, "no state recorded");
 
-    // The same account, once the PLC names its key, is accepted: the key was the only fault.
+    // Once the PLC names the repo's key and the PDS announces it with `#identity`, the same
+    // account's next commit is stored: the key was the only fault. (Without the `#identity`
+    // the relay would not re-resolve again within the resolver's `fresh_interval`.)
     plc.set_key(&did, repo.public()).expect("set key");
+    let identity = Bytes::from(
+        frame::encode_frame(&Frame::Identity(IdentityEvent {
+            seq: i64::try_from(pds.head_seq() + 1).expect("seq"),
+            did: did.clone(),
+            time: EVENT_TIME.to_string(),
+            handle: None,
+        }))
+        .expect("encode"),
+    );
+    pds.push_raw(identity.clone());
     let good = push(&pds, &repo.commit(&[Change::Create(record_path(2))]));
-    relay.wait_settled(2).await;
-    assert_log_is(&relay, &[&good]);
+    relay.wait_settled(3).await;
+    assert_log_is(&relay, &[&identity, &good]);
     relay.stop().await;
     pds.stop().await;
     plc.stop().await;
