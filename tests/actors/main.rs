@@ -8,6 +8,7 @@ mod common;
 mod account_store;
 mod host_supervisor;
 mod pipeline;
+mod relay_outages;
 mod relay_pipeline;
 mod relay_validation;
 mod resolver;
