@@ -171,7 +171,10 @@ async fn relay_keeps_ingesting_known_accounts_while_postgres_is_unreachable_and_
         decided,
         "every event of the known accounts reached the log meanwhile"
     );
-    assert_eq!(relay.shard_states().iter().map(|s| s.dropped).sum::<u64>(), 0);
+    assert_eq!(
+        relay.shard_states().iter().map(|s| s.dropped).sum::<u64>(),
+        0
+    );
     for did in &accounts {
         let upstream = pds.repo_state(did).expect("state").rev.to_string();
         assert_ne!(
@@ -220,7 +223,7 @@ async fn relay_keeps_ingesting_known_accounts_while_postgres_is_unreachable_and_
 // ------------------------------------------------------------------------------------------
 // Backpressure
 
-/// The value of the gauge `name` with label `shard`=`shard` (or unlabelled) in `registry`.
+/// The values of the gauge `name` in `registry`, one per label set.
 fn gauge(registry: &Registry, name: &str) -> Vec<i64> {
     registry
         .gather()
@@ -309,7 +312,10 @@ async fn relay_backpressure_from_a_slow_shard_delays_the_upstream_within_its_bou
         "the Subscriber stopped reading: after 1 s only {upstream} of {total} events waited \
          upstream"
     );
-    assert!(peak_budget > 0);
+    assert!(
+        peak_budget >= u64::from(BUDGET / 2),
+        "the byte budget bound the 8 kB commits (peak {peak_budget} of {BUDGET})"
+    );
     assert_eq!(
         relay.shard_states().iter().map(|s| s.dropped).sum::<u64>(),
         0,

@@ -67,10 +67,18 @@ fn dropped_total(relay: &Relay) -> u64 {
 /// Asserts that the log holds exactly `frames` (as sent upstream, apart from seq), in order.
 fn assert_log_is(relay: &Relay, frames: &[&Bytes]) {
     let log = relay.log();
-    assert_eq!(log.len(), frames.len(), "the log holds exactly what was valid");
+    assert_eq!(
+        log.len(),
+        frames.len(),
+        "the log holds exactly what was valid"
+    );
     for (record, sent) in log.iter().zip(frames) {
         let want = frame::resequence(sent, record.seq as i64).expect("reseq");
-        assert_eq!(record.body.as_ref(), want.as_slice(), "stored byte for byte");
+        assert_eq!(
+            record.body.as_ref(),
+            want.as_slice(),
+            "stored byte for byte"
+        );
     }
 }
 
@@ -113,9 +121,7 @@ async fn hostile_commit_is_dropped(
 #[actix_rt::test]
 async fn relay_drops_a_commit_with_more_than_200_ops() {
     hostile_commit_is_dropped(0, "too-many-ops", |repo, _| {
-        let changes: Vec<Change> = (100..301)
-            .map(|i| Change::Create(record_path(i)))
-            .collect();
+        let changes: Vec<Change> = (100..301).map(|i| Change::Create(record_path(i))).collect();
         repo.commit(&changes)
     })
     .await;
@@ -174,8 +180,7 @@ async fn relay_drops_a_commit_with_a_missing_block() {
 }
 
 #[actix_rt::test]
-async fn relay_drops_a_commit_signed_with_a_key_the_plc_does_not_name_after_one_re_resolution()
-{
+async fn relay_drops_a_commit_signed_with_a_key_the_plc_does_not_name_after_one_re_resolution() {
     let plc = SimPlc::start().expect("plc");
     let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
     let mut relay = Relay::start(&[&pds], settings(&plc), system_clock()).await;
