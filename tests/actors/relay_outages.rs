@@ -220,6 +220,63 @@ async fn relay_keeps_ingesting_known_accounts_while_postgres_is_unreachable_and_
     plc.stop().await;
 }
 
+#[actix_rt::test]
+async fn relay_gives_up_on_a_new_account_within_the_hold_while_postgres_is_unreachable() {
+    let plc = SimPlc::start().expect("plc");
+    let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
+    let proxy = PgProxy::start().await;
+    let mut s = settings(&plc);
+    s.ingest.write_behind.retry_min = Duration::from_millis(100);
+    s.ingest.write_behind.retry_max = Duration::from_millis(400);
+    s.shard.hold_for = Duration::from_secs(1);
+    let mut relay =
+        Relay::start_through(&[&pds], s, system_clock(), |direct| proxy.route(direct)).await;
+    relay.wait_connected(&[&pds]).await;
+    let known = pds.create_account().expect("account");
+    relay.wait_settled(3).await;
+
+    // A new account needs its row, which Postgres cannot give: its events are held for at
+    // most `hold_for` and then abandoned (their cursor marks not completed), while the known
+    // account goes on.
+    proxy.cut();
+    let new = pds.create_account().expect("account");
+    pds.commit(&known, &[Change::Create(record_path(1))])
+        .expect("commit");
+    relay.wait_settled(7).await;
+    assert_eq!(relay.dropped("account-store-unavailable"), 3);
+    assert_eq!(
+        relay.frames_of(&known).len(),
+        4,
+        "the known account's commit is stored"
+    );
+    assert!(relay.frames_of(&new).is_empty());
+    // Each retry of the account row decides the `#identity` again, on a fresh resolution:
+    // at most one per `retry_after` (200 ms) within the 1 s hold, not without end.
+    let lookups = plc.requests_for(&new);
+    assert!(
+        (1..=6).contains(&lookups),
+        "resolutions bounded by the hold: {lookups}"
+    );
+
+    // Back up, the abandoned events come again with the next connection (the host's cursor
+    // stayed below them) and are stored; the replayed commit of the known account is stale.
+    proxy.restore();
+    let recovered = eventually(WAIT, || async {
+        !relay.pipeline().ingest.degraded.load(Ordering::Acquire)
+    })
+    .await;
+    assert!(recovered, "degraded clears once Postgres is back");
+    pds.drop_connections();
+    let replayed = eventually(WAIT, || async { relay.frames_of(&new).len() == 3 }).await;
+    assert!(replayed, "the new account's events after a reconnect");
+    relay.wait_settled(4).await;
+    assert_eq!(relay.dropped("stale-rev"), 1);
+    assert_eq!(relay.log().len(), 7, "each event once");
+    relay.stop().await;
+    pds.stop().await;
+    plc.stop().await;
+}
+
 // ------------------------------------------------------------------------------------------
 // Backpressure
 
