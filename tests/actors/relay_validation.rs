@@ -282,8 +282,20 @@ async fn relay_drops_a_commit_whose_rev_is_in_the_future() {
     plc.stop().await;
 }
 
-#[actix_rt::test]
-async fn relay_drops_the_events_of_an_identity_it_cannot_resolve() {
+/// How the directory fails in [`unresolvable_identity`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PlcFault {
+    /// Stopped: connections are refused.
+    Stopped,
+    /// Up, answering `503` to everything.
+    Failing,
+}
+
+/// Commits of an account whose identity cannot be resolved, because of `fault`, are held
+/// while resolution retries, then dropped as `identity-unresolvable`; nothing of the DID is
+/// stored. With a failing (not stopped) directory, the account's next commit after it
+/// recovers is stored: the failure was not cached.
+async fn unresolvable_identity(fault: PlcFault) {
     let plc = SimPlc::start().expect("plc");
     let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
     let mut s = settings(&plc);
@@ -292,8 +304,11 @@ async fn relay_drops_the_events_of_an_identity_it_cannot_resolve() {
     relay.wait_connected(&[&pds]).await;
     let mut repo = hand_account(&plc, &pds, 0, now_micros() - 60_000_000, None);
     let did = repo.did.clone();
-    // The directory goes away before the relay ever resolved the DID.
-    plc.stop().await;
+    // The directory fails before the relay ever resolved the DID.
+    match fault {
+        PlcFault::Stopped => plc.stop().await,
+        PlcFault::Failing => plc.set_failure(Some(503)),
+    }
 
     push(&pds, &repo.commit(&[Change::Create(record_path(1))]));
     push(&pds, &repo.commit(&[Change::Create(record_path(2))]));
@@ -306,8 +321,34 @@ async fn relay_drops_the_events_of_an_identity_it_cannot_resolve() {
     assert_eq!(dropped_total(&relay), 2);
     assert!(relay.log().is_empty(), "nothing unverified is stored");
     assert_eq!(relay.account_row(&did).await, None, "no account either");
+    if fault == PlcFault::Stopped {
+        relay.stop().await;
+        pds.stop().await;
+        return;
+    }
+    let asked = plc.requests_for(&did);
+    assert!(
+        (2..=8).contains(&asked),
+        "retried within the hold, with backoff: {asked} requests"
+    );
+
+    plc.set_failure(None);
+    let good = push(&pds, &repo.commit(&[Change::Create(record_path(3))]));
+    relay.wait_settled(3).await;
+    assert_log_is(&relay, &[&good]);
     relay.stop().await;
     pds.stop().await;
+    plc.stop().await;
+}
+
+#[actix_rt::test]
+async fn relay_drops_the_events_of_an_identity_it_cannot_resolve_with_the_plc_stopped() {
+    unresolvable_identity(PlcFault::Stopped).await;
+}
+
+#[actix_rt::test]
+async fn relay_drops_the_events_of_an_identity_it_cannot_resolve_with_the_plc_failing() {
+    unresolvable_identity(PlcFault::Failing).await;
 }
 
 #[actix_rt::test]
