@@ -302,8 +302,8 @@ async fn relay_backpressure_from_a_slow_shard_delays_the_upstream_within_its_bou
     let mut s = settings(&plc);
     // One shard, made slow: every account starts with an `#identity`, which the shard decides
     // only after a fresh resolution, and the directory takes 150 ms to answer; the shard holds
-    // at most 2 frames meanwhile, then stops reading its queue of 4. Commits of 8 kB make the
-    // 24 kB byte budget bind as well.
+    // at most 2 frames meanwhile, then stops reading its queue of 4. Each account's commit
+    // carries a 12 kB record, so two of them do not fit the 24 kB byte budget: it binds too.
     s.shards = 1;
     s.shard_queue_depth = DEPTH;
     s.shard.hold_per_shard = HOLDS;
@@ -315,12 +315,13 @@ async fn relay_backpressure_from_a_slow_shard_delays_the_upstream_within_its_bou
     plc.set_response_delay(Duration::from_millis(150));
 
     let accounts: Vec<String> = (0..ACCOUNTS)
-        .map(|_| pds.create_account().expect("account"))
+        .map(|_| {
+            let did = pds.create_account().expect("account");
+            pds.commit(&did, &[Change::CreateSized(record_path(0), 12_000)])
+                .expect("commit");
+            did
+        })
         .collect();
-    for did in &accounts {
-        pds.commit(did, &[Change::CreateSized(record_path(0), 8_000)])
-            .expect("commit");
-    }
     let total = pds.head_seq();
     assert_eq!(total, 4 * ACCOUNTS as u64);
 
@@ -371,7 +372,7 @@ async fn relay_backpressure_from_a_slow_shard_delays_the_upstream_within_its_bou
     );
     assert!(
         peak_budget >= u64::from(BUDGET / 2),
-        "the byte budget bound the 8 kB commits (peak {peak_budget} of {BUDGET})"
+        "the 12 kB commits filled the byte budget (peak {peak_budget} of {BUDGET})"
     );
     assert_eq!(
         relay.shard_states().iter().map(|s| s.dropped).sum::<u64>(),
