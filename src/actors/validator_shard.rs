@@ -886,20 +886,16 @@ async fn lookup(
     deadline: Instant,
 ) -> Answer {
     let fresh = matches!(cause, HoldCause::Fresh { .. });
-    if let HoldCause::Fresh { purge: true } = cause {
-        resolver.purge(did).await;
-    }
     let mut delay = retry;
     loop {
-        // After a purge (`#identity`) a plain `resolve` already goes to the network. Using
-        // `resolve_fresh` there would spend the DID's one forced re-resolution per
-        // `fresh_interval`, so a signature failure soon after an `#identity` (every account
-        // creation starts with one) would get the stale cached key back and drop a validly
-        // signed commit as `bad-signature`.
-        let result = if let HoldCause::Fresh { purge: false } = cause {
-            resolver.resolve_fresh(did).await
-        } else {
-            resolver.resolve(did).await
+        // `#identity` purges and resolves without `resolve_fresh`: that would spend the DID's
+        // one forced re-resolution per `fresh_interval`, so a signature failure soon after an
+        // `#identity` (every account creation starts with one) would get the stale cached key
+        // back and drop a validly signed commit as `bad-signature`.
+        let result = match cause {
+            HoldCause::Fresh { purge: true } => resolver.purge_and_resolve(did).await,
+            HoldCause::Fresh { purge: false } => resolver.resolve_fresh(did).await,
+            _ => resolver.resolve(did).await,
         };
         match result {
             Ok(id) => {
