@@ -606,6 +606,21 @@ impl Resolver {
         self.load(did, true).await
     }
 
+    /// [`Resolver::purge`], then a resolution from the network that skips `did_cache` (even
+    /// when the purge could not delete its row): what an `#identity` asks for. Like `purge`
+    /// it is not rate-limited, and it does not spend the DID's one forced re-resolution per
+    /// `fresh_interval` ([`Resolver::resolve_fresh`]), which a signature failure or a host
+    /// mismatch right after the `#identity` still needs.
+    pub async fn purge_and_resolve(
+        &self,
+        did: &str,
+    ) -> Result<Arc<ResolvedIdentity>, ResolveError> {
+        self.purge(did).await;
+        self.checked(did)?;
+        self.count("miss");
+        self.load(did, true).await
+    }
+
     /// Forgets the DID in memory and in `did_cache` (on `#identity`). Not rate-limited: any
     /// upstream may send `#identity` for any DID, but those frames are bounded by the
     /// Subscriber's per-host rate limits, and the lookups they cause still go through

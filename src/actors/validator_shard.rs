@@ -348,6 +348,10 @@ struct Wake {
 
 struct Held {
     frames: VecDeque<UpstreamFrame>,
+    /// When the hold of the head frame ends. A head frame held again (e.g. a fresh
+    /// resolution, then an account row Postgres cannot give) keeps its deadline, so it is
+    /// decided within `hold_for` however often it goes round.
+    deadline: Instant,
 }
 
 /// What handling one frame came to.
@@ -511,7 +515,8 @@ impl Shard {
                 let did = frame.did.clone();
                 let mut frames = VecDeque::new();
                 frames.push_back(frame);
-                self.hold(did, frames, cause);
+                let deadline = Instant::now() + self.settings.hold_for;
+                self.hold(did, frames, cause, deadline);
             }
         }
     }
@@ -520,15 +525,21 @@ impl Shard {
         self.state.held_peak = self.state.held_peak.max(self.held_total);
     }
 
-    /// Holds `frames` (the first one caused it) and starts the I/O that will wake them.
-    fn hold(&mut self, did: String, frames: VecDeque<UpstreamFrame>, cause: HoldCause) {
-        let deadline = Instant::now() + self.settings.hold_for;
+    /// Holds `frames` (the first one caused it) until `deadline` at the latest, and starts
+    /// the I/O that will wake them.
+    fn hold(
+        &mut self,
+        did: String,
+        frames: VecDeque<UpstreamFrame>,
+        cause: HoldCause,
+        deadline: Instant,
+    ) {
         let count = frames.len();
         let (host, no_ssl) = frames
             .front()
             .map(|f| (f.hostname.to_string(), f.no_ssl))
             .unwrap_or_default();
-        self.holds.insert(did.clone(), Held { frames });
+        self.holds.insert(did.clone(), Held { frames, deadline });
         self.held_total += count;
         self.metrics.held.add(count as i64);
         self.note_held();
@@ -600,15 +611,19 @@ impl Shard {
         }
         let mut answer = wake.answer;
         let failed = answer.identity_failed;
+        // The head frame keeps its deadline when it is held again; a frame behind it that
+        // becomes the head starts a hold of its own.
+        let mut deadline = held.deadline;
         while let Some(frame) = frames.pop_front() {
             match self.handle(frame, std::mem::take(&mut answer)).await {
                 Handled::Done => {}
                 Handled::Hold(frame, cause) => {
                     frames.push_front(frame);
-                    self.hold(wake.did, frames, cause);
+                    self.hold(wake.did, frames, cause, deadline);
                     return;
                 }
             }
+            deadline = Instant::now() + self.settings.hold_for;
             // An identity that failed for good fails every frame held with it.
             answer.identity_failed = failed;
         }
@@ -882,15 +897,16 @@ async fn lookup(
     deadline: Instant,
 ) -> Answer {
     let fresh = matches!(cause, HoldCause::Fresh { .. });
-    if let HoldCause::Fresh { purge: true } = cause {
-        resolver.purge(did).await;
-    }
     let mut delay = retry;
     loop {
-        let result = if fresh {
-            resolver.resolve_fresh(did).await
-        } else {
-            resolver.resolve(did).await
+        // `#identity` purges and resolves without `resolve_fresh`: that would spend the DID's
+        // one forced re-resolution per `fresh_interval`, so a signature failure soon after an
+        // `#identity` (every account creation starts with one) would get the stale cached key
+        // back and drop a validly signed commit as `bad-signature`.
+        let result = match cause {
+            HoldCause::Fresh { purge: true } => resolver.purge_and_resolve(did).await,
+            HoldCause::Fresh { purge: false } => resolver.resolve_fresh(did).await,
+            _ => resolver.resolve(did).await,
         };
         match result {
             Ok(id) => {

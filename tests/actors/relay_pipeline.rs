@@ -10,6 +10,7 @@ use prometheus::Registry;
 use rookery::actors::obs::ActorMetrics;
 use rookery::actors::sequencer::{Drain, GetSequencerState};
 use rookery::actors::validator_shard::{ShardState, WallClock, system_clock};
+use rookery::actors::write_behind::FlushNow;
 use rookery::actors::{Pipeline, PipelineSettings, start_pipeline};
 use rookery::atproto::frame::{self, Frame};
 use rookery::atproto::keys::PublicKey;
@@ -30,7 +31,10 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A relay on a temp dir and a fresh database, reading the given hosts.
 pub struct Relay {
     pub pipeline: Option<Pipeline>,
+    /// Straight to the test database (setup and assertions).
     pub db: Db,
+    /// What the pipeline uses: `db`, or a route to the same database that a test can cut.
+    pub pipeline_db: Db,
     pub dir: tempfile::TempDir,
     pub registry: Registry,
 }
@@ -55,8 +59,22 @@ pub fn settings(plc: &SimPlc) -> PipelineSettings {
 impl Relay {
     /// Registers `hosts` (admin-added, `ws://`) and starts the pipeline.
     pub async fn start(hosts: &[&SimPds], settings: PipelineSettings, clock: WallClock) -> Relay {
+        Relay::start_through(hosts, settings, clock, |direct| direct).await
+    }
+
+    /// Like [`Relay::start`], but the pipeline connects to the database with the settings
+    /// `route` makes of the direct ones (e.g. through a proxy the test can cut), while
+    /// [`Relay::db`] stays direct.
+    pub async fn start_through(
+        hosts: &[&SimPds],
+        settings: PipelineSettings,
+        clock: WallClock,
+        route: impl FnOnce(tokio_postgres::Config) -> tokio_postgres::Config,
+    ) -> Relay {
         install_crypto_provider();
         let database = test_cluster().fresh_database().await.expect("db");
+        let pipeline_db =
+            Db::new(route(database.pg_config.clone()), DbSettings::default()).expect("pool");
         let db = Db::new(database.pg_config, DbSettings::default()).expect("pool");
         migrations::migrate(&db).await.expect("migrate");
         let client = db.client().await.expect("client");
@@ -73,6 +91,7 @@ impl Relay {
         let mut relay = Relay {
             pipeline: None,
             db,
+            pipeline_db,
             dir,
             registry: Registry::new(),
         };
@@ -86,7 +105,7 @@ impl Relay {
         let metrics = ActorMetrics::register(&self.registry).expect("metrics");
         let pipeline = start_pipeline(
             open_log(self.dir.path()),
-            self.db.clone(),
+            self.pipeline_db.clone(),
             settings,
             clock,
             &metrics,
@@ -156,10 +175,81 @@ impl Relay {
         self.pipeline().shard_metrics.dropped(reason)
     }
 
+    /// Writes the pending cursors and account state to Postgres now.
+    pub async fn flush(&self) {
+        self.pipeline()
+            .ingest
+            .write_behind
+            .send(FlushNow)
+            .await
+            .expect("write-behind")
+            .expect("flushed");
+    }
+
+    /// `hosts.id` of `host`.
+    pub async fn host_id(&self, host: &SimPds) -> i64 {
+        let client = self.db.client().await.expect("client");
+        client
+            .query_one(
+                "SELECT id FROM hosts WHERE hostname = $1",
+                &[&host.hostname()],
+            )
+            .await
+            .expect("host row")
+            .get(0)
+    }
+
+    /// `accounts` of `did` as Postgres has it now: `(host_id, local_status, upstream_status)`.
+    pub async fn account_row(&self, did: &str) -> Option<(i64, String, String)> {
+        let client = self.db.client().await.expect("client");
+        client
+            .query_opt(
+                "SELECT host_id, local_status, upstream_status FROM accounts WHERE did = $1",
+                &[&did],
+            )
+            .await
+            .expect("accounts")
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+    }
+
+    /// `account_sync_state.rev` of `did` as Postgres has it now.
+    pub async fn stored_rev(&self, did: &str) -> Option<String> {
+        let client = self.db.client().await.expect("client");
+        client
+            .query_opt(
+                "SELECT s.rev FROM account_sync_state s JOIN accounts a USING (uid) \
+                 WHERE a.did = $1",
+                &[&did],
+            )
+            .await
+            .expect("account_sync_state")
+            .map(|row| row.get(0))
+    }
+
+    /// The log records of `did`, decoded.
+    pub fn frames_of(&self, did: &str) -> Vec<Frame> {
+        self.log()
+            .iter()
+            .map(|r| frame::decode_frame(&r.body).expect("stored frames decode"))
+            .filter(|f| frame_did(f) == Some(did))
+            .collect()
+    }
+
     pub async fn stop(&mut self) {
         if let Some(p) = self.pipeline.take() {
             p.shutdown().await;
         }
+    }
+}
+
+/// The account a stored frame is about.
+pub fn frame_did(f: &Frame) -> Option<&str> {
+    match f {
+        Frame::Commit(c) => Some(&c.repo),
+        Frame::Sync(s) => Some(&s.did),
+        Frame::Identity(i) => Some(&i.did),
+        Frame::Account(a) => Some(&a.did),
+        _ => None,
     }
 }
 
