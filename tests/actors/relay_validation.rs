@@ -472,7 +472,7 @@ async fn relay_drops_the_commits_of_a_taken_down_account() {
         .await
         .expect("takedown");
     assert_eq!(n, 1);
-    relay.restart(settings(&plc), system_clock());
+    relay.restart(settings(&plc), system_clock()).await;
     relay.wait_connected(&[&pds]).await;
     pds.commit(&did, &[Change::Create(record_path(2))])
         .expect("commit");
