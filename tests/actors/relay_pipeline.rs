@@ -264,16 +264,6 @@ pub fn pinned(micros: u64) -> WallClock {
 /// 2025-04-17T00:00:00Z: after every rev in the relay scenarios.
 const SCENARIO_NOW: u64 = 1_744_848_000_000_000;
 
-const SCENARIOS: [&str; 7] = [
-    "account_lifecycle.json",
-    "deactivation.json",
-    "legacy.json",
-    "post_lifecycle.json",
-    "post_lifecycle_legacy.json",
-    "rev_ordering.json",
-    "seq_ordering.json",
-];
-
 /// Registers the scenario's accounts in `plc` with `pds` as their host.
 fn register_accounts(scenario: &Value, plc: &SimPlc, pds: &SimPds) {
     for account in scenario["accounts"].as_array().expect("accounts") {
@@ -299,7 +289,7 @@ fn register_accounts(scenario: &Value, plc: &SimPlc, pds: &SimPds) {
 
 #[actix_rt::test]
 async fn every_indigo_scenario_reaches_the_log_exactly_as_expected() {
-    for name in SCENARIOS {
+    for name in vectors::RELAY_SCENARIOS {
         let scenario = vectors::read_json(&format!("indigo/cmd/relay/testing/testdata/{name}"));
         let plc = SimPlc::start().expect("plc");
         let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
