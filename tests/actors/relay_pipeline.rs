@@ -33,7 +33,8 @@ pub struct Relay {
     pub pipeline: Option<Pipeline>,
     /// Straight to the test database (setup and assertions).
     pub db: Db,
-    /// What the pipeline uses: `db`, or a route to the same database that a test can cut.
+    /// The pipeline's own pool to the same database: direct, or through a route a test can
+    /// cut ([`Relay::start_through`]).
     pub pipeline_db: Db,
     pub dir: tempfile::TempDir,
     pub registry: Registry,

@@ -8,8 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rookery::actors::validator_shard::{WallClock, system_clock};
+use rookery::atproto::car::{self, CarLimits};
+use rookery::atproto::commit::Commit;
 use rookery::atproto::frame::{self, CommitEvent, Frame, IdentityEvent};
-use rookery::atproto::keys::{Curve, PrivateKey};
+use rookery::atproto::keys::{Curve, PrivateKey, PublicKey};
 use rookery::sim::{PlcEntry, SimPds, SimPdsConfig, SimPlc};
 use rookery::testkit::repo::{
     Change, EVENT_TIME, SigningRepo, commit_frame, record_path, without_block,
@@ -35,7 +37,7 @@ fn hand_account(
     pds: &SimPds,
     records: usize,
     clock: u64,
-    plc_key: Option<rookery::atproto::keys::PublicKey>,
+    plc_key: Option<PublicKey>,
 ) -> SigningRepo {
     let did = plc.new_did();
     let repo = SigningRepo::new(&did, Curve::K256, records, clock);
@@ -57,6 +59,21 @@ fn push(via: &SimPds, evt: &CommitEvent) -> Bytes {
     let bytes = commit_frame(evt, seq);
     via.push_raw(bytes.clone());
     bytes
+}
+
+/// Asserts that `evt`'s commit block is in its CAR and carries a valid signature by `key`
+/// (the key the PLC names): whatever a relay refuses it for, it is not the signature.
+fn assert_signed_by(evt: &CommitEvent, key: &PublicKey) {
+    let limits = CarLimits {
+        max_bytes: usize::MAX,
+        max_blocks: usize::MAX,
+    };
+    let parsed = car::read_car(evt.blocks.clone(), &limits).expect("the CAR parses");
+    let block = parsed.blocks.get(&evt.commit).expect("the commit block");
+    Commit::decode(block)
+        .expect("the commit decodes")
+        .verify_signature(key)
+        .expect("signed with the PLC's key");
 }
 
 /// Drops decided by every shard so far, whatever the reason.
@@ -101,6 +118,7 @@ async fn hostile_commit_is_dropped(
     let first_rev = first.rev.clone();
     let valid = push(&pds, &first);
     let bad = hostile(&mut repo, &first);
+    assert_signed_by(&bad, &repo.public());
     push(&pds, &bad);
     relay.wait_settled(2).await;
 
