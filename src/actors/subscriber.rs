@@ -418,6 +418,12 @@ impl Subscriber {
         if idle >= self.settings.dead_after {
             return self.fail("dead_upstream", ctx);
         }
+        if self.cursor.has_abandoned() {
+            // A shard gave up on an event (its account row could not be had in time): only
+            // a new connection from the cursor below it gets it again. Without this the
+            // host's cursor would stay there until the connection dropped for another reason.
+            return self.fail("resync_abandoned", ctx);
+        }
         if idle >= self.settings.ping_interval {
             let _ = self.sink.write(WsMessage::Ping(Bytes::new()));
         }

@@ -229,6 +229,8 @@ async fn relay_gives_up_on_a_new_account_within_the_hold_while_postgres_is_unrea
     s.ingest.write_behind.retry_min = Duration::from_millis(100);
     s.ingest.write_behind.retry_max = Duration::from_millis(400);
     s.shard.hold_for = Duration::from_secs(1);
+    // Keepalive (and with it the check for abandoned events) every 250 ms.
+    s.subscriber.ping_interval = Duration::from_millis(500);
     let mut relay =
         Relay::start_through(&[&pds], s, system_clock(), |direct| proxy.route(direct)).await;
     relay.wait_connected(&[&pds]).await;
@@ -258,15 +260,15 @@ async fn relay_gives_up_on_a_new_account_within_the_hold_while_postgres_is_unrea
         "resolutions bounded by the hold: {lookups}"
     );
 
-    // Back up, the abandoned events come again with the next connection (the host's cursor
-    // stayed below them) and are stored; the replayed commit of the known account is stale.
+    // Back up, the abandoned events come again with the next connection, which the
+    // Subscriber opens by itself (the host's cursor stayed below them): they are stored, and
+    // the replayed commit of the known account is stale.
     proxy.restore();
     let recovered = eventually(WAIT, || async {
         !relay.pipeline().ingest.degraded.load(Ordering::Acquire)
     })
     .await;
     assert!(recovered, "degraded clears once Postgres is back");
-    pds.drop_connections();
     let replayed = eventually(WAIT, || async { relay.frames_of(&new).len() == 3 }).await;
     assert!(replayed, "the new account's events after a reconnect");
     relay.wait_settled(4).await;
