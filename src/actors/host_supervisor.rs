@@ -436,6 +436,8 @@ pub struct HostSupervisor {
     /// flush a reset waits for.
     cursors: Option<(PendingWrites, Option<InstrumentedAddr<WriteBehind>>)>,
     warn_only: InversionWarnOnly,
+    /// Consecutive failed status flushes (logged once per outage).
+    status_failing: u64,
     state: SupervisorState,
 }
 
@@ -463,6 +465,7 @@ impl HostSupervisor {
             flushing: false,
             cursors: None,
             warn_only: InversionWarnOnly::default(),
+            status_failing: 0,
             state: SupervisorState::default(),
         }
     }
@@ -770,10 +773,26 @@ impl HostSupervisor {
                 .map(move |res, act, _| {
                     act.flushing = false;
                     match res {
-                        Ok(_) => act.state.status_statements += 1,
+                        Ok(_) => {
+                            if act.status_failing > 0 {
+                                tracing::info!(
+                                    failed = act.status_failing,
+                                    "host status writes work again"
+                                );
+                            }
+                            act.status_failing = 0;
+                            act.state.status_statements += 1;
+                        }
                         Err(e) => {
                             act.state.status_write_failures += 1;
-                            tracing::warn!(reason = e.reason(), "host status write failed");
+                            act.status_failing += 1;
+                            // Once per outage, not once per flush; the counter has the rest.
+                            if act.status_failing == 1 {
+                                tracing::warn!(
+                                    reason = e.reason(),
+                                    "host status writes fail; retrying every flush"
+                                );
+                            }
                             for w in retry {
                                 // Newer writes recorded meanwhile win.
                                 act.pending_status.entry(w.host_id).or_insert(w);
