@@ -75,8 +75,27 @@ fn corpus(plc: &SimPlc, accounts: usize, per_account: usize) -> Vec<(String, Vec
         .collect()
 }
 
-/// Single-core `validate_commit` seconds per event over one account's chain.
-fn validate_cost(frames: &[Bytes], key: &PublicKey) -> f64 {
+/// CPU seconds used so far by the process (`self`) or the calling thread (`thread-self`),
+/// from `/proc/<which>/stat` (utime + stime, in clock ticks of 1/100 s). CPU time does not
+/// count the time other processes on a loaded machine take, so ratios of CPU times hold
+/// where wall-clock ratios do not.
+fn cpu_seconds(which: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{which}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Single-core `validate_commit` cost over one account's chain: (wall seconds, thread CPU
+/// seconds) per event.
+fn validate_cost(frames: &[Bytes], key: &PublicKey) -> (f64, f64) {
     let commits: Vec<_> = frames
         .iter()
         .map(|f| match frame::decode_frame(f).expect("decode") {
@@ -88,6 +107,7 @@ fn validate_cost(frames: &[Bytes], key: &PublicKey) -> f64 {
     let now = now_micros();
     let mut rounds = 0u32;
     let started = Instant::now();
+    let cpu_started = cpu_seconds("thread-self");
     let mut validated = 0u64;
     while started.elapsed() < Duration::from_secs(2) && rounds < 50 {
         let mut stored = None;
@@ -101,7 +121,11 @@ fn validate_cost(frames: &[Bytes], key: &PublicKey) -> f64 {
         }
         rounds += 1;
     }
-    started.elapsed().as_secs_f64() / validated as f64
+    let n = validated as f64;
+    (
+        started.elapsed().as_secs_f64() / n,
+        (cpu_seconds("thread-self") - cpu_started) / n,
+    )
 }
 
 fn run(total: usize, shards: usize) {
@@ -182,7 +206,12 @@ fn run(total: usize, shards: usize) {
         pipeline.ingest.sequencer.send(Drain).await.expect("drain");
 
         let timed = corpus.len() * (per_account - 1);
+        let sample = &corpus[0];
+        let key = plc.entry(&sample.0).expect("entry").signing_key;
+        // Measured before and after the pipeline run, averaged: load drifts.
+        let before = validate_cost(&sample.1, &key);
         let started = Instant::now();
+        let cpu_started = cpu_seconds("self");
         let mut producers = Vec::new();
         for p in 0..PRODUCERS {
             // One producer per account subset keeps each account's order, like one
@@ -216,22 +245,28 @@ fn run(total: usize, shards: usize) {
         }
         pipeline.ingest.sequencer.send(Drain).await.expect("drain");
         let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds("self") - cpu_started;
         let states = pipeline.shards.states();
         let dropped: u64 = states.iter().map(|s| s.dropped).sum();
         assert_eq!(dropped, 0, "every bench commit is valid: {states:?}");
         let rate = timed as f64 / elapsed;
 
-        let sample = &corpus[0];
-        let key = plc.entry(&sample.0).expect("entry").signing_key;
-        let per_event = validate_cost(&sample.1, &key);
+        let after = validate_cost(&sample.1, &key);
+        let per_event = (before.0 + after.0) / 2.0;
+        let validate_cpu = (before.1 + after.1) / 2.0;
         let ratio = rate / (shards as f64 / per_event);
+        let pipeline_cpu = cpu / timed as f64;
         println!(
             "validated pipeline: {timed} commits of {} accounts, {shards} shards, every-batch fsync: \
              {rate:.0} events/s; validate_commit single core {:.1} µs/event ({:.0}/s); \
-             efficiency {ratio:.2}",
+             efficiency {ratio:.2}; CPU per event: relay process {:.1} µs, of it validation \
+             {:.1} µs ({:.0}%)",
             corpus.len(),
             per_event * 1e6,
             1.0 / per_event,
+            pipeline_cpu * 1e6,
+            validate_cpu * 1e6,
+            100.0 * validate_cpu / pipeline_cpu,
         );
         pipeline.shutdown().await;
         plc.stop().await;
