@@ -27,6 +27,9 @@
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
 pub mod account_store;
+pub mod broadcaster;
+pub mod consumer_session;
+pub mod firehose;
 pub mod host_supervisor;
 pub mod obs;
 pub mod persister;
