@@ -60,6 +60,10 @@ const RING_BATCH_FRAMES: usize = 512;
 const LOG_BATCH_RECORDS: usize = 2048;
 /// A catching-up socket that drains nothing for this many stall timeouts is dead.
 const CATCH_UP_DEAD_FACTOR: u32 = 4;
+/// Frames handed to the socket and not yet drained, at most. actix-ws queues up to 32
+/// messages per socket; staying well below keeps room for pongs, pings, the error frame and
+/// the close, so a stuck consumer still gets told why it is closed.
+const IN_FLIGHT_FRAMES: usize = 16;
 
 // ------------------------------------------------------------------------------------------
 // Pure rules
@@ -219,6 +223,7 @@ impl Actor for ConsumerSession {
             budget: Arc::new(Semaphore::new(
                 self.shared.settings.session_buffer_bytes.max(1),
             )),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT_FRAMES)),
             last_heard: Rc::clone(&self.last_heard),
             obs: self.obs.clone(),
             cursor: 0,
@@ -303,7 +308,8 @@ impl StreamHandler<Result<Message, ProtocolError>> for ConsumerSession {
 /// actix-ws has encoded it onto the connection.
 struct Held {
     frame: Bytes,
-    _permit: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for Held {
@@ -314,7 +320,8 @@ impl AsRef<[u8]> for Held {
 
 /// Where the next frames came from.
 enum Next {
-    Frames(Vec<(u64, Bytes)>),
+    /// Frames to send, and the cursor once they are sent (at least the last frame's seq).
+    Frames(Vec<(u64, Bytes)>, u64),
     /// Nothing after the cursor yet.
     AtHead,
     /// Read again at once (the source changed, a damaged record was skipped...).
@@ -328,6 +335,19 @@ enum Sent {
     Exit(Exit),
 }
 
+/// Completes when the published head gets more than `max_lag` seqs past `cursor` (never,
+/// if the Broadcaster is gone).
+async fn lag_exceeded(mut head: watch::Receiver<u64>, cursor: u64, max_lag: u64) {
+    loop {
+        if too_far_behind(true, *head.borrow_and_update(), cursor, max_lag) {
+            return;
+        }
+        if head.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// The state of the send loop, owned by the spawned future.
 struct Pump {
     socket: Session,
@@ -336,6 +356,7 @@ struct Pump {
     head: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     budget: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     last_heard: Rc<Cell<Instant>>,
     obs: ActorObs,
     /// Last seq sent or passed.
@@ -359,13 +380,28 @@ impl Pump {
                 self.cursor = *self.head.borrow_and_update();
                 self.set_live();
             }
+            // Replays start in the log even when the ring could serve them: the log alone
+            // knows the retained window (the ring may still hold frames retention deleted).
+            // The first batch hands over to the ring if it covers the rest.
             StartPlan::FromOldest => {
                 self.cursor = 0;
-                if self.shared.ring.read().floor() > 0 {
-                    self.replay = Some(self.shared.reader.read_from_oldest());
+                self.replay = Some(self.shared.reader.read_from_oldest());
+            }
+            StartPlan::After(c) => {
+                self.cursor = c;
+                match self.shared.reader.read_after(c) {
+                    Ok(replay) => self.replay = Some(replay),
+                    Err(EventLogError::Outdated { oldest_seq }) => {
+                        if let Next::End(exit) = self.outdated(oldest_seq).await {
+                            return exit;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "consumer could not open a log replay");
+                        return Exit::LogFailed;
+                    }
                 }
             }
-            StartPlan::After(c) => self.cursor = c,
         }
         self.entry.cursor.store(self.cursor, Ordering::Relaxed);
         loop {
@@ -378,10 +414,12 @@ impl Pump {
                 self.next_from_ring().await
             };
             match next {
-                Next::Frames(frames) => {
+                Next::Frames(frames, passed) => {
                     if let Sent::Exit(exit) = self.send_frames(frames).await {
                         return exit;
                     }
+                    // Masked records after the last frame were passed too.
+                    self.cursor = self.cursor.max(passed);
                     if let Some(exit) = self.after_batch().await {
                         return exit;
                     }
@@ -427,7 +465,10 @@ impl Pump {
                     Next::Again
                 }
             }
-            RingRead::Frames(frames) => Next::Frames(frames),
+            RingRead::Frames(frames) => {
+                let last = frames.last().map_or(self.cursor, |(seq, _)| *seq);
+                Next::Frames(frames, last)
+            }
             RingRead::Behind => {
                 let max_lag = self.shared.settings.max_consumer_lag;
                 if too_far_behind(self.live, head, self.cursor, max_lag) {
@@ -484,12 +525,13 @@ impl Pump {
         match batch {
             Ok(records) => {
                 let frames = self.fresh(records);
-                self.cursor = self.cursor.max(replay.cursor());
-                // Back to the ring as soon as it holds everything after the cursor.
-                if self.cursor < self.shared.ring.read().floor() {
+                let passed = self.cursor.max(replay.cursor());
+                // Back to the ring as soon as it holds everything after the replay.
+                if passed < self.shared.ring.read().floor() {
                     self.replay = Some(replay);
                 }
                 if frames.is_empty() {
+                    self.cursor = passed;
                     if self.replay.is_some() {
                         // The log has nothing newer yet and the ring does not cover us:
                         // wait for the next head instead of spinning.
@@ -497,7 +539,7 @@ impl Pump {
                     }
                     return Next::Again;
                 }
-                Next::Frames(frames)
+                Next::Frames(frames, passed)
             }
             Err(EventLogError::Corrupt {
                 segment_first_seq,
@@ -577,18 +619,30 @@ impl Pump {
         let total = self.shared.settings.session_buffer_bytes.max(1);
         let permits = u32::try_from(frame.len().clamp(1, total)).unwrap_or(u32::MAX);
         let budget = Arc::clone(&self.budget);
+        let slots = Arc::clone(&self.slots);
         let mut socket = self.socket.clone();
         let send = async move {
-            let permit = budget.acquire_many_owned(permits).await.ok()?;
+            let slot = slots.acquire_owned().await.ok()?;
+            let bytes = budget.acquire_many_owned(permits).await.ok()?;
             let held = Bytes::from_owner(Held {
                 frame,
-                _permit: permit,
+                _bytes: bytes,
+                _slot: slot,
             });
             socket.binary(held).await.ok()
         };
         let limit = drain_limit(self.live, self.shared.settings.consumer_stall_timeout);
         let mut shutdown = self.shutdown.clone();
+        // While a live consumer's socket is blocked the head keeps moving: the lag rule
+        // applies now, not only after the send.
+        let lagging = lag_exceeded(
+            self.head.clone(),
+            self.cursor,
+            self.shared.settings.max_consumer_lag,
+        );
+        let live = self.live;
         tokio::select! {
+            _ = lagging, if live => Sent::Exit(self.too_slow(Exit::TooSlowLag).await),
             sent = tokio::time::timeout(limit, send) => match sent {
                 Ok(Some(())) => Sent::Ok,
                 Ok(None) => Sent::Exit(Exit::ClientGone),

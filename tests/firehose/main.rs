@@ -1,0 +1,10 @@
+//! The firehose out (Broadcaster, ConsumerSession, `subscribeRepos`) over real websockets on
+//! 127.0.0.1 and a real event log in a temp dir: cursor rules, the replay-to-live switch,
+//! slow and catching-up consumers, limits, shutdown, masking, damaged segments, and the real
+//! Sequencer + Persister across a restart.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cursors;
+mod support;
