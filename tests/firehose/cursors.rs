@@ -40,7 +40,7 @@ async fn cursor_zero_replays_the_whole_window_across_segments_then_goes_live() {
     let mut h = Harness::start(settings, small_segments);
     h.append_n(600, 13, ALICE);
     h.published(600).await;
-    assert!(h.log.stats().segment_count > 5, "{:?}", h.log.stats());
+    assert!(h.log.stats().segment_count >= 5, "{:?}", h.log.stats());
     let mut consumer = connect(&h.url("cursor=0")).await;
     assert_eq!(consumer.seqs_through(600).await, (1..=600).collect::<Vec<_>>());
     let live = h.append_n(40, 4, ALICE);

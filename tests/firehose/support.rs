@@ -203,7 +203,12 @@ pub fn log_seqs(reader: &EventLogReader, cursor: u64) -> Vec<u64> {
 }
 
 pub fn read_all(reader: &EventLogReader, cursor: u64) -> Vec<LogRecord> {
-    let mut replay = reader.read_after(cursor).expect("replay");
+    // `0` means the whole retained window, as for consumers.
+    let mut replay = if cursor == 0 {
+        reader.read_from_oldest()
+    } else {
+        reader.read_after(cursor).expect("replay")
+    };
     let mut all = Vec::new();
     for _ in 0..1_000_000 {
         let batch = replay.next_batch(1024, 1 << 20).expect("read");
