@@ -7,4 +7,5 @@
 mod common;
 
 mod cursors;
+mod slow;
 mod support;
