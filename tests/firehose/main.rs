@@ -7,5 +7,6 @@
 mod common;
 
 mod cursors;
+mod lifecycle;
 mod slow;
 mod support;
