@@ -10,8 +10,8 @@ use rookery::atproto::frame::{FUTURE_CURSOR, OUTDATED_CURSOR};
 use rookery::store::event_log::RetentionPolicy;
 
 use crate::support::{
-    Harness, Incoming, RawConsumer, RawMessage, connect, error_name, header_of, log_seqs,
-    seq_of, small_segments,
+    Harness, Incoming, RawConsumer, RawMessage, connect, error_name, header_of, log_seqs, seq_of,
+    small_segments,
 };
 
 const ALICE: &str = "did:plc:alice";
@@ -42,7 +42,10 @@ async fn cursor_zero_replays_the_whole_window_across_segments_then_goes_live() {
     h.published(600).await;
     assert!(h.log.stats().segment_count >= 5, "{:?}", h.log.stats());
     let mut consumer = connect(&h.url("cursor=0")).await;
-    assert_eq!(consumer.seqs_through(600).await, (1..=600).collect::<Vec<_>>());
+    assert_eq!(
+        consumer.seqs_through(600).await,
+        (1..=600).collect::<Vec<_>>()
+    );
     let live = h.append_n(40, 4, ALICE);
     assert_eq!(consumer.seqs_through(640).await, live);
     h.stop().await;
@@ -68,7 +71,11 @@ async fn a_cursor_inside_the_window_gets_every_later_event_then_live() {
             );
         }
         let next = h.append(&[ALICE]);
-        assert_eq!(consumer.seqs_through(next[0]).await, next, "cursor {cursor}");
+        assert_eq!(
+            consumer.seqs_through(next[0]).await,
+            next,
+            "cursor {cursor}"
+        );
     }
     h.stop().await;
 }
@@ -124,7 +131,9 @@ async fn a_future_cursor_gets_the_error_frame_and_close_1008() {
     let mut consumer = connect(&h.url("cursor=99999")).await;
     let frame = consumer.next_binary().await;
     assert_eq!(error_name(&frame), FUTURE_CURSOR);
-    assert!(matches!(consumer.next_within(crate::support::WAIT).await, Incoming::Close(Some(r)) if r.code == awc::ws::CloseCode::Policy));
+    assert!(
+        matches!(consumer.next_within(crate::support::WAIT).await, Incoming::Close(Some(r)) if r.code == awc::ws::CloseCode::Policy)
+    );
     let mut at_head = connect(&h.url("cursor=10")).await;
     at_head.assert_silent(Duration::from_millis(200)).await;
     h.stop().await;

@@ -64,7 +64,10 @@ async fn the_consumer_limit_answers_503_and_the_per_address_limit_429() {
     let _b = connect(&h.url("")).await;
     assert_eq!(refused_upgrade(&h.url("")).await.0, 429);
     let rejected = &h.firehose.metrics().rejected;
-    assert_eq!(rejected.with_label_values(&["max_consumers_per_ip"]).get(), 1);
+    assert_eq!(
+        rejected.with_label_values(&["max_consumers_per_ip"]).get(),
+        1
+    );
     h.stop().await;
 }
 
@@ -115,7 +118,9 @@ async fn idle_consumers_are_pinged_silent_ones_closed_and_client_messages_ignore
     // A consumer that answers pings (while it reads) stays, whatever else it sends.
     let mut polite = connect(&h.url("")).await;
     polite.send(ws::Message::Text("hello".into())).await;
-    polite.send(ws::Message::Binary(vec![0u8; 1000].into())).await;
+    polite
+        .send(ws::Message::Binary(vec![0u8; 1000].into()))
+        .await;
     let polite = actix_rt::spawn(async move {
         let seqs = polite.seqs_through(1).await;
         (seqs, polite)

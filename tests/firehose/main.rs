@@ -8,5 +8,6 @@ mod common;
 
 mod cursors;
 mod lifecycle;
+mod log_cases;
 mod slow;
 mod support;

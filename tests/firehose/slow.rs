@@ -11,8 +11,8 @@ use rookery::actors::firehose::FirehoseSettings;
 use rookery::atproto::frame::CONSUMER_TOO_SLOW;
 
 use crate::support::{
-    Consumer, Harness, RawConsumer, RawMessage, WAIT, connect, error_name, eventually, header_of, seq_of,
-    small_segments,
+    Consumer, Harness, RawConsumer, RawMessage, WAIT, connect, error_name, eventually, header_of,
+    seq_of, small_segments,
 };
 
 const ALICE: &str = "did:plc:alice";
@@ -84,11 +84,16 @@ async fn among_200_consumers_a_stalled_live_one_gets_too_slow_and_no_other_loses
     let mut progress = Vec::new();
     for _ in 0..FAST {
         let p = Rc::new(Cell::new(0u64));
-        readers.push(spawn_reader(h.url(""), Rc::clone(&final_seq), Rc::clone(&p)));
+        readers.push(spawn_reader(
+            h.url(""),
+            Rc::clone(&final_seq),
+            Rc::clone(&p),
+        ));
         progress.push(p);
     }
     let mut slow = RawConsumer::connect(h.addr, "").await;
-    let all_connected = eventually(WAIT, || async { h.firehose.consumer_count() == FAST + 1 }).await;
+    let all_connected =
+        eventually(WAIT, || async { h.firehose.consumer_count() == FAST + 1 }).await;
     assert!(all_connected, "{} connected", h.firehose.consumer_count());
 
     // Append in small batches, letting the fast consumers keep up, until the stalled one is
@@ -111,7 +116,10 @@ async fn among_200_consumers_a_stalled_live_one_gets_too_slow_and_no_other_loses
     final_seq.set(h.log.next_seq() + 9);
     h.append(&[ALICE; 10]);
     let got_before_kick = drain_too_slow(&mut slow, 1).await;
-    assert!(got_before_kick < last, "the stalled consumer was cut off before the end");
+    assert!(
+        got_before_kick < last,
+        "the stalled consumer was cut off before the end"
+    );
     let mut open = Vec::new();
     for reader in readers {
         let (got, consumer) = tokio::time::timeout(Duration::from_secs(60), reader)

@@ -88,7 +88,10 @@ pub struct Harness {
 
 impl Harness {
     /// Must run inside an actix system (`#[actix_rt::test]`).
-    pub fn start(settings: FirehoseSettings, configure_log: impl FnOnce(&mut EventLogConfig)) -> Harness {
+    pub fn start(
+        settings: FirehoseSettings,
+        configure_log: impl FnOnce(&mut EventLogConfig),
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = EventLogConfig::new(dir.path());
         configure_log(&mut config);
@@ -315,7 +318,8 @@ impl Consumer {
         let mut seqs: Vec<u64> = Vec::new();
         while seqs.last().is_none_or(|s| *s < last) {
             let frame = self.next_binary().await;
-            let seq = seq_of(&frame).unwrap_or_else(|| panic!("not an event: {:?}", header_of(&frame)));
+            let seq =
+                seq_of(&frame).unwrap_or_else(|| panic!("not an event: {:?}", header_of(&frame)));
             if let Some(prev) = seqs.last() {
                 assert!(seq > *prev, "seq {seq} after {prev}");
             }
@@ -394,7 +398,10 @@ impl RawConsumer {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream.write_all(request.as_bytes()).await.expect("handshake");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("handshake");
         let mut raw = RawConsumer {
             stream,
             buf: Vec::new(),
@@ -461,7 +468,9 @@ fn parse_frame(buf: &[u8]) -> Option<(RawMessage, usize)> {
     let msg = match opcode {
         0x2 => RawMessage::Binary(payload.to_vec()),
         0x9 => RawMessage::Ping,
-        0x8 => RawMessage::Close((payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))),
+        0x8 => RawMessage::Close(
+            (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+        ),
         other => RawMessage::Other(other),
     };
     Some((msg, at + len))
