@@ -7,6 +7,11 @@
 mod common;
 
 mod cursors;
+mod ingest;
+/// The ingest-path helpers of the actors tests (frames a shard would send, a null sink).
+#[path = "../actors/support.rs"]
+#[allow(dead_code)]
+mod ingest_support;
 mod lifecycle;
 mod log_cases;
 mod slow;

@@ -79,7 +79,6 @@ pub struct Harness {
     head: watch::Sender<u64>,
     pub firehose: Firehose,
     pub addr: SocketAddr,
-    pub registry: Registry,
     server: ServerHandle,
     pub pad: usize,
     /// Seqs to leave out before the next append (gaps, as dropped events leave them).
@@ -112,7 +111,6 @@ impl Harness {
             head,
             firehose,
             addr: addrs,
-            registry,
             server,
             pad: 0,
             gap: 0,
