@@ -197,12 +197,11 @@ async fn across_a_restart_consumers_resume_from_their_last_seq_and_see_every_eve
     let mut got_mid = frames_through(&mut from_mid, head1).await;
     relay.stop().await;
     for consumer in [&mut live, &mut from_zero, &mut from_mid] {
-        let close = loop {
-            match consumer.next_within(WAIT).await {
-                Incoming::Binary(_) => panic!("no event after the last one"),
-                other => break other,
-            }
-        };
+        let close = consumer.next_within(WAIT).await;
+        assert!(
+            !matches!(close, Incoming::Binary(_)),
+            "no event after the last one"
+        );
         assert!(
             matches!(&close, Incoming::Close(Some(r)) if r.code == awc::ws::CloseCode::Away),
             "{close:?}"

@@ -211,7 +211,7 @@ async fn a_consumer_catching_up_from_cursor_zero_is_never_kicked() {
             while final_seq.get() == 0 || got.last().is_none_or(|s| *s < final_seq.get()) {
                 let frame = consumer.next_binary().await;
                 got.push(seq_of(&frame).expect("event"));
-                if got.len() % 1000 == 0 {
+                if got.len().is_multiple_of(1000) {
                     // A slow consumer: it drains, but at its own pace.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
