@@ -13,6 +13,7 @@ use ipld_core::ipld::Ipld;
 use prometheus::Registry;
 use rookery::actors::firehose::{Firehose, FirehoseSettings, start_firehose};
 use rookery::actors::obs::ActorMetrics;
+use rookery::actors::sequencer::Drain;
 use rookery::actors::{Ingest, IngestSettings, start_ingest};
 use rookery::atproto::frame::{self, Frame};
 use rookery::atproto::keys::Curve;
@@ -187,6 +188,9 @@ async fn across_a_restart_consumers_resume_from_their_last_seq_and_see_every_eve
     let first = inputs(&mut repo, 150, "a", 0);
     let sent = relay.ingest(&first[..75], 1).await;
     all_inputs.extend(sent);
+    // Seqs are handed out before they are durable: wait for durability, or cursor 40
+    // could still be in the future.
+    relay.ingest.sequencer.send(Drain).await.expect("drain");
     let mut from_zero = connect(&relay.url(Some(0))).await;
     let mut from_mid = connect(&relay.url(Some(40))).await;
     let sent = relay.ingest(&first[75..], 76).await;
