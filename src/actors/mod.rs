@@ -19,6 +19,11 @@
 //!   [`shard_router::UpstreamFrame`] and [`sequencer::IngestEvent`] messages are the contracts
 //!   the shards send, and [`supervision`] is the restart policy the HostSupervisor applies.
 //!
+//! - **Broadcaster** (one, supervised) and **ConsumerSession**s (one per websocket): the
+//!   firehose out, assembled by [`firehose::start_firehose`]. The Broadcaster runs on the
+//!   arbiter `start_firehose` is called on and only follows the durable head; each session
+//!   runs on the HTTP worker that accepted its upgrade (see [`firehose`]).
+//!
 //! Memory is bounded in bytes, not slots ([`sequencer::ByteBudget`]): a shard acquires a permit
 //! for the frame's length before sending, and the permit travels with the event until it is
 //! durable. When the budget is spent, shards (and then Subscribers) stop reading (lesson 10).
