@@ -250,7 +250,10 @@ fn read_step(mut replay: Replay) -> ReadStep {
             Ok(batch) => {
                 for r in batch {
                     bytes += r.body.len();
-                    records.push((r.seq, r.did_hash, r.body));
+                    // Copied out of the read block: a slice would keep the whole block
+                    // alive for as long as any of its frames stays in the ring, and the
+                    // ring's byte bound would not be the memory it holds.
+                    records.push((r.seq, r.did_hash, Bytes::copy_from_slice(&r.body)));
                 }
             }
             Err(EventLogError::Corrupt {
