@@ -176,6 +176,7 @@ pub struct ConsumerSession {
     requested_cursor: Option<u64>,
     /// When anything last came from the client (pongs included).
     last_heard: Rc<Cell<Instant>>,
+    pong_pending: Rc<Cell<bool>>,
     exit: Option<Exit>,
 }
 
@@ -201,6 +202,7 @@ impl ConsumerSession {
             incoming: Some(incoming),
             requested_cursor,
             last_heard: Rc::new(Cell::new(Instant::now())),
+            pong_pending: Rc::new(Cell::new(false)),
             exit: None,
         }
     }
@@ -261,11 +263,16 @@ impl StreamHandler<Result<Message, ProtocolError>> for ConsumerSession {
         let _guard = self.obs.enter("client_message");
         self.last_heard.set(Instant::now());
         match msg {
-            Ok(Message::Ping(payload)) => {
+            // One pong in flight at most: a client that pings without reading cannot fill
+            // the socket's queue (the send loop counts on room there).
+            Ok(Message::Ping(payload)) if !self.pong_pending.get() => {
+                self.pong_pending.set(true);
+                let pending = Rc::clone(&self.pong_pending);
                 let mut socket = self.socket.clone();
                 ctx.spawn(
                     async move {
                         let _ = socket.pong(&payload).await;
+                        pending.set(false);
                     }
                     .into_actor(self),
                 );
@@ -618,6 +625,22 @@ impl Pump {
     async fn send_one(&mut self, frame: Bytes) -> Sent {
         let total = self.shared.settings.session_buffer_bytes.max(1);
         let permits = u32::try_from(frame.len().clamp(1, total)).unwrap_or(u32::MAX);
+        // Fast path, the common case of a draining socket: room in the budget now, so no
+        // timer and no select. The socket's queue (32) always has room for it: at most 16
+        // frames, one pong and one ping are ever queued by this session.
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned()
+            && let Ok(bytes) = Arc::clone(&self.budget).try_acquire_many_owned(permits)
+        {
+            let held = Bytes::from_owner(Held {
+                frame,
+                _bytes: bytes,
+                _slot: slot,
+            });
+            return match self.socket.binary(held).await {
+                Ok(()) => Sent::Ok,
+                Err(_) => Sent::Exit(Exit::ClientGone),
+            };
+        }
         let budget = Arc::clone(&self.budget);
         let slots = Arc::clone(&self.slots);
         let mut socket = self.socket.clone();
