@@ -16,9 +16,13 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+use rookery::actors::obs::ActorMetrics;
+use rookery::actors::validator_shard::system_clock;
+use rookery::actors::{PipelineError, start_pipeline};
 use rookery::config::{
     Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
 };
+use rookery::http::health::{Readiness, configure_readiness};
 use rookery::http::{self, metrics::Metrics};
 use rookery::startup;
 use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
@@ -52,6 +56,8 @@ enum RunError {
     Signal(&'static str, std::io::Error),
     #[error("could not start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("could not start ingest: {0}")]
+    Pipeline(#[from] PipelineError),
     #[error("the {0} HTTP server stopped unexpectedly: {1}")]
     ServerExited(&'static str, String),
 }
@@ -219,7 +225,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
 
     // The event log first: it is the relay's memory, it takes a lock that keeps a second
     // relay off this data dir, and recovery must finish before anything is sequenced.
-    let (mut event_log, recovery) = EventLog::open(config.event_log.clone())?;
+    let (event_log, recovery) = EventLog::open(config.event_log.clone())?;
     tracing::info!(
         segments = recovery.segments,
         last_intact_seq = ?recovery.last_intact_seq,
@@ -251,15 +257,31 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         "database schema is current"
     );
 
+    // Ingest: the host table is loaded and every host that is not banned or idle is dialled
+    // over the startup ramp; the event log now belongs to the Persister.
+    let actor_metrics = ActorMetrics::register(metrics.registry())?;
+    let pipeline = start_pipeline(
+        event_log,
+        db.clone(),
+        config.pipeline.clone(),
+        system_clock(),
+        &actor_metrics,
+        metrics.registry(),
+    )
+    .await?;
+    let readiness = Readiness::new(pipeline.ingest.degraded.clone());
+
     let settings = config.http;
+    let routes_readiness = readiness.clone();
     let (public, public_addrs) =
-        http::start_public(settings.bind, settings.public_listener(), |_cfg| {}).map_err(
-            |source| RunError::Listen {
-                option: "bind",
-                addr: settings.bind,
-                source,
-            },
-        )?;
+        http::start_public(settings.bind, settings.public_listener(), move |cfg| {
+            configure_readiness(cfg, routes_readiness.clone())
+        })
+        .map_err(|source| RunError::Listen {
+            option: "bind",
+            addr: settings.bind,
+            source,
+        })?;
     let (metrics_server, metrics_addrs) = http::metrics::start_metrics(
         settings.metrics_bind,
         metrics.registry().clone(),
@@ -274,6 +296,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     let metrics_handle = metrics_server.handle();
     let mut public_task = actix_rt::spawn(public);
     let mut metrics_task = actix_rt::spawn(metrics_server);
+    readiness.set_ready();
     tracing::info!(public = ?public_addrs, metrics = ?metrics_addrs, "rookery is serving");
 
     let outcome = tokio::select! {
@@ -285,11 +308,10 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
 
     public_handle.stop(true).await;
     metrics_handle.stop(true).await;
+    // Subscribers stop, shards finish what is queued, everything sequenced is made durable,
+    // cursors and account state are written; then the log is closed.
+    pipeline.shutdown().await;
     retention.stop();
-    if let Err(e) = event_log.flush() {
-        tracing::error!(error = %e, "event log flush at shutdown failed");
-    }
-    drop(event_log);
     db.close();
     drop(db);
     if let Some(postgres) = managed {

@@ -61,6 +61,31 @@ pub struct HostRecord {
     pub trusted: bool,
     pub no_ssl: bool,
     pub relay_allowed: bool,
+    /// Inversion failures of this host's commits only warn (an operator's override).
+    pub inversion_warn_only: bool,
+}
+
+/// Hosts whose inversion failures only warn, shared with the ValidatorShards (read per
+/// commit; written by the supervisor on load and on [`SetInversionWarnOnly`]).
+#[derive(Clone, Debug, Default)]
+pub struct InversionWarnOnly(Arc<std::sync::RwLock<std::collections::HashSet<i64>>>);
+
+impl InversionWarnOnly {
+    pub fn contains(&self, host_id: i64) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&host_id)
+    }
+
+    fn set(&self, host_id: i64, on: bool) {
+        let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if on {
+            set.insert(host_id);
+        } else {
+            set.remove(&host_id);
+        }
+    }
 }
 
 /// A host added by requestCrawl or an operator.
@@ -99,6 +124,11 @@ pub trait HostStore: 'static {
         &self,
         host_id: i64,
         limit: i64,
+    ) -> BoxFuture<'static, Result<(), DbError>>;
+    fn set_inversion_warn_only(
+        &self,
+        host_id: i64,
+        on: bool,
     ) -> BoxFuture<'static, Result<(), DbError>>;
 }
 
@@ -257,6 +287,19 @@ impl ObservedMessage for ChangeLimits {
     const NAME: &'static str = "change_limits";
 }
 
+/// Sets a host's inversion failures to warn-only (`true`) or back to refusing (`false`),
+/// stored and effective for its next commit. `false` when the host is unknown or the write
+/// failed.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct SetInversionWarnOnly {
+    pub hostname: String,
+    pub warn_only: bool,
+}
+impl ObservedMessage for SetInversionWarnOnly {
+    const NAME: &'static str = "set_inversion_warn_only";
+}
+
 /// Every host with its connection state, by hostname.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<HostView>")]
@@ -306,6 +349,7 @@ pub struct HostView {
     pub failures: u32,
     pub cursor: i64,
     pub account_limit: i64,
+    pub inversion_warn_only: bool,
     pub phase: Phase,
     pub epoch: u64,
     /// Dials so far in this process.
@@ -391,6 +435,7 @@ pub struct HostSupervisor {
     /// Pending cursors (a reset forgets the host's) and the write-behind whose running
     /// flush a reset waits for.
     cursors: Option<(PendingWrites, Option<InstrumentedAddr<WriteBehind>>)>,
+    warn_only: InversionWarnOnly,
     state: SupervisorState,
 }
 
@@ -417,6 +462,7 @@ impl HostSupervisor {
             pending_status: HashMap::new(),
             flushing: false,
             cursors: None,
+            warn_only: InversionWarnOnly::default(),
             state: SupervisorState::default(),
         }
     }
@@ -429,6 +475,12 @@ impl HostSupervisor {
         write_behind: Option<InstrumentedAddr<WriteBehind>>,
     ) -> HostSupervisor {
         self.cursors = Some((pending, write_behind));
+        self
+    }
+
+    /// The shared set of warn-only hosts, which the shards read.
+    pub fn with_inversion_warn_only(mut self, warn_only: InversionWarnOnly) -> HostSupervisor {
+        self.warn_only = warn_only;
         self
     }
 
@@ -445,6 +497,7 @@ impl HostSupervisor {
             failures: h.rec.failures,
             cursor: h.rec.cursor,
             account_limit: h.rec.account_limit,
+            inversion_warn_only: h.rec.inversion_warn_only,
             phase: h.phase,
             epoch: h.epoch,
             dials: h.dials,
@@ -453,6 +506,7 @@ impl HostSupervisor {
     }
 
     fn insert(&mut self, rec: HostRecord) {
+        self.warn_only.set(rec.id, rec.inversion_warn_only);
         self.by_name.insert(rec.hostname.clone(), rec.id);
         self.hosts.insert(
             rec.id,
@@ -928,6 +982,35 @@ impl Handler<ChangeLimits> for HostSupervisor {
     }
 }
 
+impl Handler<SetInversionWarnOnly> for HostSupervisor {
+    type Result = ResponseActFuture<Self, bool>;
+    fn handle(&mut self, msg: SetInversionWarnOnly, _: &mut Context<Self>) -> Self::Result {
+        let _guard = self.obs.enter(SetInversionWarnOnly::NAME);
+        let Some(id) = self.id_of(&msg.hostname) else {
+            return Box::pin(fut::ready(false));
+        };
+        let store = Arc::clone(&self.store);
+        let on = msg.warn_only;
+        Box::pin(
+            async move { store.set_inversion_warn_only(id, on).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "inversion override not stored");
+                        return false;
+                    }
+                    let Some(h) = act.hosts.get_mut(&id) else {
+                        return false;
+                    };
+                    h.rec.inversion_warn_only = on;
+                    act.warn_only.set(id, on);
+                    tracing::info!(host = %h.rec.hostname, warn_only = on, "inversion override set");
+                    true
+                }),
+        )
+    }
+}
+
 impl Handler<ListConnections> for HostSupervisor {
     type Result = MessageResult<ListConnections>;
     fn handle(&mut self, _: ListConnections, _: &mut Context<Self>) -> Self::Result {
@@ -964,7 +1047,7 @@ impl Handler<GetSupervisorState> for HostSupervisor {
 
 /// The host table's columns, in [`PostgresHostStore`]'s `SELECT` order.
 const HOST_COLUMNS: &str = "id, hostname, status, last_seq, account_count, account_limit, \
-consecutive_failures, trusted, no_ssl, relay_allowed";
+consecutive_failures, trusted, no_ssl, relay_allowed, inversion_warn_only";
 
 /// One statement for all status writes; `banned` stays `banned`.
 pub const STATUSES_SQL: &str = "\
@@ -1003,6 +1086,7 @@ fn host_row(row: &tokio_postgres::Row) -> Result<HostRecord, DbError> {
         trusted: row.try_get(7)?,
         no_ssl: row.try_get(8)?,
         relay_allowed: row.try_get(9)?,
+        inversion_warn_only: row.try_get(10)?,
     })
 }
 
@@ -1099,6 +1183,24 @@ impl HostStore for PostgresHostStore {
                 .execute(
                     "UPDATE hosts SET account_limit = $2, updated_at = now() WHERE id = $1",
                     &[&host_id, &limit],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn set_inversion_warn_only(
+        &self,
+        host_id: i64,
+        on: bool,
+    ) -> BoxFuture<'static, Result<(), DbError>> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            let client = db.client().await?;
+            client
+                .execute(
+                    "UPDATE hosts SET inversion_warn_only = $2, updated_at = now() WHERE id = $1",
+                    &[&host_id, &on],
                 )
                 .await?;
             Ok(())

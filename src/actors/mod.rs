@@ -15,9 +15,14 @@
 //!   one batch in flight to it, so its mailbox never grows.
 //! - **WriteBehind** (one): on the ingest arbiter. It only awaits Postgres (async I/O), and
 //!   its timers then follow that arbiter's clock, which tests pause.
-//! - Subscribers, ValidatorShards, the HostSupervisor and the resolver come next; the
-//!   [`shard_router::UpstreamFrame`] and [`sequencer::IngestEvent`] messages are the contracts
-//!   the shards send, and [`supervision`] is the restart policy the HostSupervisor applies.
+//! - **HostSupervisor** (one) and the **Subscribers** (one per host): on the ingest arbiter;
+//!   they only await sockets. [`supervision`] is the restart policy the supervisor applies.
+//! - **ValidatorShards** (N): one arbiter (thread) each, since validation is CPU-bound;
+//!   [`shard_router::UpstreamFrame`] and [`sequencer::IngestBatch`] are what they receive and
+//!   send.
+//! - **HostAuthorityResolver**: its fetchers on arbiters of their own.
+//!
+//! [`start_pipeline`] starts all of it around an opened event log and a database.
 //!
 //! - **Broadcaster** (one, supervised) and **ConsumerSession**s (one per websocket): the
 //!   firehose out, assembled by [`firehose::start_firehose`]. The Broadcaster runs on the
@@ -45,6 +50,7 @@ pub mod shard_rules;
 pub mod subscriber;
 pub mod supervision;
 pub mod upstream_cursor;
+pub mod validator_shard;
 pub mod write_behind;
 
 use std::sync::Arc;
@@ -55,9 +61,17 @@ use prometheus::Registry;
 use tokio::sync::watch;
 
 use crate::store::event_log::{EventLog, EventLogReader};
+use crate::store::postgres::Db;
+use host_supervisor::{HostSupervisor, HostSupervisorSettings, PostgresHostStore, StopSupervisor};
 use obs::{ActorMetrics, InstrumentedAddr};
 use persister::{Persister, PersisterMetrics};
+use resolver::{Resolver, ResolverSettings, ResolverStartError};
 use sequencer::{ByteBudget, Drain, Sequencer};
+use shard_router::ShardRouter;
+use subscriber::{AwcConnector, SubscriberDeps, SubscriberMetrics, SubscriberSettings};
+use validator_shard::{
+    ShardDeps, ShardMetrics, ValidatorShardSettings, ValidatorShards, WallClock,
+};
 use write_behind::{
     FlushNow, PendingWrites, StateSink, WriteBehind, WriteBehindMetrics, WriteBehindSettings,
 };
@@ -183,5 +197,140 @@ impl Ingest {
         self.persister_arbiter.stop();
         let arbiter = self.persister_arbiter;
         let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The whole ingest path
+
+/// Settings of everything [`start_pipeline`] starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineSettings {
+    pub ingest: IngestSettings,
+    /// ValidatorShards (`--validator-shards`; default: the number of cores).
+    pub shards: usize,
+    /// Frames queued per shard before its Subscribers wait.
+    pub shard_queue_depth: usize,
+    pub shard: ValidatorShardSettings,
+    pub resolver: ResolverSettings,
+    pub supervisor: HostSupervisorSettings,
+    pub subscriber: SubscriberSettings,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            ingest: IngestSettings::default(),
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            shard_queue_depth: 1_024,
+            shard: ValidatorShardSettings::default(),
+            resolver: ResolverSettings::default(),
+            supervisor: HostSupervisorSettings::default(),
+            subscriber: SubscriberSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Resolver(#[from] ResolverStartError),
+    #[error("recovering account state from the event log: {0}")]
+    Recovery(#[from] write_behind::RecoveryError),
+}
+
+/// The running ingest path: hosts → shards → durable log.
+pub struct Pipeline {
+    pub ingest: Ingest,
+    pub resolver: Resolver,
+    pub shards: ValidatorShards,
+    pub supervisor: InstrumentedAddr<HostSupervisor>,
+    pub router: ShardRouter,
+    pub shard_metrics: ShardMetrics,
+    pub subscriber_metrics: SubscriberMetrics,
+}
+
+/// Brings account state in Postgres up to the event log (the tail after the write-behind's
+/// last checkpoint, see [`write_behind::recover_account_state`]), then starts the ingest
+/// singletons, the resolver, the shards and the HostSupervisor (which loads the host table
+/// and dials every host that is not banned or idle). Must be called inside an actix system.
+pub async fn start_pipeline(
+    log: EventLog,
+    db: Db,
+    settings: PipelineSettings,
+    clock: WallClock,
+    metrics: &ActorMetrics,
+    registry: &Registry,
+) -> Result<Pipeline, PipelineError> {
+    let recovery = write_behind::recover_account_state(&log.reader(), &db).await?;
+    tracing::info!(
+        checkpoint = recovery.checkpoint,
+        head = recovery.head,
+        events = recovery.events_read,
+        accounts = recovery.accounts,
+        "account state recovered from the event log tail"
+    );
+    let sink = Arc::new(write_behind::PostgresSink::new(db.clone()));
+    let ingest = start_ingest(log, sink, settings.ingest, metrics, registry)?;
+    let resolver = Resolver::start(settings.resolver, Some(db.clone()), metrics, registry)?;
+    let shard_metrics = ShardMetrics::register(registry)?;
+    let warn_only = host_supervisor::InversionWarnOnly::default();
+    let subscriber_metrics = SubscriberMetrics::register(registry)?;
+    let (router, queues) = ShardRouter::new(settings.shards, settings.shard_queue_depth);
+    let shards = ValidatorShards::start(
+        queues,
+        ShardDeps {
+            resolver: resolver.clone(),
+            db: db.clone(),
+            sequencer: ingest.sequencer.clone(),
+            actor_metrics: metrics.clone(),
+            metrics: shard_metrics.clone(),
+            clock,
+            warn_only: warn_only.clone(),
+        },
+        settings.shard,
+    );
+    let connector = AwcConnector::new(SubscriberDeps {
+        router: router.clone(),
+        budget: ingest.budget.clone(),
+        pending: ingest.pending.clone(),
+        settings: settings.subscriber,
+        actor_metrics: metrics.clone(),
+        metrics: subscriber_metrics.clone(),
+        probes: None,
+    });
+    let obs = metrics.actor(HostSupervisor::NAME, HostSupervisor::MAILBOX);
+    let supervisor = HostSupervisor::new(
+        obs.clone(),
+        Arc::new(PostgresHostStore::new(db)),
+        Arc::new(connector),
+        settings.supervisor,
+    )
+    .with_cursors(ingest.pending.clone(), Some(ingest.write_behind.clone()))
+    .with_inversion_warn_only(warn_only);
+    let supervisor = InstrumentedAddr::new(supervisor.start(), obs);
+    Ok(Pipeline {
+        ingest,
+        resolver,
+        shards,
+        supervisor,
+        router,
+        shard_metrics,
+        subscriber_metrics,
+    })
+}
+
+impl Pipeline {
+    /// Stops in the order that loses nothing: Subscribers (their unfinished marks keep the
+    /// cursors below what they did not deliver), then the shards (queued frames handled,
+    /// outboxes sent), then ingest (everything sequenced made durable, cursors and account
+    /// state flushed).
+    pub async fn shutdown(self) {
+        let _ = self.supervisor.send(StopSupervisor).await;
+        drop(self.router);
+        self.shards.shutdown().await;
+        self.ingest.shutdown().await;
     }
 }

@@ -252,6 +252,7 @@ impl Persister {
             }
             // `s.event.permit` drops here: its bytes are free again.
         }
+        self.pending.record_durable(head);
         Ok(BatchDurable {
             durable_head: head,
             events,

@@ -577,6 +577,19 @@ impl Resolver {
         self.load(did, false).await
     }
 
+    /// The DID's identity if the memory cache has an answer (positive or negative), without
+    /// any I/O: a ValidatorShard decides at once on a hit and holds the event on a miss
+    /// while [`Resolver::resolve`] runs elsewhere, so one slow lookup never stalls a shard.
+    pub async fn cached(&self, did: &str) -> Option<Result<Arc<ResolvedIdentity>, ResolveError>> {
+        let cached = self.inner.cache.get(did).await?;
+        self.count(if cached.answer.is_ok() {
+            "hit"
+        } else {
+            "negative_hit"
+        });
+        Some(cached.answer)
+    }
+
     /// Purges the DID and resolves it from the network (skipping `did_cache`): the
     /// "re-resolve once" after a host mismatch or a signature failure. At most once per DID
     /// per `fresh_interval`; a call inside the interval answers like [`Resolver::resolve`]
@@ -590,6 +603,21 @@ impl Resolver {
         }
         self.count("fresh");
         self.inner.cache.invalidate(did).await;
+        self.load(did, true).await
+    }
+
+    /// [`Resolver::purge`], then a resolution from the network that skips `did_cache` (even
+    /// when the purge could not delete its row): what an `#identity` asks for. Like `purge`
+    /// it is not rate-limited, and it does not spend the DID's one forced re-resolution per
+    /// `fresh_interval` ([`Resolver::resolve_fresh`]), which a signature failure or a host
+    /// mismatch right after the `#identity` still needs.
+    pub async fn purge_and_resolve(
+        &self,
+        did: &str,
+    ) -> Result<Arc<ResolvedIdentity>, ResolveError> {
+        self.purge(did).await;
+        self.checked(did)?;
+        self.count("miss");
         self.load(did, true).await
     }
 

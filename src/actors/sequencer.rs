@@ -98,6 +98,17 @@ impl ObservedMessage for IngestEvent {
     const NAME: &'static str = "ingest_event";
 }
 
+/// Several events of one shard, sequenced in their order in one handler call: a shard sends
+/// whatever validated while its previous batch was on the way, so the cross-thread round trip
+/// is paid once per batch, not once per event. Answers the last seq assigned.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, SequencerError>")]
+pub struct IngestBatch(pub Vec<IngestEvent>);
+
+impl ObservedMessage for IngestBatch {
+    const NAME: &'static str = "ingest_batch";
+}
+
 /// Why an event was not sequenced. The event (and its permit) is dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SequencerError {
@@ -353,6 +364,27 @@ impl Handler<IngestEvent> for Sequencer {
         self.state.events_sequenced += 1;
         self.dispatch(ctx);
         Ok(seq)
+    }
+}
+
+impl Handler<IngestBatch> for Sequencer {
+    type Result = Result<u64, SequencerError>;
+
+    fn handle(&mut self, batch: IngestBatch, ctx: &mut Context<Self>) -> Self::Result {
+        let _guard = self.obs.enter(IngestBatch::NAME);
+        if let Some(reason) = self.state.halted {
+            return Err(SequencerError::Halted(reason));
+        }
+        let mut last = self.next_seq.saturating_sub(1);
+        for event in batch.0 {
+            last = self.next_seq;
+            self.next_seq += 1;
+            self.queued_bytes += event.frame.len() as u64;
+            self.queued.push_back(Sequenced { seq: last, event });
+            self.state.events_sequenced += 1;
+        }
+        self.dispatch(ctx);
+        Ok(last)
     }
 }
 

@@ -31,6 +31,9 @@ pub struct UpstreamFrame {
     /// The host the frame came from (`hosts.hostname`, with its port when it has one), for
     /// the host-authority check.
     pub hostname: Arc<str>,
+    /// The host is reached over plain `ws://` and `http://` (admin-added test hosts): the
+    /// shard asks its `getRepoStatus` the same way.
+    pub no_ssl: bool,
     /// The account: `repo` of a `#commit`, `did` otherwise.
     pub did: String,
     pub kind: EventKind,
@@ -118,6 +121,15 @@ impl ShardQueue {
         self.rx.recv().await
     }
 
+    /// Frames waiting (the shard's depth gauge).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Stops accepting frames; those already queued can still be received (shutdown).
     pub fn close(&mut self) {
         self.rx.close()
@@ -134,6 +146,7 @@ mod tests {
     async fn frame(did: &str, seq: i64, cursor: &HostCursor, budget: &ByteBudget) -> UpstreamFrame {
         UpstreamFrame {
             hostname: Arc::from("pds.example.com"),
+            no_ssl: false,
             did: did.to_string(),
             kind: EventKind::Commit,
             frame: Bytes::from(vec![0u8; 100]),

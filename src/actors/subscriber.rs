@@ -222,6 +222,7 @@ async fn dial(deps: SubscriberDeps, request: DialRequest) {
         Subscriber {
             obs,
             hostname,
+            no_ssl,
             cursor: HostCursor::new(host_id, cursor.unwrap_or(0), deps.pending.clone()),
             router: deps.router.clone(),
             budget: deps.budget.clone(),
@@ -251,6 +252,7 @@ type WsSink = std::pin::Pin<Box<dyn futures_util::Sink<WsMessage, Error = WsProt
 pub struct Subscriber {
     obs: ActorObs,
     hostname: Arc<str>,
+    no_ssl: bool,
     cursor: HostCursor,
     router: ShardRouter,
     budget: ByteBudget,
@@ -353,6 +355,7 @@ impl Subscriber {
         let router = self.router.clone();
         let budget = self.budget.clone();
         let hostname = Arc::clone(&self.hostname);
+        let no_ssl = self.no_ssl;
         let stop = self.stop.clone();
         // While this runs the actor reads nothing: the rate limit and a full shard queue
         // delay the upstream, they never drop (lesson 10). A stop abandons the frame's mark,
@@ -365,6 +368,7 @@ impl Subscriber {
             router
                 .route(UpstreamFrame {
                     hostname,
+                    no_ssl,
                     did,
                     kind,
                     frame: msg,
@@ -413,6 +417,12 @@ impl Subscriber {
         let idle = self.last_heard.elapsed();
         if idle >= self.settings.dead_after {
             return self.fail("dead_upstream", ctx);
+        }
+        if self.cursor.has_abandoned() {
+            // A shard gave up on an event (its account row could not be had in time): only
+            // a new connection from the cursor below it gets it again. Without this the
+            // host's cursor would stay there until the connection dropped for another reason.
+            return self.fail("resync_abandoned", ctx);
         }
         if idle >= self.settings.ping_interval {
             let _ = self.sink.write(WsMessage::Ping(Bytes::new()));

@@ -101,6 +101,13 @@ impl HostCursor {
         self.lock().outstanding.len()
     }
 
+    /// Whether an event of this connection was abandoned: the cursor can never pass it on
+    /// this connection, so the Subscriber reconnects from the cursor below it (the upstream
+    /// resends it; what was already stored is dropped by rev).
+    pub fn has_abandoned(&self) -> bool {
+        self.lock().outstanding.values().any(|abandoned| *abandoned)
+    }
+
     fn finish(&self, seq: i64, abandoned: bool) {
         let mut t = self.lock();
         if abandoned {
@@ -189,6 +196,18 @@ mod tests {
         assert_eq!(c.committed(), 106, "gaps in upstream seqs are fine");
         assert_eq!(pending.len(), (1, 0));
         assert_eq!(c.outstanding(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_event_is_reported() {
+        let (c, _) = tracker(0);
+        let a = c.begin(1);
+        let b = c.begin(2);
+        assert!(!c.has_abandoned());
+        b.complete();
+        assert!(!c.has_abandoned());
+        drop(a);
+        assert!(c.has_abandoned());
     }
 
     #[test]

@@ -30,6 +30,9 @@ use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::oneshot;
 
 use super::obs::{ActorObs, ObservedMessage};
+use super::sequencer::EventKind;
+use crate::atproto::validate::stored_state_of;
+use crate::store::event_log::{EventLogError, EventLogReader};
 use crate::store::postgres::{Db, DbError};
 
 // ------------------------------------------------------------------------------------------
@@ -74,6 +77,8 @@ struct Pending {
     /// cursor trackers of an older generation (the connection that got `FutureCursor`)
     /// can no longer raise it.
     generations: HashMap<i64, u64>,
+    /// The durable head whose events' account updates are all recorded here (or written).
+    durable_seq: u64,
 }
 
 /// Writes waiting for the next flush: at most one entry per host and per account.
@@ -134,6 +139,13 @@ impl PendingWrites {
         }
     }
 
+    /// Records that every event up to `seq` is durable and its account update recorded
+    /// (the Persister calls it after a batch's updates).
+    pub fn record_durable(&self, seq: u64) {
+        let mut p = self.lock();
+        p.durable_seq = p.durable_seq.max(seq);
+    }
+
     /// Number of (cursors, accounts) waiting.
     pub fn len(&self) -> (usize, usize) {
         let p = self.lock();
@@ -150,10 +162,18 @@ impl PendingWrites {
         v
     }
 
+    #[cfg(test)]
     fn take_accounts(&self) -> Vec<AccountStateUpdate> {
-        let mut v: Vec<_> = self.lock().accounts.drain().map(|(_, a)| a).collect();
+        self.take_accounts_with_checkpoint().0
+    }
+
+    /// The pending account updates and, taken in the same step, the seq they complete: once
+    /// they are written, account state covers every event up to it.
+    fn take_accounts_with_checkpoint(&self) -> (Vec<AccountStateUpdate>, u64) {
+        let mut p = self.lock();
+        let mut v: Vec<_> = p.accounts.drain().map(|(_, a)| a).collect();
         v.sort_unstable_by_key(|a| a.uid);
-        v
+        (v, p.durable_seq)
     }
 
     /// Puts back cursors whose write failed (newer values recorded meanwhile win).
@@ -182,10 +202,12 @@ impl PendingWrites {
 pub trait StateSink: Send + Sync + 'static {
     /// Raises `hosts.last_seq` to each value (never lowers it, never touches `status`).
     fn write_cursors(&self, cursors: Vec<(i64, i64)>) -> BoxFuture<'static, Result<u64, DbError>>;
-    /// Upserts `account_sync_state` and sets `accounts.upstream_status` where given.
+    /// Upserts `account_sync_state`, sets `accounts.upstream_status` where given and raises
+    /// the account-state checkpoint to `checkpoint`, in one statement.
     fn write_accounts(
         &self,
         accounts: Vec<AccountStateUpdate>,
+        checkpoint: u64,
     ) -> BoxFuture<'static, Result<u64, DbError>>;
 }
 
@@ -206,6 +228,11 @@ WITH v AS ( \
   FROM v WHERE a.uid = v.uid AND v.upstream_status IS NOT NULL \
   AND a.upstream_status IS DISTINCT FROM v.upstream_status \
   RETURNING a.uid \
+), checkpoint AS ( \
+  INSERT INTO relay_checkpoint (id, account_state_seq) VALUES (1, $6) \
+  ON CONFLICT (id) DO UPDATE SET account_state_seq = \
+    GREATEST(relay_checkpoint.account_state_seq, EXCLUDED.account_state_seq) \
+  RETURNING 1 \
 ) \
 INSERT INTO account_sync_state (uid, rev, commit_cid, data_cid, updated_at) \
 SELECT v.uid, v.rev, v.commit_cid, v.data_cid, now() FROM v JOIN accounts AS a ON a.uid = v.uid \
@@ -238,8 +265,10 @@ impl StateSink for PostgresSink {
     fn write_accounts(
         &self,
         accounts: Vec<AccountStateUpdate>,
+        checkpoint: u64,
     ) -> BoxFuture<'static, Result<u64, DbError>> {
         let db = self.db.clone();
+        let checkpoint = i64::try_from(checkpoint).unwrap_or(i64::MAX);
         Box::pin(async move {
             let n = accounts.len();
             let mut uids = Vec::with_capacity(n);
@@ -260,10 +289,144 @@ impl StateSink for PostgresSink {
             }
             let client = db.client().await?;
             Ok(client
-                .execute(ACCOUNTS_SQL, &[&uids, &revs, &commits, &datas, &statuses])
+                .execute(
+                    ACCOUNTS_SQL,
+                    &[&uids, &revs, &commits, &datas, &statuses, &checkpoint],
+                )
                 .await?)
         })
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Recovery at start
+
+/// What [`recover_account_state`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AccountRecovery {
+    /// The checkpoint found (events after it were read).
+    pub checkpoint: u64,
+    /// The durable head read up to (the new checkpoint).
+    pub head: u64,
+    pub events_read: u64,
+    /// Accounts whose sync state was rewritten from the log.
+    pub accounts: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("reading the checkpoint or writing account state: {0}")]
+    Db(#[from] DbError),
+    #[error("reading the event log tail: {0}")]
+    Log(#[from] EventLogError),
+    #[error("the log reader thread failed")]
+    Join,
+}
+
+const CHECKPOINT_SQL: &str = "SELECT account_state_seq FROM relay_checkpoint WHERE id = 1";
+
+/// The latest state of each account in the log tail, by DID; rows of accounts that do not
+/// exist are skipped. Unconditional: the log's last event of an account is its state (a
+/// rollback `#sync` included).
+const RECOVER_SQL: &str = "\
+WITH v AS ( \
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+    AS v(did, rev, commit_cid, data_cid) \
+), checkpoint AS ( \
+  INSERT INTO relay_checkpoint (id, account_state_seq) VALUES (1, $5) \
+  ON CONFLICT (id) DO UPDATE SET account_state_seq = \
+    GREATEST(relay_checkpoint.account_state_seq, EXCLUDED.account_state_seq) \
+  RETURNING 1 \
+) \
+INSERT INTO account_sync_state (uid, rev, commit_cid, data_cid, updated_at) \
+SELECT a.uid, v.rev, v.commit_cid, v.data_cid, now() FROM v JOIN accounts AS a ON a.did = v.did \
+ON CONFLICT (uid) DO UPDATE SET rev = EXCLUDED.rev, commit_cid = EXCLUDED.commit_cid, \
+  data_cid = EXCLUDED.data_cid, updated_at = now()";
+
+/// Brings `account_sync_state` up to the event log before ingest starts: the events after
+/// the checkpoint (the write-behind's last account statement) were durable but their account
+/// state may not have reached Postgres before a crash. Without this, the upstream would
+/// resend them (the cursor is behind too) and they would pass the rev check again.
+pub async fn recover_account_state(
+    reader: &EventLogReader,
+    db: &Db,
+) -> Result<AccountRecovery, RecoveryError> {
+    let client = db.client().await?;
+    let checkpoint: i64 = match client
+        .query_opt(CHECKPOINT_SQL, &[])
+        .await
+        .map_err(DbError::from)?
+    {
+        Some(row) => row.try_get(0).map_err(DbError::from)?,
+        None => 0,
+    };
+    let checkpoint = u64::try_from(checkpoint).unwrap_or(0);
+    let reader = reader.clone();
+    // File reads and decoding: off the async thread.
+    let (latest, head, events_read) = tokio::task::spawn_blocking(move || {
+        let head = reader.durable_head();
+        let mut latest: HashMap<String, SyncState> = HashMap::new();
+        let mut events_read = 0u64;
+        if head <= checkpoint {
+            return Ok((latest, head, events_read));
+        }
+        let mut replay = reader.read_after(checkpoint)?;
+        loop {
+            let batch = replay.next_batch(1_024, 8 << 20)?;
+            if batch.is_empty() {
+                break;
+            }
+            for record in batch {
+                if record.seq > head {
+                    break;
+                }
+                events_read += 1;
+                let kind = EventKind::from_u8(record.kind);
+                if !matches!(kind, Some(EventKind::Commit | EventKind::Sync)) {
+                    continue;
+                }
+                let did = match crate::atproto::frame::peek_event(&record.body) {
+                    Ok(peek) => peek.did.map(str::to_string),
+                    Err(_) => None,
+                };
+                if let (Some(did), Some(state)) = (did, stored_state_of(&record.body)) {
+                    latest.insert(did, super::shard_rules::sync_state_of(&state));
+                }
+            }
+            if replay.cursor() >= head {
+                break;
+            }
+        }
+        Ok::<_, RecoveryError>((latest, head, events_read))
+    })
+    .await
+    .map_err(|_| RecoveryError::Join)??;
+    let n = latest.len();
+    let mut dids = Vec::with_capacity(n);
+    let mut revs = Vec::with_capacity(n);
+    let mut commits = Vec::with_capacity(n);
+    let mut datas = Vec::with_capacity(n);
+    for (did, state) in latest {
+        dids.push(did);
+        revs.push(state.rev);
+        commits.push(state.commit_cid);
+        datas.push(state.data_cid);
+    }
+    let head_param = i64::try_from(head).unwrap_or(i64::MAX);
+    let accounts = if head > checkpoint {
+        client
+            .execute(RECOVER_SQL, &[&dids, &revs, &commits, &datas, &head_param])
+            .await
+            .map_err(DbError::from)?
+    } else {
+        0
+    };
+    Ok(AccountRecovery {
+        checkpoint,
+        head,
+        events_read,
+        accounts,
+    })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -402,6 +565,8 @@ impl Default for WriteBehindSettings {
 struct FlushOutcome {
     cursors_written: Option<u64>,
     accounts_written: Option<u64>,
+    /// The account-state checkpoint written with the accounts.
+    checkpoint: Option<u64>,
     unwritten_cursors: Vec<(i64, i64)>,
     unwritten_accounts: Vec<AccountStateUpdate>,
     error: Option<DbError>,
@@ -418,6 +583,8 @@ pub struct WriteBehind {
     /// The next scheduled flush (cancelled when a `FlushNow` flushes at once).
     next_flush: Option<SpawnHandle>,
     flushing: bool,
+    /// The account-state checkpoint Postgres has (as far as this process wrote it).
+    checkpoint_written: u64,
     /// `FlushNow` callers answered when the running flush ends, and those that asked while
     /// it ran (their writes may have come too late for it: they get a flush of their own).
     waiting_current: Vec<oneshot::Sender<Result<(), &'static str>>>,
@@ -448,6 +615,7 @@ impl WriteBehind {
             metrics,
             next_flush: None,
             flushing: false,
+            checkpoint_written: 0,
             waiting_current: Vec::new(),
             waiting_next: Vec::new(),
             state: WriteBehindState::default(),
@@ -471,8 +639,9 @@ impl WriteBehind {
             ctx.cancel_future(old);
         }
         let cursors = self.pending.take_cursors();
-        let accounts = self.pending.take_accounts();
-        if cursors.is_empty() && accounts.is_empty() {
+        let (accounts, checkpoint) = self.pending.take_accounts_with_checkpoint();
+        let advance = checkpoint > self.checkpoint_written;
+        if cursors.is_empty() && accounts.is_empty() && !advance {
             for waiter in self.waiting_current.drain(..) {
                 let _ = waiter.send(Ok(()));
             }
@@ -481,27 +650,34 @@ impl WriteBehind {
         }
         self.flushing = true;
         let sink = Arc::clone(&self.sink);
+        // Accounts first: a crash between the two statements then leaves cursors behind the
+        // account state, so the events come again and are dropped by rev; the other order
+        // would leave account state behind events that never come again.
         let work = async move {
             let mut out = FlushOutcome::default();
+            if !accounts.is_empty() || advance {
+                let n = accounts.len() as u64;
+                match sink.write_accounts(accounts.clone(), checkpoint).await {
+                    Ok(_) => {
+                        out.accounts_written = Some(n);
+                        out.checkpoint = Some(checkpoint);
+                    }
+                    Err(e) => {
+                        out.unwritten_accounts = accounts;
+                        out.unwritten_cursors = cursors;
+                        out.error = Some(e);
+                        return out;
+                    }
+                }
+            }
             if !cursors.is_empty() {
                 let n = cursors.len() as u64;
                 if let Err(e) = sink.write_cursors(cursors.clone()).await {
                     out.unwritten_cursors = cursors;
-                    out.unwritten_accounts = accounts;
                     out.error = Some(e);
                     return out;
                 }
                 out.cursors_written = Some(n);
-            }
-            if !accounts.is_empty() {
-                let n = accounts.len() as u64;
-                match sink.write_accounts(accounts.clone()).await {
-                    Ok(_) => out.accounts_written = Some(n),
-                    Err(e) => {
-                        out.unwritten_accounts = accounts;
-                        out.error = Some(e);
-                    }
-                }
             }
             out
         };
@@ -522,6 +698,9 @@ impl WriteBehind {
             self.state.cursors_written += n;
             self.metrics.statements.with_label_values(&["hosts"]).inc();
             self.metrics.rows.with_label_values(&["hosts"]).inc_by(n);
+        }
+        if let Some(checkpoint) = out.checkpoint {
+            self.checkpoint_written = self.checkpoint_written.max(checkpoint);
         }
         if let Some(n) = out.accounts_written {
             self.state.account_statements += 1;

@@ -97,6 +97,10 @@ pub struct ValidationPolicy {
     /// How far in the future a `rev` may be.
     pub future_rev_tolerance_micros: u64,
     pub legacy: LegacyPolicy,
+    /// An operator's per-host override: an MST inversion failure is reported in the verdict
+    /// ([`Inversion::FailedWarnOnly`]) instead of refusing the commit. Every other check,
+    /// the signature included, still applies.
+    pub inversion_failure_warns: bool,
 }
 
 impl Default for ValidationPolicy {
@@ -105,6 +109,7 @@ impl Default for ValidationPolicy {
             strict: true,
             future_rev_tolerance_micros: DEFAULT_FUTURE_REV_TOLERANCE_MICROS,
             legacy: LegacyPolicy::Reject,
+            inversion_failure_warns: false,
         }
     }
 }
@@ -132,6 +137,8 @@ pub enum Inversion {
     FirstCommit,
     /// Lenient mode, no `prevData` although state is stored: not inverted.
     NoPrevData,
+    /// The inversion failed and the host is set to warn-only: passed, counted.
+    FailedWarnOnly,
 }
 
 impl Inversion {
@@ -142,6 +149,7 @@ impl Inversion {
             Inversion::Legacy => "legacy-op",
             Inversion::FirstCommit => "first-commit",
             Inversion::NoPrevData => "no-prev-data",
+            Inversion::FailedWarnOnly => "failed-warn-only",
         }
     }
 }
@@ -312,6 +320,30 @@ fn verify_signature(commit: &Commit, key: &PublicKey) -> Result<(), ValidationEr
     })
 }
 
+/// The state a stored `#commit` or `#sync` left (`rev`, commit CID, MST root), read back from
+/// its own blocks without verifying anything. Only for events this relay already validated
+/// and stored: rebuilding account state from the event log's tail after a crash. `None`
+/// for other kinds or blocks that do not hold the commit.
+pub fn stored_state_of(msg: &Bytes) -> Option<RepoState> {
+    let (blocks, commit_cid) = match super::frame::decode_frame(msg).ok()? {
+        super::frame::Frame::Commit(c) => (c.blocks, Some(c.commit)),
+        super::frame::Frame::Sync(s) => (s.blocks, None),
+        _ => return None,
+    };
+    let limits = CarLimits {
+        max_bytes: MAX_COMMIT_BLOCKS_BYTES.max(MAX_SYNC_BLOCKS_BYTES),
+        max_blocks: MAX_COMMIT_CAR_BLOCKS,
+    };
+    let car = car::read_car(blocks, &limits).ok()?;
+    let cid = commit_cid.or_else(|| car.roots.first().copied())?;
+    let commit = Commit::decode(car.blocks.get(&cid)?).ok()?;
+    Some(RepoState {
+        rev: commit.rev,
+        commit: cid,
+        data: commit.data,
+    })
+}
+
 /// Validates a `#commit` against the account's key and stored state (see the module docs for
 /// the order of checks). `now_micros` is the wall clock in µs since the UNIX epoch.
 pub fn validate_commit(
@@ -391,6 +423,9 @@ pub fn validate_commit(
                     LegacyPolicy::Accept => Inversion::Legacy,
                     LegacyPolicy::Reject => return Err(ValidationError::LegacyOp),
                 },
+                Sync11Outcome::Failed(_) if policy.inversion_failure_warns => {
+                    Inversion::FailedWarnOnly
+                }
                 Sync11Outcome::Failed(e) => return Err(ValidationError::Inversion(e)),
             }
         }

@@ -134,6 +134,18 @@ pub struct ServeArgs {
         default_value = "30s"
     )]
     pub startup_spread: String,
+    /// ValidatorShards, one thread each (`0`: one per core).
+    #[arg(
+        long,
+        env = "ROOKERY_VALIDATOR_SHARDS",
+        allow_hyphen_values = true,
+        default_value = "0"
+    )]
+    pub validator_shards: String,
+    /// Accept commits without `prevData` or op `prev` from hosts that do not send them yet
+    /// (counted); strict sync 1.1 validation otherwise.
+    #[arg(long, env = "ROOKERY_LENIENT_LEGACY")]
+    pub lenient_legacy: bool,
     /// A live firehose consumer whose socket drains nothing for this long gets
     /// ConsumerTooSlow and is closed (humantime). Catching-up consumers are never closed for
     /// being behind.

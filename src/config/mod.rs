@@ -35,7 +35,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::actors::PipelineSettings;
 use crate::actors::firehose::FirehoseSettings;
+use crate::atproto::validate::ValidationPolicy;
 use crate::http::HttpSettings;
 use crate::store::event_log::{EventLogConfig, RetentionPolicy, SyncPolicy};
 use crate::store::postgres::DbSettings;
@@ -150,10 +152,34 @@ pub struct Config {
     pub replay_window: Duration,
     /// The event log under `<data-dir>/events`, its retention window being `replay_window`.
     pub event_log: EventLogConfig,
-    /// The startup ramp of upstream hosts.
-    pub hosts: crate::actors::host_supervisor::HostSupervisorSettings,
+    /// The ingest path: startup ramp of upstream hosts, shards, resolver.
+    pub pipeline: PipelineSettings,
     /// The firehose out: slow-consumer policy and consumer limits.
     pub firehose: FirehoseSettings,
+}
+
+/// The ingest path's settings from the `serve` options.
+fn pipeline_settings(
+    args: &ServeArgs,
+    plc_url: &url::Url,
+) -> Result<PipelineSettings, ConfigError> {
+    let mut pipeline = PipelineSettings::default();
+    pipeline.supervisor.max_concurrent_handshakes = parse_count(
+        "max-concurrent-handshakes",
+        &args.max_concurrent_handshakes,
+        1,
+        4096,
+    )?;
+    pipeline.supervisor.startup_spread = parse_duration("startup-spread", &args.startup_spread)?;
+    match parse_count("validator-shards", &args.validator_shards, 0, 256)? {
+        0 => {}
+        n => pipeline.shards = n,
+    }
+    if args.lenient_legacy {
+        pipeline.shard.policy = ValidationPolicy::lenient();
+    }
+    pipeline.resolver.plc_url = plc_url.as_str().trim_end_matches('/').to_string();
+    Ok(pipeline)
 }
 
 impl Config {
@@ -169,19 +195,10 @@ impl Config {
             storage,
             http,
             admin_passwords,
-            plc_url,
+            plc_url: plc_url.clone(),
             replay_window,
             event_log,
-            hosts: crate::actors::host_supervisor::HostSupervisorSettings {
-                max_concurrent_handshakes: parse_count(
-                    "max-concurrent-handshakes",
-                    &args.max_concurrent_handshakes,
-                    1,
-                    4096,
-                )?,
-                startup_spread: parse_duration("startup-spread", &args.startup_spread)?,
-                ..Default::default()
-            },
+            pipeline: pipeline_settings(args, &plc_url)?,
             firehose: firehose_settings(args)?,
         })
     }
@@ -224,11 +241,19 @@ impl Config {
         ];
         out.push((
             "max-concurrent-handshakes",
-            self.hosts.max_concurrent_handshakes.to_string(),
+            self.pipeline
+                .supervisor
+                .max_concurrent_handshakes
+                .to_string(),
         ));
         out.push((
             "startup-spread",
-            humantime::format_duration(self.hosts.startup_spread).to_string(),
+            humantime::format_duration(self.pipeline.supervisor.startup_spread).to_string(),
+        ));
+        out.push(("validator-shards", self.pipeline.shards.to_string()));
+        out.push((
+            "lenient-legacy",
+            (!self.pipeline.shard.policy.strict).to_string(),
         ));
         out.push((
             "consumer-stall-timeout",
@@ -520,12 +545,18 @@ mod tests {
     #[test]
     fn host_ramp_options_parse_and_default() {
         let config = serve(&[]).unwrap();
-        assert_eq!(config.hosts.max_concurrent_handshakes, 64);
-        assert_eq!(config.hosts.startup_spread, Duration::from_secs(30));
+        assert_eq!(config.pipeline.supervisor.max_concurrent_handshakes, 64);
+        assert_eq!(
+            config.pipeline.supervisor.startup_spread,
+            Duration::from_secs(30)
+        );
         let config =
             serve(&["--max-concurrent-handshakes", "8", "--startup-spread", "2m"]).unwrap();
-        assert_eq!(config.hosts.max_concurrent_handshakes, 8);
-        assert_eq!(config.hosts.startup_spread, Duration::from_secs(120));
+        assert_eq!(config.pipeline.supervisor.max_concurrent_handshakes, 8);
+        assert_eq!(
+            config.pipeline.supervisor.startup_spread,
+            Duration::from_secs(120)
+        );
         for (args, option) in [
             (
                 &["--max-concurrent-handshakes", "0"][..],

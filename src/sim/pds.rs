@@ -463,6 +463,12 @@ impl SimPds {
         Ok(())
     }
 
+    /// Open `subscribeRepos` connections past their replay (a relay that will see every event
+    /// pushed from now on).
+    pub fn live_connections(&self) -> usize {
+        self.shared.state().live_connections()
+    }
+
     pub fn is_running(&self) -> bool {
         self.shared.server().is_some()
     }

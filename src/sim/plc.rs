@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use actix_web::dev::ServerHandle;
@@ -75,6 +75,8 @@ struct PlcShared {
     /// Added before every answer, in milliseconds: a slow directory makes concurrent
     /// lookups of one DID overlap, which is what a resolver's singleflight is tested with.
     response_delay_ms: AtomicU64,
+    /// When not 0, every request is answered with this HTTP status and no document.
+    failure_status: AtomicU16,
 }
 
 impl PlcShared {
@@ -111,6 +113,7 @@ impl SimPlc {
             requests: AtomicU64::new(0),
             not_found: AtomicU64::new(0),
             response_delay_ms: AtomicU64::new(0),
+            failure_status: AtomicU16::new(0),
         });
         let data = web::Data::from(shared.clone());
         let server = HttpServer::new(move || {
@@ -230,6 +233,14 @@ impl SimPlc {
             .store(millis, Ordering::Relaxed);
     }
 
+    /// A directory in trouble: from now on every request is answered with `status` (e.g.
+    /// 500 or 503) and no document, until called with `None`. Requests are still counted.
+    pub fn set_failure(&self, status: Option<u16>) {
+        self.shared
+            .failure_status
+            .store(status.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// Stops the listener (open connections are dropped).
     pub async fn stop(&self) {
         self.server.stop(false).await;
@@ -260,6 +271,14 @@ async fn resolve(shared: web::Data<PlcShared>, did: web::Path<String>) -> HttpRe
         }
         directory.entries.get(&did).cloned()
     };
+    let failure = shared.failure_status.load(Ordering::Relaxed);
+    if failure != 0 {
+        let status = actix_web::http::StatusCode::from_u16(failure)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        return HttpResponse::build(status).json(serde_json::json!({
+            "message": "directory failing on purpose",
+        }));
+    }
     match entry {
         Some(entry) if entry.tombstoned => HttpResponse::Gone().json(serde_json::json!({
             "message": format!("DID not available: {did}"),

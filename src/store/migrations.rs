@@ -23,11 +23,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A test checks this list against the files in `schema/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("../../schema/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("../../schema/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_checkpoint_inversion_override",
+        sql: include_str!("../../schema/0002_checkpoint_inversion_override.sql"),
+    },
+];
 
 /// The advisory lock key that serialises migrations ("rookery" in ASCII).
 pub const MIGRATION_LOCK_KEY: i64 = 0x0072_6f6f_6b65_7279;

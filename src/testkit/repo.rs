@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::atproto::car;
 use crate::atproto::cid::{Cid, cid_for_dag_cbor};
 use crate::atproto::commit::Commit;
-use crate::atproto::frame::{CommitEvent, RepoOp, SyncEvent};
+use crate::atproto::frame::{self, CommitEvent, Frame, RepoOp, SyncEvent};
 use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
 use crate::atproto::mst::Mst;
 use crate::atproto::tid::Tid;
@@ -188,6 +188,35 @@ impl SigningRepo {
             rev: rev.to_string(),
             time: EVENT_TIME.into(),
         }
+    }
+}
+
+/// `evt` as the websocket message a PDS sends, with `seq` as its sequence number.
+pub fn commit_frame(evt: &CommitEvent, seq: i64) -> Bytes {
+    let mut evt = evt.clone();
+    evt.seq = seq;
+    Bytes::from(frame::encode_frame(&Frame::Commit(Box::new(evt))).expect("a commit encodes"))
+}
+
+/// `evt` with its CAR slice written again without the block `cid`: the same roots, the same
+/// signed commit block and every other block, so a relay finds nothing wrong with it but the
+/// missing block. Panics if `evt`'s CAR does not parse or does not hold `cid`.
+pub fn without_block(evt: &CommitEvent, cid: &Cid) -> CommitEvent {
+    let limits = car::CarLimits {
+        max_bytes: usize::MAX,
+        max_blocks: usize::MAX,
+    };
+    let parsed = car::read_car(evt.blocks.clone(), &limits).expect("the event's CAR parses");
+    assert!(parsed.blocks.contains(cid), "{cid} is not in the CAR");
+    let kept: Vec<(&Cid, &[u8])> = parsed
+        .blocks
+        .iter()
+        .filter(|(c, _)| *c != cid)
+        .map(|(c, b)| (c, b.as_ref()))
+        .collect();
+    CommitEvent {
+        blocks: Bytes::from(car::write_car(&parsed.roots, kept)),
+        ..evt.clone()
     }
 }
 

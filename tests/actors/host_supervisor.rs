@@ -167,6 +167,7 @@ pub fn record(id: i64, hostname: &str, status: HostStatus, cursor: i64) -> HostR
         trusted: false,
         no_ssl: true,
         relay_allowed: false,
+        inversion_warn_only: false,
     }
 }
 
@@ -228,6 +229,16 @@ impl HostStore for MemoryHosts {
         if let Some(r) = self.rows.lock().unwrap().get_mut(&host_id) {
             r.status = HostStatus::Active;
             r.failures = 0;
+        }
+        Box::pin(async { Ok(()) })
+    }
+    fn set_inversion_warn_only(
+        &self,
+        host_id: i64,
+        on: bool,
+    ) -> BoxFuture<'static, Result<(), DbError>> {
+        if let Some(r) = self.rows.lock().unwrap().get_mut(&host_id) {
+            r.inversion_warn_only = on;
         }
         Box::pin(async { Ok(()) })
     }

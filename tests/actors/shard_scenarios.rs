@@ -245,19 +245,9 @@ fn messages(s: &Value) -> Vec<(Bytes, bool, Value)> {
         .collect()
 }
 
-const SCENARIOS: [&str; 7] = [
-    "account_lifecycle.json",
-    "deactivation.json",
-    "legacy.json",
-    "post_lifecycle.json",
-    "post_lifecycle_legacy.json",
-    "rev_ordering.json",
-    "seq_ordering.json",
-];
-
 #[test]
 fn every_scenario_forwards_and_drops_as_indigo_expects() {
-    for name in SCENARIOS {
+    for name in common::RELAY_SCENARIOS {
         let s = scenario(name);
         let mut shard = MiniShard::new(&s, None);
         for (i, (msg, expect_drop, f)) in messages(&s).into_iter().enumerate() {
@@ -356,7 +346,7 @@ fn a_duplicate_sync_is_forwarded_and_noted() {
 
 #[test]
 fn frames_from_a_host_that_is_not_the_pds_only_pass_as_identity() {
-    for name in SCENARIOS {
+    for name in common::RELAY_SCENARIOS {
         let s = scenario(name);
         let mut shard = MiniShard::new(&s, Some("elsewhere.example.net"));
         for (i, (msg, _, f)) in messages(&s).into_iter().enumerate() {

@@ -84,6 +84,28 @@ fn rig(depth: usize) -> Rig {
     }
 }
 
+/// A write-behind of `pending` into `db`, flushing every `flush_every`.
+fn postgres_write_behind(
+    pending: &PendingWrites,
+    db: &Db,
+    flush_every: Duration,
+) -> InstrumentedAddr<WriteBehind> {
+    let metrics = ActorMetrics::register(&Registry::new()).expect("m");
+    let wb_obs = metrics.actor(WriteBehind::NAME, WriteBehind::MAILBOX);
+    let wb = WriteBehind::new(
+        wb_obs.clone(),
+        pending.clone(),
+        Arc::new(PostgresSink::new(db.clone())),
+        WriteBehindSettings {
+            flush_every,
+            ..WriteBehindSettings::default()
+        },
+        Arc::default(),
+        WriteBehindMetrics::register(&Registry::new()).expect("metrics"),
+    );
+    InstrumentedAddr::new(actix::Actor::start(wb), wb_obs)
+}
+
 impl Rig {
     /// Shards that take every frame, record it and complete its mark (as durability would).
     fn drain(&mut self) {
@@ -392,20 +414,7 @@ async fn a_restarted_supervisor_resumes_from_the_cursors_in_postgres() {
             .await
             .expect("host");
     }
-    let metrics = ActorMetrics::register(&Registry::new()).expect("m");
-    let wb_obs = metrics.actor(WriteBehind::NAME, WriteBehind::MAILBOX);
-    let wb = WriteBehind::new(
-        wb_obs.clone(),
-        rig.pending.clone(),
-        Arc::new(PostgresSink::new(db.clone())),
-        WriteBehindSettings {
-            flush_every: Duration::from_millis(100),
-            ..WriteBehindSettings::default()
-        },
-        Arc::default(),
-        WriteBehindMetrics::register(&Registry::new()).expect("metrics"),
-    );
-    let wb = InstrumentedAddr::new(actix::Actor::start(wb), wb_obs);
+    let wb = postgres_write_behind(&rig.pending, &db, Duration::from_millis(100));
 
     let store: Arc<dyn HostStore> = Arc::new(PostgresHostStore::new(db.clone()));
     let sup = rig.supervisor(Arc::clone(&store));
@@ -628,20 +637,7 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
         .expect("host");
     let id: i64 = row.get(0);
     let late = HostCursor::new(id, 500, rig.pending.clone()).begin(501);
-    let metrics = ActorMetrics::register(&Registry::new()).expect("m");
-    let wb_obs = metrics.actor(WriteBehind::NAME, WriteBehind::MAILBOX);
-    let wb = WriteBehind::new(
-        wb_obs.clone(),
-        rig.pending.clone(),
-        Arc::new(PostgresSink::new(db.clone())),
-        WriteBehindSettings {
-            flush_every: Duration::from_millis(50),
-            ..WriteBehindSettings::default()
-        },
-        Arc::default(),
-        WriteBehindMetrics::register(&Registry::new()).expect("metrics"),
-    );
-    let wb = InstrumentedAddr::new(actix::Actor::start(wb), wb_obs);
+    let wb = postgres_write_behind(&rig.pending, &db, Duration::from_millis(50));
     let obs = rig
         .metrics
         .actor(HostSupervisor::NAME, HostSupervisor::MAILBOX);

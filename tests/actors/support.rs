@@ -72,6 +72,7 @@ impl StateSink for NullSink {
     fn write_accounts(
         &self,
         a: Vec<AccountStateUpdate>,
+        _checkpoint: u64,
     ) -> futures_util::future::BoxFuture<'static, Result<u64, DbError>> {
         Box::pin(async move { Ok(a.len() as u64) })
     }

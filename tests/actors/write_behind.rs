@@ -332,6 +332,7 @@ impl StateSink for FakeSink {
     fn write_accounts(
         &self,
         a: Vec<AccountStateUpdate>,
+        _checkpoint: u64,
     ) -> BoxFuture<'static, Result<u64, DbError>> {
         let db = Arc::clone(&self.0);
         Box::pin(async move {

@@ -645,6 +645,22 @@ fn every_commit_error_variant() {
         "{r:?}"
     );
     assert_eq!(r.unwrap_err().reason(), "inversion-root-mismatch");
+    // An operator's per-host override: the same commit passes, labelled as such, and every
+    // other check still applies (a wrong key is still refused).
+    let warn = ValidationPolicy {
+        inversion_failure_warns: true,
+        ..strict()
+    };
+    let (_, _, inv) = accept(validate_commit(&e, &key, s, NOW, &warn));
+    assert_eq!(inv, Inversion::FailedWarnOnly);
+    assert_eq!(inv.reason(), "failed-warn-only");
+    expect_err(
+        &e,
+        &PrivateKey::generate(Curve::K256).public_key(),
+        s,
+        &warn,
+        ValidationError::Signature(SigError::Invalid),
+    );
 
     // Signature: a key of the other curve, and a different K-256 key.
     let p256 = PrivateKey::generate(Curve::P256).public_key();

@@ -8,6 +8,17 @@ use ipld_core::ipld::Ipld;
 use rookery::atproto::cid::parse_cid_str;
 use serde_json::Value;
 
+/// The indigo relay scenarios (`indigo/cmd/relay/testing/testdata/`), by file name.
+pub const RELAY_SCENARIOS: [&str; 7] = [
+    "account_lifecycle.json",
+    "deactivation.json",
+    "legacy.json",
+    "post_lifecycle.json",
+    "post_lifecycle_legacy.json",
+    "rev_ordering.json",
+    "seq_ordering.json",
+];
+
 pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
 
 /// The bytes of a vector file, by its path under the vectors directory.

@@ -5,4 +5,5 @@
 mod common;
 
 mod event_log;
+mod ingest_crash;
 mod lifecycle;

@@ -57,6 +57,11 @@ pub(super) struct HostState {
 }
 
 impl HostState {
+    /// Open `subscribeRepos` connections that follow the live channel.
+    pub(crate) fn live_connections(&self) -> usize {
+        self.live.receiver_count()
+    }
+
     pub(super) fn new(config: &SimPdsConfig) -> HostState {
         HostState {
             accounts: HashMap::new(),
