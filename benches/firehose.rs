@@ -44,11 +44,13 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup(settings: FirehoseSettings) -> Setup {
+/// A log filled by `fill` before the firehose starts at its head, as after a restart.
+fn setup(settings: FirehoseSettings, fill: impl FnOnce(&mut EventLog)) -> Setup {
     let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-tmp"));
     std::fs::create_dir_all(&base).expect("bench dir");
     let dir = tempfile::tempdir_in(base).expect("tempdir");
-    let (log, _) = EventLog::open(EventLogConfig::new(dir.path())).expect("log");
+    let (mut log, _) = EventLog::open(EventLogConfig::new(dir.path())).expect("log");
+    fill(&mut log);
     let (head, head_rx) = watch::channel(log.durable_head());
     let registry = Registry::new();
     let metrics = ActorMetrics::register(&registry).expect("metrics");
@@ -137,28 +139,31 @@ fn cpu_seconds() -> f64 {
 fn replay(events: usize) {
     let system = actix::System::new();
     system.block_on(async move {
-        let mut s = setup(FirehoseSettings::default());
         let templates = commit_templates(2_000.min(events));
         let mut bytes = 0usize;
-        let mut batch = Vec::with_capacity(1_000);
-        for i in 0..events {
-            let seq = i as u64 + 1;
-            let body = Bytes::from(
-                frame::resequence(&templates[i % templates.len()], seq as i64).expect("reseq"),
-            );
-            bytes += body.len();
-            batch.push(AppendRecord {
-                seq,
-                kind: 1,
-                did_hash: did_hash("did:plc:benchfirehose"),
-                body,
-            });
-            if batch.len() == 1_000 || i + 1 == events {
-                s.log.append(&batch).expect("append");
-                batch.clear();
+        // The log is filled before the firehose starts (a relay restarted on a full log):
+        // the Broadcaster starts at the head, the consumer replays the whole log.
+        let s = setup(FirehoseSettings::default(), |log| {
+            let mut batch = Vec::with_capacity(1_000);
+            for i in 0..events {
+                let seq = i as u64 + 1;
+                let body = Bytes::from(
+                    frame::resequence(&templates[i % templates.len()], seq as i64)
+                        .expect("reseq"),
+                );
+                bytes += body.len();
+                batch.push(AppendRecord {
+                    seq,
+                    kind: 1,
+                    did_hash: did_hash("did:plc:benchfirehose"),
+                    body,
+                });
+                if batch.len() == 1_000 || i + 1 == events {
+                    log.append(&batch).expect("append");
+                    batch.clear();
+                }
             }
-        }
-        s.head.send_replace(s.log.durable_head());
+        });
         let mb = bytes as f64 / 1e6;
 
         // The log's own rate: one Replay from the oldest record in the sessions' batch
@@ -193,7 +198,17 @@ fn replay(events: usize) {
                     got_bytes += b.len();
                 }
                 Some(Ok(_)) => {}
-                other => panic!("stream ended: {other:?}"),
+                other => {
+                    let closed = &s.firehose.metrics().sessions_closed;
+                    let reasons: Vec<(&str, u64)> = [
+                        "client_gone", "shutdown", "future_cursor", "too_slow_lag",
+                        "too_slow_stall", "dead", "log_failed",
+                    ]
+                    .iter()
+                    .map(|r| (*r, closed.with_label_values(&[r]).get()))
+                    .collect();
+                    panic!("stream ended after {got} of {events}: {other:?}; sessions closed {reasons:?}");
+                }
             }
         }
         let ws_secs = started.elapsed().as_secs_f64();
@@ -224,10 +239,13 @@ fn fanout(consumers: usize, rate: u64, seconds: u64) {
             server,
             url,
             _dir,
-        } = setup(FirehoseSettings {
-            max_consumers_per_ip: consumers + 10,
-            ..FirehoseSettings::default()
-        });
+        } = setup(
+            FirehoseSettings {
+                max_consumers_per_ip: consumers + 10,
+                ..FirehoseSettings::default()
+            },
+            |_| {},
+        );
         let templates = commit_templates(200);
         let avg_frame =
             templates.iter().map(Bytes::len).sum::<usize>() as f64 / templates.len() as f64;
@@ -336,6 +354,11 @@ fn fanout(consumers: usize, rate: u64, seconds: u64) {
 }
 
 fn main() {
+    // Warnings and errors of the relay's code (a session closing early says why).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args().collect();
     // `cargo nextest` lists tests first: this binary has none.
     if args.iter().any(|a| a == "--list") {
