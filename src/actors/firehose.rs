@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use actix::{MailboxError, Supervisor};
+use actix::{Actor, MailboxError, Supervisor};
 use actix_web::web;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -37,11 +37,10 @@ use tokio::sync::{Notify, watch};
 use super::broadcaster::{
     Broadcaster, BroadcasterState, GetBroadcasterState, MaskAccount, SharedRing,
 };
-use super::obs::{ActorMetrics, InstrumentedAddr};
-use crate::store::event_log::{EventLogError, EventLogReader};
-
-#[cfg(doc)]
 use super::consumer_session::ConsumerSession;
+use super::obs::{ActorMetrics, InstrumentedAddr};
+use crate::http::subscribe_repos::{ConsumerSessions, Refusal, SessionStart};
+use crate::store::event_log::{EventLogError, EventLogReader};
 
 /// Settings of the firehose out. The first four come from the command line
 /// (`--consumer-stall-timeout`, `--max-consumer-lag`, `--max-consumers`,
@@ -195,25 +194,6 @@ impl FirehoseMetrics {
 
 // ------------------------------------------------------------------------------------------
 // The consumer table
-
-/// Why a connection was refused before the upgrade.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// `--max-consumers` reached (503).
-    Full,
-    /// `--max-consumers-per-ip` reached for this address (429).
-    IpFull,
-}
-
-impl Refusal {
-    /// Metric label.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Refusal::Full => "max_consumers",
-            Refusal::IpFull => "max_consumers_per_ip",
-        }
-    }
-}
 
 /// The admission rule, given the counts before this connection.
 pub fn admit(
@@ -441,6 +421,36 @@ pub struct FirehoseShared {
     pub actor_metrics: ActorMetrics,
 }
 
+/// The firehose as the `subscribeRepos` route sees it.
+struct Route(Arc<FirehoseShared>);
+
+impl ConsumerSessions for Route {
+    fn shutting_down(&self) -> bool {
+        *self.0.shutdown.borrow()
+    }
+
+    fn count_rejected(&self, reason: &'static str) {
+        self.0.metrics.rejected.with_label_values(&[reason]).inc();
+    }
+
+    fn admit(
+        &self,
+        remote: SocketAddr,
+        user_agent: &str,
+        cursor: Option<u64>,
+    ) -> Result<SessionStart, Refusal> {
+        let slot = self
+            .0
+            .table
+            .admit(&self.0.settings, remote, user_agent, cursor)?;
+        let shared = Arc::clone(&self.0);
+        Ok(Box::new(move |socket, incoming| {
+            // On the worker that accepted the upgrade.
+            ConsumerSession::new(shared, slot, socket, incoming, cursor).start();
+        }))
+    }
+}
+
 /// Why the firehose could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FirehoseError {
@@ -497,9 +507,9 @@ pub fn start_firehose(
 impl Firehose {
     /// Route configuration for [`crate::http::start_public`]: mounts `subscribeRepos`.
     pub fn routes(&self) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
-        let shared = Arc::clone(&self.shared);
+        let sessions: Arc<dyn ConsumerSessions> = Arc::new(Route(Arc::clone(&self.shared)));
         move |cfg: &mut web::ServiceConfig| {
-            crate::http::subscribe_repos::configure(cfg, Arc::clone(&shared));
+            crate::http::subscribe_repos::configure(cfg, Arc::clone(&sessions));
         }
     }
 

@@ -1,21 +1,23 @@
 //! `GET /xrpc/com.atproto.sync.subscribeRepos`: checks that can still be answered in HTTP,
-//! then the websocket upgrade and one [`ConsumerSession`] per connection.
+//! then the websocket upgrade and one `ConsumerSession` per connection.
 //!
 //! Answered before the upgrade, as XRPC JSON errors (PROTOCOL.md §1): a non-GET method →
 //! 405; a malformed `cursor` → 400 `InvalidRequest`; no `Upgrade: websocket` → 426; the
 //! relay full (`--max-consumers`) or shutting down → 503; too many consumers from one address
 //! (`--max-consumers-per-ip`) → 429. Both refusals carry `Retry-After`. The address counted
 //! is the TCP peer's, not a forwarded header a client could forge.
+//!
+//! This layer does not know the actors (`http` comes before `actors` in the crate's layers):
+//! the firehose implements [`ConsumerSessions`] (admission, then starting a ConsumerSession on
+//! the upgraded socket) and mounts the route with [`configure`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix::Actor;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-
-use crate::actors::consumer_session::ConsumerSession;
-use crate::actors::firehose::{FirehoseShared, Refusal};
+use actix_ws::{MessageStream, Session};
 
 /// The route.
 pub const PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
@@ -23,11 +25,49 @@ pub const PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER_SECS: &str = "5";
 
-/// Mounts the route with its shared state.
-pub fn configure(cfg: &mut web::ServiceConfig, shared: Arc<FirehoseShared>) {
+/// Why a connection was refused before the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-consumers` reached (503).
+    Full,
+    /// `--max-consumers-per-ip` reached for this address (429).
+    IpFull,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Full => "max_consumers",
+            Refusal::IpFull => "max_consumers_per_ip",
+        }
+    }
+}
+
+/// Starts the session of an admitted consumer on its upgraded socket (on this worker).
+pub type SessionStart = Box<dyn FnOnce(Session, MessageStream)>;
+
+/// What the route needs from the firehose.
+pub trait ConsumerSessions: Send + Sync + 'static {
+    /// True once shutdown began: new consumers are refused (503).
+    fn shutting_down(&self) -> bool;
+    /// Counts a refusal (`rookery_firehose_rejected_total{reason}`).
+    fn count_rejected(&self, reason: &'static str);
+    /// Takes a place for a consumer (freed when its session ends, or when the returned
+    /// start is dropped unused), or says why not.
+    fn admit(
+        &self,
+        remote: SocketAddr,
+        user_agent: &str,
+        cursor: Option<u64>,
+    ) -> Result<SessionStart, Refusal>;
+}
+
+/// Mounts the route with the firehose behind it.
+pub fn configure(cfg: &mut web::ServiceConfig, sessions: Arc<dyn ConsumerSessions>) {
     cfg.service(
         web::resource(PATH)
-            .app_data(web::Data::from(shared))
+            .app_data(web::Data::from(sessions))
             .route(web::get().to(subscribe_repos))
             .default_service(web::to(method_not_allowed)),
     );
@@ -83,15 +123,12 @@ fn refused(status: StatusCode, error: &str, message: &str) -> HttpResponse {
 async fn subscribe_repos(
     req: HttpRequest,
     body: web::Payload,
-    shared: web::Data<FirehoseShared>,
+    sessions: web::Data<dyn ConsumerSessions>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let shared = shared.into_inner();
-    let rejected = shared.metrics.rejected.clone();
-    let reject = |reason: &str| rejected.with_label_values(&[reason]).inc();
     let cursor = match parse_cursor(req.query_string()) {
         Ok(cursor) => cursor,
         Err(message) => {
-            reject("bad_cursor");
+            sessions.count_rejected("bad_cursor");
             return Ok(xrpc_error(
                 StatusCode::BAD_REQUEST,
                 "InvalidRequest",
@@ -100,15 +137,15 @@ async fn subscribe_repos(
         }
     };
     if !wants_websocket(&req) {
-        reject("no_upgrade");
+        sessions.count_rejected("no_upgrade");
         return Ok(xrpc_error(
             StatusCode::UPGRADE_REQUIRED,
             "UpgradeRequired",
             "subscribeRepos is a websocket endpoint: send Upgrade: websocket",
         ));
     }
-    if *shared.shutdown.borrow() {
-        reject("shutting_down");
+    if sessions.shutting_down() {
+        sessions.count_rejected("shutting_down");
         return Ok(refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
@@ -116,7 +153,7 @@ async fn subscribe_repos(
         ));
     }
     let Some(remote) = req.peer_addr() else {
-        reject("no_peer_address");
+        sessions.count_rejected("no_peer_address");
         return Ok(xrpc_error(
             StatusCode::BAD_REQUEST,
             "InvalidRequest",
@@ -128,13 +165,10 @@ async fn subscribe_repos(
         .get(header::USER_AGENT)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    let slot = match shared
-        .table
-        .admit(&shared.settings, remote, &user_agent, cursor)
-    {
-        Ok(slot) => slot,
+    let start = match sessions.admit(remote, &user_agent, cursor) {
+        Ok(start) => start,
         Err(refusal) => {
-            reject(refusal.reason());
+            sessions.count_rejected(refusal.reason());
             return Ok(match refusal {
                 Refusal::Full => refused(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -149,9 +183,10 @@ async fn subscribe_repos(
             });
         }
     };
-    // A failed handshake (no key, wrong version) is answered by actix-ws; the slot drops.
+    // A failed handshake (no key, wrong version) is answered by actix-ws; dropping the
+    // unused start frees the consumer's place.
     let (response, socket, incoming) = actix_ws::handle(&req, body)?;
-    ConsumerSession::new(shared, slot, socket, incoming, cursor).start();
+    start(socket, incoming);
     Ok(response)
 }
 
