@@ -111,7 +111,7 @@ async fn the_consumer_list_shows_each_consumer_and_its_progress() {
 #[actix_rt::test]
 async fn idle_consumers_are_pinged_silent_ones_closed_and_client_messages_ignored() {
     let settings = FirehoseSettings {
-        ping_interval: Duration::from_millis(200),
+        ping_interval: Duration::from_millis(500),
         ..FirehoseSettings::default()
     };
     let mut h = Harness::start(settings, small_segments);
@@ -155,7 +155,7 @@ async fn idle_consumers_are_pinged_silent_ones_closed_and_client_messages_ignore
         .await
     );
     // The polite one answered every ping and still gets events.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(h.firehose.consumer_count(), 1);
     h.append(&[ALICE]);
     let (seqs, _polite) = polite.await.expect("join");
