@@ -342,6 +342,14 @@ enum Sent {
     Exit(Exit),
 }
 
+/// Completes when [`super::firehose::Firehose::shutdown`] was called. A dropped handle
+/// is not a shutdown: the sessions then end with the HTTP server, not by surprise.
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Completes when the published head gets more than `max_lag` seqs past `cursor` (never,
 /// if the Broadcaster is gone).
 async fn lag_exceeded(mut head: watch::Receiver<u64>, cursor: u64, max_lag: u64) {
@@ -675,7 +683,7 @@ impl Pump {
                     Sent::Exit(Exit::Dead)
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => Sent::Exit(self.close_away().await),
+            _ = shutdown_requested(&mut shutdown) => Sent::Exit(self.close_away().await),
         }
     }
 
@@ -713,7 +721,7 @@ impl Pump {
                 }
                 None
             }
-            _ = shutdown.wait_for(|s| *s) => Some(self.close_away().await),
+            _ = shutdown_requested(&mut shutdown) => Some(self.close_away().await),
             _ = tokio::time::sleep(interval) => {
                 let now = Instant::now();
                 match idle_verdict(now, self.pinged_at, self.last_heard.get(), interval) {
