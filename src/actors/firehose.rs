@@ -19,6 +19,7 @@
 //!
 //! Shutdown ([`Firehose::shutdown`]) flips a `watch` every session selects on: each one
 //! sends close 1001 on its own socket and stops (lesson 11: no one else touches it).
+//! Dropping the handle is not a shutdown; `main` calls it before stopping the HTTP server.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
