@@ -24,6 +24,11 @@
 //!
 //! [`start_pipeline`] starts all of it around an opened event log and a database.
 //!
+//! - **Broadcaster** (one, supervised) and **ConsumerSession**s (one per websocket): the
+//!   firehose out, assembled by [`firehose::start_firehose`]. The Broadcaster runs on the
+//!   arbiter `start_firehose` is called on and only follows the durable head; each session
+//!   runs on the HTTP worker that accepted its upgrade (see [`firehose`]).
+//!
 //! Memory is bounded in bytes, not slots ([`sequencer::ByteBudget`]): a shard acquires a permit
 //! for the frame's length before sending, and the permit travels with the event until it is
 //! durable. When the budget is spent, shards (and then Subscribers) stop reading (lesson 10).
@@ -32,6 +37,9 @@
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
 pub mod account_store;
+pub mod broadcaster;
+pub mod consumer_session;
+pub mod firehose;
 pub mod host_supervisor;
 pub mod obs;
 pub mod persister;

@@ -146,6 +146,41 @@ pub struct ServeArgs {
     /// (counted); strict sync 1.1 validation otherwise.
     #[arg(long, env = "ROOKERY_LENIENT_LEGACY")]
     pub lenient_legacy: bool,
+    /// A live firehose consumer whose socket drains nothing for this long gets
+    /// ConsumerTooSlow and is closed (humantime). Catching-up consumers are never closed for
+    /// being behind.
+    #[arg(
+        long,
+        env = "ROOKERY_CONSUMER_STALL_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub consumer_stall_timeout: String,
+    /// A live firehose consumer further behind the head than this many events gets
+    /// ConsumerTooSlow and is closed (it can reconnect with its cursor and catch up).
+    #[arg(
+        long,
+        env = "ROOKERY_MAX_CONSUMER_LAG",
+        allow_hyphen_values = true,
+        default_value = "100000"
+    )]
+    pub max_consumer_lag: String,
+    /// Open subscribeRepos consumers at most; more are answered 503.
+    #[arg(
+        long,
+        env = "ROOKERY_MAX_CONSUMERS",
+        allow_hyphen_values = true,
+        default_value = "5000"
+    )]
+    pub max_consumers: String,
+    /// Open subscribeRepos consumers per remote IP address at most; more are answered 429.
+    #[arg(
+        long,
+        env = "ROOKERY_MAX_CONSUMERS_PER_IP",
+        allow_hyphen_values = true,
+        default_value = "50"
+    )]
+    pub max_consumers_per_ip: String,
     /// How long a graceful shutdown may wait for open HTTP connections (humantime).
     #[arg(
         long,

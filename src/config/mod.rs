@@ -8,7 +8,8 @@
 //! - `secret.rs`: [`Secret`] and [`DatabaseUrl`], which never print a password.
 //! - this file: assembly. [`Config`] (`serve`) and [`StorageConfig`] (`serve` and `migrate`)
 //!   gather the settings types their subsystems own: [`DbSettings`] (`store::postgres`),
-//!   [`EventLogConfig`] (`store::event_log`), [`HttpSettings`] (`http`). Settings with no
+//!   [`EventLogConfig`] (`store::event_log`), [`HttpSettings`] (`http`),
+//!   [`FirehoseSettings`] (`actors::firehose`). Settings with no
 //!   subsystem yet (admin passwords, PLC URL, log format, which database) stay here until one
 //!   exists. `summary`/`Display` print the effective configuration with secrets redacted.
 //!
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::actors::PipelineSettings;
+use crate::actors::firehose::FirehoseSettings;
 use crate::atproto::validate::ValidationPolicy;
 use crate::http::HttpSettings;
 use crate::store::event_log::{EventLogConfig, RetentionPolicy, SyncPolicy};
@@ -152,6 +154,8 @@ pub struct Config {
     pub event_log: EventLogConfig,
     /// The ingest path: startup ramp of upstream hosts, shards, resolver.
     pub pipeline: PipelineSettings,
+    /// The firehose out: slow-consumer policy and consumer limits.
+    pub firehose: FirehoseSettings,
 }
 
 /// The ingest path's settings from the `serve` options.
@@ -195,6 +199,7 @@ impl Config {
             replay_window,
             event_log,
             pipeline: pipeline_settings(args, &plc_url)?,
+            firehose: firehose_settings(args)?,
         })
     }
 
@@ -249,6 +254,19 @@ impl Config {
         out.push((
             "lenient-legacy",
             (!self.pipeline.shard.policy.strict).to_string(),
+        ));
+        out.push((
+            "consumer-stall-timeout",
+            humantime::format_duration(self.firehose.consumer_stall_timeout).to_string(),
+        ));
+        out.push((
+            "max-consumer-lag",
+            self.firehose.max_consumer_lag.to_string(),
+        ));
+        out.push(("max-consumers", self.firehose.max_consumers.to_string()));
+        out.push((
+            "max-consumers-per-ip",
+            self.firehose.max_consumers_per_ip.to_string(),
         ));
         out.push(("initial-seq", self.event_log.initial_seq.to_string()));
         out.push(("event-log-sync", self.event_log.sync.to_string()));
@@ -329,6 +347,27 @@ fn http_settings(args: &ServeArgs) -> Result<HttpSettings, ConfigError> {
         metrics_bind,
         workers: parse_count("http-workers", &args.http_workers, 1, 256)?,
         shutdown_timeout: parse_duration("shutdown-timeout", &args.shutdown_timeout)?,
+    })
+}
+
+/// `actors::firehose`: `--consumer-stall-timeout`, `--max-consumer-lag`, `--max-consumers`,
+/// `--max-consumers-per-ip`. The other fields keep the firehose's defaults.
+fn firehose_settings(args: &ServeArgs) -> Result<FirehoseSettings, ConfigError> {
+    Ok(FirehoseSettings {
+        consumer_stall_timeout: parse_duration(
+            "consumer-stall-timeout",
+            &args.consumer_stall_timeout,
+        )?,
+        max_consumer_lag: parse_count("max-consumer-lag", &args.max_consumer_lag, 1, 1_000_000_000)?
+            as u64,
+        max_consumers: parse_count("max-consumers", &args.max_consumers, 1, 1_000_000)?,
+        max_consumers_per_ip: parse_count(
+            "max-consumers-per-ip",
+            &args.max_consumers_per_ip,
+            1,
+            1_000_000,
+        )?,
+        ..FirehoseSettings::default()
     })
 }
 
@@ -527,6 +566,69 @@ mod tests {
         ] {
             let err = serve(args).expect_err("rejected");
             assert!(err.to_string().contains(option), "{err}");
+        }
+    }
+
+    #[test]
+    fn firehose_options_parse_and_default() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.firehose, FirehoseSettings::default());
+        assert_eq!(
+            config.firehose.consumer_stall_timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(config.firehose.max_consumer_lag, 100_000);
+        assert_eq!(config.firehose.max_consumers, 5_000);
+        assert_eq!(config.firehose.max_consumers_per_ip, 50);
+        let config = serve(&[
+            "--consumer-stall-timeout",
+            "5s",
+            "--max-consumer-lag",
+            "2000",
+            "--max-consumers",
+            "10",
+            "--max-consumers-per-ip",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.firehose.consumer_stall_timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(config.firehose.max_consumer_lag, 2_000);
+        assert_eq!(config.firehose.max_consumers, 10);
+        assert_eq!(config.firehose.max_consumers_per_ip, 3);
+        let shown = config.to_string();
+        for expected in [
+            "consumer-stall-timeout=5s",
+            "max-consumer-lag=2000",
+            "max-consumers=10",
+            "max-consumers-per-ip=3",
+        ] {
+            assert!(shown.contains(expected), "{shown}");
+        }
+        for (args, option) in [
+            (
+                &["--consumer-stall-timeout", "0s"][..],
+                "consumer-stall-timeout",
+            ),
+            (
+                &["--consumer-stall-timeout", "soon"][..],
+                "consumer-stall-timeout",
+            ),
+            (&["--max-consumer-lag", "0"][..], "max-consumer-lag"),
+            (&["--max-consumer-lag", "-5"][..], "max-consumer-lag"),
+            (&["--max-consumers", "0"][..], "max-consumers"),
+            (&["--max-consumers", "many"][..], "max-consumers"),
+            (&["--max-consumers-per-ip", "0"][..], "max-consumers-per-ip"),
+            (
+                &["--max-consumers-per-ip", "99999999"][..],
+                "max-consumers-per-ip",
+            ),
+        ] {
+            let err = serve(args).expect_err("rejected");
+            assert_eq!(err.option, option, "{args:?}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
     }
 

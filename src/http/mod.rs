@@ -11,6 +11,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod subscribe_repos;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -66,7 +66,7 @@ pub use config::{EVENTS_DIR, EventLogConfig, ParseSyncPolicyError, SyncPolicy};
 pub use error::EventLogError;
 pub use masking::MaskReport;
 pub use metrics::EventLogCollector;
-pub use reader::{EventLogReader, Replay};
+pub use reader::{DamageSkip, EventLogReader, Replay};
 pub use record::{AppendRecord, FLAG_MASKED, LogRecord, MAX_BODY_LEN, RECORD_HEADER_LEN, did_hash};
 pub use recovery::RecoveryReport;
 pub use retention::{RetentionPolicy, RetentionReport, SegmentAge, plan_retention};

@@ -124,6 +124,18 @@ pub struct Replay {
     after: u64,
 }
 
+/// What [`Replay::skip_damaged`] passed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DamageSkip {
+    pub segment_first_seq: u64,
+    /// Offset of the damaged record.
+    pub offset: u64,
+    /// The replay's cursor before and after the skip: seqs in between that the log held
+    /// were not delivered.
+    pub cursor_before: u64,
+    pub cursor_after: u64,
+}
+
 enum NextSegment {
     Found(Arc<Segment>),
     CurrentRetired,
@@ -220,11 +232,51 @@ impl Replay {
                 max_bytes,
                 &mut out,
                 &mut body_bytes,
-            )? {
-                Step::Done => return Ok(out),
-                Step::More => {}
+            ) {
+                Ok(Step::Done) => return Ok(out),
+                Ok(Step::More) => {}
+                // The intact records before the damage go out first; the position stays
+                // before the damaged record, so the next call reports it.
+                Err(EventLogError::Corrupt { .. }) if !out.is_empty() => return Ok(out),
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Moves past a damaged record after [`Replay::next_batch`] reported
+    /// [`EventLogError::Corrupt`] at `offset` of the segment starting at `segment_first_seq`:
+    /// to the next indexed record after the damage in that segment (index entries are
+    /// written for intact records only, at most `index_interval_bytes` apart), or, when
+    /// the segment has none, to the end of its committed bytes (the next segment follows
+    /// as usual). Returns what was skipped, or `None` when the replay is not at that
+    /// position (nothing moves then). Records between the damage and the resume point are
+    /// lost to this replay; the caller counts and logs them.
+    pub fn skip_damaged(&mut self, segment_first_seq: u64, offset: u64) -> Option<DamageSkip> {
+        let seg = Arc::clone(self.segment.as_ref()?);
+        if seg.first_seq != segment_first_seq || offset < self.offset {
+            return None;
+        }
+        let resume = {
+            let index = seg.index.read().unwrap_or_else(|e| e.into_inner());
+            index.iter().find(|e| e.offset > offset).copied()
+        };
+        let cursor_before = self.after;
+        match resume {
+            Some(entry) => {
+                self.offset = entry.offset;
+                self.after = self.after.max(entry.seq.saturating_sub(1));
+            }
+            None => {
+                self.offset = seg.committed_len.load(Ordering::Acquire).max(offset);
+                self.after = self.after.max(seg.last_seq.load(Ordering::Acquire));
+            }
+        }
+        Some(DamageSkip {
+            segment_first_seq,
+            offset,
+            cursor_before,
+            cursor_after: self.after,
+        })
     }
 
     /// Position an unpositioned replay at the first segment, if any exists.

@@ -1,0 +1,385 @@
+//! The firehose out on 127.0.0.1, against the event log's own read rate in the same run.
+//!
+//! - `replay`: a log of N events (signed `#commit` frames, re-sequenced copies of a few
+//!   thousand templates) is read back once by a bare `Replay` (the log's own rate), then by
+//!   one awc websocket consumer from `cursor=0` through a ConsumerSession: events/s and MB/s
+//!   received by the client.
+//! - `fanout`: C live consumers while a writer appends at a fixed rate (default 1,000
+//!   events/s, one event per append and head announcement): latency from the head
+//!   announcement to receipt by each client (p50/p99/max), events delivered per second, and
+//!   process CPU and RSS (clients included: they run in this process, on one thread).
+//!
+//! Run: `cargo bench --bench firehose` (a plain timed binary, no criterion). Environment:
+//! `FIREHOSE_BENCH_EVENTS` (replay, default 200,000), `FIREHOSE_BENCH_CONSUMERS` (default
+//! 100), `FIREHOSE_BENCH_RATE` (events/s, default 1,000), `FIREHOSE_BENCH_SECONDS`
+//! (default 10). Without `--bench` (nextest, `cargo test --all-targets`) it lists no tests
+//! and smoke-runs a tiny workload. Files live under `target/bench-tmp/`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use awc::ws;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prometheus::Registry;
+use rookery::actors::firehose::{Firehose, FirehoseSettings, start_firehose};
+use rookery::actors::obs::ActorMetrics;
+use rookery::atproto::frame::{self, Frame, MAX_FRAME_BYTES};
+use rookery::atproto::keys::Curve;
+use rookery::http::{self, ListenerSettings};
+use rookery::store::event_log::{AppendRecord, EventLog, EventLogConfig, did_hash};
+use rookery::testkit::repo::{Change, SigningRepo, record_path};
+use tokio::sync::watch;
+
+struct Setup {
+    log: EventLog,
+    head: watch::Sender<u64>,
+    firehose: Firehose,
+    server: actix_web::dev::ServerHandle,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A log filled by `fill` before the firehose starts at its head, as after a restart.
+fn setup(settings: FirehoseSettings, fill: impl FnOnce(&mut EventLog)) -> Setup {
+    let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-tmp"));
+    std::fs::create_dir_all(&base).expect("bench dir");
+    let dir = tempfile::tempdir_in(base).expect("tempdir");
+    let (mut log, _) = EventLog::open(EventLogConfig::new(dir.path())).expect("log");
+    fill(&mut log);
+    let (head, head_rx) = watch::channel(log.durable_head());
+    let registry = Registry::new();
+    let metrics = ActorMetrics::register(&registry).expect("metrics");
+    let firehose =
+        start_firehose(log.reader(), head_rx, settings, &metrics, &registry).expect("firehose");
+    let (server, addrs) = http::start_public(
+        "127.0.0.1:0".parse().expect("addr"),
+        ListenerSettings {
+            workers: 2,
+            shutdown_timeout: Duration::from_secs(1),
+        },
+        firehose.routes(),
+    )
+    .expect("bind");
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Setup {
+        log,
+        head,
+        firehose,
+        server: handle,
+        url: format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", addrs[0]),
+        _dir: dir,
+    }
+}
+
+fn commit_templates(n: usize) -> Vec<Bytes> {
+    let mut repo = SigningRepo::new(
+        "did:plc:benchfirehose",
+        Curve::K256,
+        1_000,
+        1_700_000_000_000_000,
+    );
+    (0..n)
+        .map(|i| {
+            let c = repo.commit(&[Change::Create(record_path(10_000 + i))]);
+            Bytes::from(frame::encode_frame(&Frame::Commit(Box::new(c))).expect("encode"))
+        })
+        .collect()
+}
+
+async fn connect(
+    url: &str,
+) -> impl futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>> + Unpin + use<>
+{
+    rookery::sim::install_crypto_provider();
+    let (_, framed) = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+        .ws(url)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .connect()
+        .await
+        .expect("upgrade");
+    framed
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn replay(events: usize) {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let templates = commit_templates(2_000.min(events));
+        let mut bytes = 0usize;
+        // The log is filled before the firehose starts (a relay restarted on a full log):
+        // the Broadcaster starts at the head, the consumer replays the whole log.
+        let s = setup(FirehoseSettings::default(), |log| {
+            let mut batch = Vec::with_capacity(1_000);
+            for i in 0..events {
+                let seq = i as u64 + 1;
+                let body = Bytes::from(
+                    frame::resequence(&templates[i % templates.len()], seq as i64)
+                        .expect("reseq"),
+                );
+                bytes += body.len();
+                batch.push(AppendRecord {
+                    seq,
+                    kind: 1,
+                    did_hash: did_hash("did:plc:benchfirehose"),
+                    body,
+                });
+                if batch.len() == 1_000 || i + 1 == events {
+                    log.append(&batch).expect("append");
+                    batch.clear();
+                }
+            }
+        });
+        let mb = bytes as f64 / 1e6;
+
+        // The log's own rate: one Replay from the oldest record in the sessions' batch
+        // size, twice (the faster counts: both then read from the page cache, as the
+        // websocket run after them does).
+        let reader = s.log.reader();
+        let mut log_secs = f64::MAX;
+        for _ in 0..2 {
+            let started = Instant::now();
+            let mut replay = reader.read_from_oldest();
+            let mut n = 0usize;
+            loop {
+                let batch = replay.next_batch(2048, 256 * 1024).expect("read");
+                if batch.is_empty() {
+                    break;
+                }
+                n += batch.len();
+            }
+            log_secs = log_secs.min(started.elapsed().as_secs_f64());
+            assert_eq!(n, events);
+        }
+
+        // One consumer from cursor=0 through the firehose.
+        let mut client = connect(&format!("{}?cursor=0", s.url)).await;
+        let started = Instant::now();
+        let mut got = 0usize;
+        let mut got_bytes = 0usize;
+        while got < events {
+            match client.next().await {
+                Some(Ok(ws::Frame::Binary(b))) => {
+                    got += 1;
+                    got_bytes += b.len();
+                }
+                Some(Ok(_)) => {}
+                other => {
+                    let closed = &s.firehose.metrics().sessions_closed;
+                    let reasons: Vec<(&str, u64)> = [
+                        "client_gone", "shutdown", "future_cursor", "too_slow_lag",
+                        "too_slow_stall", "dead", "log_failed",
+                    ]
+                    .iter()
+                    .map(|r| (*r, closed.with_label_values(&[r]).get()))
+                    .collect();
+                    panic!("stream ended after {got} of {events}: {other:?}; sessions closed {reasons:?}");
+                }
+            }
+        }
+        let ws_secs = started.elapsed().as_secs_f64();
+        assert_eq!(got_bytes, bytes);
+        println!(
+            "replay: {events} #commit events, {mb:.0} MB ({:.0} B avg)\n  \
+             log Replay:          {:.0} events/s, {:.0} MB/s ({log_secs:.2} s)\n  \
+             websocket cursor=0:  {:.0} events/s, {:.0} MB/s ({ws_secs:.2} s), {:.2}x the log's time",
+            bytes as f64 / events as f64,
+            events as f64 / log_secs,
+            mb / log_secs,
+            events as f64 / ws_secs,
+            mb / ws_secs,
+            ws_secs / log_secs,
+        );
+        s.firehose.shutdown(Duration::from_secs(5)).await;
+        s.server.stop(false).await;
+    });
+}
+
+fn fanout(consumers: usize, rate: u64, seconds: u64) {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let Setup {
+            log,
+            head,
+            firehose,
+            server,
+            url,
+            _dir,
+        } = setup(
+            FirehoseSettings {
+                max_consumers_per_ip: consumers + 10,
+                ..FirehoseSettings::default()
+            },
+            |_| {},
+        );
+        let templates = commit_templates(200);
+        let avg_frame =
+            templates.iter().map(Bytes::len).sum::<usize>() as f64 / templates.len() as f64;
+        let rss_before = rss_kib();
+        // seq -> when its head was announced; each client records its latencies.
+        let announced: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let latencies: Rc<RefCell<Vec<Duration>>> = Rc::default();
+        let total = (rate * seconds) as usize;
+        let mut tasks = Vec::new();
+        for _ in 0..consumers {
+            let mut client = connect(&url).await;
+            let announced = Arc::clone(&announced);
+            let latencies = Rc::clone(&latencies);
+            tasks.push(actix_rt::spawn(async move {
+                let mut got = 0usize;
+                while got < total {
+                    match client.next().await {
+                        Some(Ok(ws::Frame::Binary(b))) => {
+                            let now = Instant::now();
+                            got += 1;
+                            let seq = frame::peek_event(&b).ok().and_then(|p| p.seq);
+                            let at = seq.and_then(|q| {
+                                announced.lock().ok().and_then(|m| m.get(&q).copied())
+                            });
+                            if let Some(at) = at {
+                                latencies.borrow_mut().push(now - at);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        other => panic!("stream ended: {other:?}"),
+                    }
+                }
+            }));
+        }
+        while firehose.consumer_count() < consumers {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rss_connected = rss_kib();
+        let cpu_start = cpu_seconds();
+        let started = Instant::now();
+        // The writer plays the Persister on a thread of its own (append + fdatasync, then
+        // announce), so its blocking never delays the clients or the Broadcaster.
+        let writer = {
+            let announced = Arc::clone(&announced);
+            let mut log = log;
+            std::thread::spawn(move || {
+                let interval = Duration::from_secs_f64(1.0 / rate as f64);
+                let begin = Instant::now();
+                for i in 0..total {
+                    let seq = i as u64 + 1;
+                    let body = Bytes::from(
+                        frame::resequence(&templates[i % templates.len()], seq as i64)
+                            .expect("reseq"),
+                    );
+                    log.append(&[AppendRecord {
+                        seq,
+                        kind: 1,
+                        did_hash: did_hash("did:plc:benchfirehose"),
+                        body,
+                    }])
+                    .expect("append");
+                    if let Ok(mut m) = announced.lock() {
+                        m.insert(seq, Instant::now());
+                    }
+                    head.send_replace(seq);
+                    let next = begin + interval * (i as u32 + 1);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                log
+            })
+        };
+        for t in tasks {
+            t.await.expect("consumer");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_start;
+        let rss_end = rss_kib();
+        let _log = writer.join().expect("writer");
+        let mut l = std::mem::take(&mut *latencies.borrow_mut());
+        l.sort_unstable();
+        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+        println!(
+            "fanout: {consumers} live consumers, {rate} events/s for {seconds} s ({total} events, \
+             ~{avg_frame:.0} B each)\n  \
+             head → client latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)\n  \
+             delivered {:.0} events/s in all; CPU {:.2} s over {secs:.1} s ({:.0}% of one core, \
+             {:.2} ms per consumer-second)\n  \
+             RSS {} MiB before, {} MiB with consumers connected, {} MiB at the end \
+             ({:.0} KiB per consumer, server and client sides together)",
+            pct(0.5).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+            l[l.len() - 1].as_secs_f64() * 1e3,
+            l.len(),
+            (total * consumers) as f64 / secs,
+            cpu,
+            cpu / secs * 100.0,
+            cpu / secs / consumers as f64 * 1e3,
+            rss_before / 1024,
+            rss_connected / 1024,
+            rss_end / 1024,
+            (rss_end.saturating_sub(rss_before)) as f64 / consumers as f64,
+        );
+        firehose.shutdown(Duration::from_secs(5)).await;
+        server.stop(false).await;
+    });
+}
+
+fn main() {
+    // Warnings and errors of the relay's code (a session closing early says why).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo nextest` lists tests first: this binary has none.
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let bench = args.iter().any(|a| a == "--bench");
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    if bench {
+        replay(env("FIREHOSE_BENCH_EVENTS", 200_000) as usize);
+        fanout(
+            env("FIREHOSE_BENCH_CONSUMERS", 100) as usize,
+            env("FIREHOSE_BENCH_RATE", 1_000),
+            env("FIREHOSE_BENCH_SECONDS", 10),
+        );
+    } else {
+        replay(500);
+        fanout(3, 200, 1);
+    }
+}
