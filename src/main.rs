@@ -56,6 +56,8 @@ enum RunError {
     Signal(&'static str, std::io::Error),
     #[error("could not start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("could not start the firehose: {0}")]
+    Firehose(#[from] rookery::actors::firehose::FirehoseError),
     #[error("could not start ingest: {0}")]
     Pipeline(#[from] PipelineError),
     #[error("the {0} HTTP server stopped unexpectedly: {1}")]
@@ -270,12 +272,22 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     )
     .await?;
     let readiness = Readiness::new(pipeline.ingest.degraded.clone());
+    // The firehose out follows the Persister's durable head; sessions read the log.
+    let firehose = rookery::actors::firehose::start_firehose(
+        pipeline.ingest.reader.clone(),
+        pipeline.ingest.durable_head.clone(),
+        config.firehose,
+        &actor_metrics,
+        metrics.registry(),
+    )?;
+    let firehose_routes = firehose.routes();
 
     let settings = config.http;
     let routes_readiness = readiness.clone();
     let (public, public_addrs) =
         http::start_public(settings.bind, settings.public_listener(), move |cfg| {
-            configure_readiness(cfg, routes_readiness.clone())
+            configure_readiness(cfg, routes_readiness.clone());
+            firehose_routes(cfg);
         })
         .map_err(|source| RunError::Listen {
             option: "bind",
@@ -306,6 +318,14 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         r = &mut metrics_task => Err(RunError::ServerExited("metrics", describe_exit(r))),
     };
 
+    // Consumers first: each session closes its own socket with 1001, then the servers stop.
+    let still_open = firehose.shutdown(settings.shutdown_timeout).await;
+    if still_open > 0 {
+        tracing::warn!(
+            still_open,
+            "firehose consumers still open after the shutdown timeout"
+        );
+    }
     public_handle.stop(true).await;
     metrics_handle.stop(true).await;
     // Subscribers stop, shards finish what is queued, everything sequenced is made durable,

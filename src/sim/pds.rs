@@ -463,6 +463,12 @@ impl SimPds {
         Ok(())
     }
 
+    /// Every frame this host published that it still keeps for replay, oldest first, byte
+    /// for byte (what a relay should re-emit, apart from seq).
+    pub fn published(&self) -> Vec<Bytes> {
+        self.shared.state().kept_frames()
+    }
+
     /// Open `subscribeRepos` connections past their replay (a relay that will see every event
     /// pushed from now on).
     pub fn live_connections(&self) -> usize {

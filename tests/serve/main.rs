@@ -7,3 +7,4 @@ mod common;
 mod event_log;
 mod ingest_crash;
 mod lifecycle;
+mod relay_end_to_end;

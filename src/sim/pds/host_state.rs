@@ -57,6 +57,11 @@ pub(super) struct HostState {
 }
 
 impl HostState {
+    /// The frames still kept for replay, oldest first.
+    pub(crate) fn kept_frames(&self) -> Vec<Bytes> {
+        self.outbox.frames.iter().map(|(_, f)| f.clone()).collect()
+    }
+
     /// Open `subscribeRepos` connections that follow the live channel.
     pub(crate) fn live_connections(&self) -> usize {
         self.live.receiver_count()
