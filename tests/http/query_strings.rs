@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use rookery::http::sync::METHODS;
 use rookery::http::xrpc::MAX_QUERY_LEN;
 
-use crate::support::{Relay, SEED, raw_get};
+use crate::support::{Relay, SEED, raw_get, raw_get_unchecked};
 
 #[actix_rt::test]
 async fn malformed_escapes_and_invalid_utf8_are_400() {
@@ -30,13 +30,25 @@ async fn malformed_escapes_and_invalid_utf8_are_400() {
     relay.stop().await;
 }
 
+/// Raw bytes outside ASCII are not a valid request target: actix's HTTP/1 parser answers 400
+/// before routing, so this answer (like one to a malformed request line) is the only one
+/// without the relay's `Server` header. The same bytes percent-encoded reach the handlers and
+/// get the XRPC error (above).
 #[actix_rt::test]
-async fn raw_non_ascii_bytes_in_the_query_are_refused() {
+async fn raw_non_ascii_bytes_in_the_query_are_refused_by_the_http_parser() {
     let relay = Relay::start(SEED).await;
-    let reply = relay.raw_get(b"/xrpc/com.atproto.sync.getRepoStatus?did=did:plc:\xff\xfe");
-    assert_eq!(reply.status, 400);
-    let reply = relay.raw_get(b"/xrpc/com.atproto.sync.listHosts?limit=\xc3\x28");
-    assert_eq!(reply.status, 400);
+    for target in [
+        &b"/xrpc/com.atproto.sync.getRepoStatus?did=did:plc:\xff\xfe"[..],
+        &b"/xrpc/com.atproto.sync.listHosts?limit=\xc3\x28"[..],
+    ] {
+        let reply = raw_get_unchecked(relay.addr, target);
+        assert_eq!(reply.status, 400, "{:?}", String::from_utf8_lossy(target));
+    }
+    // The listener is still fine afterwards.
+    assert_eq!(
+        raw_get(relay.addr, b"/xrpc/com.atproto.sync.listHosts").status,
+        200
+    );
     relay.stop().await;
 }
 

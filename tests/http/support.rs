@@ -53,15 +53,15 @@ pub fn seeded_commit(uid: i64) -> (String, String) {
     )
 }
 
-/// A fresh, migrated database.
-pub async fn fresh_db() -> Db {
+/// A fresh, migrated database: a pool for the test's own statements, and its settings.
+pub async fn fresh_db() -> (Db, tokio_postgres::Config) {
     let database = test_cluster()
         .fresh_database()
         .await
         .expect("fresh database");
-    let db = Db::new(database.pg_config, DbSettings::default()).expect("pool");
+    let db = Db::new(database.pg_config.clone(), DbSettings::default()).expect("pool");
     migrations::migrate(&db).await.expect("migrations");
-    db
+    (db, database.pg_config)
 }
 
 /// Runs SQL (several statements allowed).
@@ -94,11 +94,13 @@ impl Relay {
         B: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
         A: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
-        let db = fresh_db().await;
+        let (db, pg_config) = fresh_db().await;
         if !seed.is_empty() {
             sql(&db, seed).await;
         }
-        let api = SyncApi::new(db.clone());
+        // The listener gets a pool of its own: a pooled connection is driven by the runtime
+        // that opened it, and the test's thread may block (raw sockets) while the server runs.
+        let api = SyncApi::new(Db::new(pg_config, DbSettings::default()).expect("pool"));
         let (server, addrs) = rookery::http::start_public(
             "127.0.0.1:0".parse().expect("address"),
             ListenerSettings {
@@ -114,11 +116,15 @@ impl Relay {
         .expect("bind");
         let handle = server.handle();
         actix_rt::spawn(server);
-        Relay {
+        let relay = Relay {
             addr: addrs[0],
             db,
             handle,
-        }
+        };
+        // The spawned server starts its workers when this system next runs it: wait for an
+        // answer, so a test may then block on a raw socket.
+        assert_eq!(relay.get("/_health").await.status, 200);
+        relay
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -156,11 +162,6 @@ impl Relay {
             })
             .collect();
         Reply::checked(path_and_query, response.status().as_u16(), headers, body)
-    }
-
-    /// `GET <target>` written byte for byte on a fresh connection.
-    pub fn raw_get(&self, target: &[u8]) -> Reply {
-        raw_get(self.addr, target)
     }
 
     pub async fn stop(self) {
@@ -233,8 +234,20 @@ impl Reply {
 }
 
 /// A minimal HTTP/1.1 `GET` over a blocking socket (`Connection: close`, whole response
-/// read). Bounded by [`WAIT`].
+/// read), with the `Server` header checked. Bounded by [`WAIT`].
 pub fn raw_get(addr: SocketAddr, target: &[u8]) -> Reply {
+    let reply = raw_get_unchecked(addr, target);
+    Reply::checked(
+        &String::from_utf8_lossy(target),
+        reply.status,
+        reply.headers,
+        reply.body,
+    )
+}
+
+/// [`raw_get`] without the `Server` header check: for requests the HTTP parser itself refuses
+/// before any application code (and so any middleware) runs.
+pub fn raw_get_unchecked(addr: SocketAddr, target: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     stream.set_write_timeout(Some(WAIT)).expect("timeout");
@@ -243,7 +256,17 @@ pub fn raw_get(addr: SocketAddr, target: &[u8]) -> Reply {
     request.extend_from_slice(b" HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\n\r\n");
     stream.write_all(&request).expect("write request");
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "read response: {e}; got so far {:?}",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    }
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -267,12 +290,11 @@ pub fn raw_get(addr: SocketAddr, target: &[u8]) -> Reply {
     if chunked {
         body = dechunk(&body);
     }
-    Reply::checked(
-        &String::from_utf8_lossy(target),
+    Reply {
         status,
         headers,
-        Bytes::from(body),
-    )
+        body: Bytes::from(body),
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
