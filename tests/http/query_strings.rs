@@ -59,8 +59,8 @@ async fn huge_numbers_repeats_and_oversized_query_strings_are_400() {
     for path in [
         format!("/xrpc/com.atproto.sync.listHosts?limit={huge}"),
         format!("/xrpc/com.atproto.sync.listRepos?limit={huge}"),
-        format!("/xrpc/com.atproto.sync.listHosts?limit=18446744073709551617"),
-        format!("/xrpc/com.atproto.sync.listRepos?limit=-9223372036854775808"),
+        "/xrpc/com.atproto.sync.listHosts?limit=18446744073709551617".to_string(),
+        "/xrpc/com.atproto.sync.listRepos?limit=-9223372036854775808".to_string(),
     ] {
         relay
             .get(&path)
@@ -69,7 +69,7 @@ async fn huge_numbers_repeats_and_oversized_query_strings_are_400() {
     }
     for path in [
         format!("/xrpc/com.atproto.sync.listHosts?cursor={huge}"),
-        format!("/xrpc/com.atproto.sync.listRepos?cursor=9223372036854775808"),
+        "/xrpc/com.atproto.sync.listRepos?cursor=9223372036854775808".to_string(),
     ] {
         relay
             .get(&path)
