@@ -4,8 +4,10 @@
 //! Why straight to Postgres: these are reads of state the ingest actors already write behind
 //! (`hosts`, `accounts`, `account_sync_state`), so each request is one bounded statement
 //! ([`queries`]) and no actor mailbox is involved: a burst of API traffic cannot delay ingest,
-//! and a busy pipeline cannot delay the API. The price is that answers lag the pipeline by the
-//! write-behind interval (a few seconds), which the lexicon allows (`seq` "may lag").
+//! and a busy pipeline cannot delay the API. Give [`SyncApi`] a pool of its own (a few
+//! connections, a short statement timeout), so API load cannot take the write-behind's
+//! connections either. The price is that answers lag the pipeline by the write-behind
+//! interval (a few seconds), which the lexicon allows (`seq` "may lag").
 //!
 //! What an account looks like comes from the actors' own rules: `active` and `status` are
 //! `shard_rules::is_active` / `published_status` of the stored local and upstream statuses, the
@@ -51,6 +53,8 @@ use self::queries::{AccountRow, HostRow};
 /// What the sync endpoints need. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SyncApi {
+    /// Best a pool of its own (see the module doc): its size bounds the concurrent API
+    /// queries, its statement timeout how long one may run.
     pub db: Db,
 }
 
