@@ -51,10 +51,14 @@ WHERE id > $1 ORDER BY id LIMIT $2";
 
 const HOST_SQL: &str = "SELECT id, hostname, last_seq, status FROM hosts WHERE hostname = $1";
 
+/// The cursor bound is written on both sides of the join: Postgres merges the two primary-key
+/// scans, and without `s.uid > $1` the `account_sync_state` scan starts at its first row, so a
+/// page deep into the table read every row before it (measured on 500,000 accounts: 40 ms at
+/// uid 250,000, growing with the position; 1.5 ms with both bounds, wherever the page is).
 const LIST_REPOS_SQL: &str = "\
 SELECT a.uid, a.did, a.local_status, a.upstream_status, s.rev, s.commit_cid \
 FROM accounts a JOIN account_sync_state s ON s.uid = a.uid \
-WHERE a.uid > $1 ORDER BY a.uid LIMIT $2";
+WHERE a.uid > $1 AND s.uid > $1 ORDER BY a.uid LIMIT $2";
 
 const ACCOUNT_SQL: &str = "\
 SELECT a.local_status, a.upstream_status, s.rev, s.commit_cid, h.hostname, h.no_ssl \
