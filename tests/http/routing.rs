@@ -137,3 +137,28 @@ async fn every_sync_method_carries_the_server_header_on_success_and_error() {
     );
     relay.stop().await;
 }
+
+#[actix_rt::test]
+async fn database_trouble_is_503_database_unavailable_and_health_stays_up() {
+    let relay = Relay::start_without_database().await;
+    for path in [
+        "/xrpc/com.atproto.sync.listHosts",
+        "/xrpc/com.atproto.sync.getHostStatus?hostname=pds.example.com",
+        "/xrpc/com.atproto.sync.listRepos",
+        "/xrpc/com.atproto.sync.getRepoStatus?did=did:plc:active",
+        "/xrpc/com.atproto.sync.getLatestCommit?did=did:plc:active",
+        "/xrpc/com.atproto.sync.getRepo?did=did:plc:active",
+    ] {
+        relay
+            .get(path)
+            .await
+            .assert_error(503, "DatabaseUnavailable", "retry later");
+    }
+    // Parameters are checked first: a bad request is still a 400, not a database error.
+    relay
+        .get("/xrpc/com.atproto.sync.listHosts?limit=0")
+        .await
+        .assert_error(400, "InvalidRequest", "limit");
+    assert_eq!(relay.get("/_health").await.status, 200);
+    relay.stop().await;
+}

@@ -94,7 +94,36 @@ impl Relay {
         B: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
         A: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
+        Relay::start_inner(seed, before, after, |pg| pg).await
+    }
+
+    /// The sync routes over a database the API cannot reach (it does not exist), as during a
+    /// Postgres outage.
+    pub async fn start_without_database() -> Relay {
+        Relay::start_inner(
+            "",
+            |_| {},
+            |_| {},
+            |mut pg| {
+                pg.dbname("no_such_database");
+                pg
+            },
+        )
+        .await
+    }
+
+    async fn start_inner<B, A>(
+        seed: &str,
+        before: B,
+        after: A,
+        api_config: impl FnOnce(tokio_postgres::Config) -> tokio_postgres::Config,
+    ) -> Relay
+    where
+        B: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+        A: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
         let (db, pg_config) = fresh_db().await;
+        let pg_config = api_config(pg_config);
         if !seed.is_empty() {
             sql(&db, seed).await;
         }
