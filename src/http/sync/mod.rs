@@ -64,7 +64,7 @@ impl SyncApi {
     }
 }
 
-/// The NSIDs served here, with their handlers (also the route table of the tests).
+/// The NSIDs [`configure`] serves (the tests go through each).
 pub const METHODS: [&str; 6] = [
     "com.atproto.sync.listHosts",
     "com.atproto.sync.getHostStatus",
