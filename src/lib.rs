@@ -8,9 +8,11 @@
 //!
 //! Dependencies point one way: `startup` → `config` → `store`, `http`; `atproto` imports
 //! none of them. No subsystem imports `config`: each owns its settings type and `config`
-//! fills it. The layers, each using only those before it: `atproto`, `store`, `http`,
-//! `actors`, `config`, `startup`, `testkit`, `sim` (checked by a test below). `sim` (the
-//! simulated PDS hosts and PLC directory, behind the `sim` feature) builds on `testkit`.
+//! fills it. The layers, each using only those before it: `atproto`, `store`, `actors`,
+//! `http`, `config`, `startup`, `testkit`, `sim` (checked by a test below). `http` comes after
+//! `actors` because the surfaces answer with the actors' rules (an account's published
+//! status, a host's status) and the admin API sends them messages. `sim` (the simulated PDS
+//! hosts and PLC directory, behind the `sim` feature) builds on `testkit`.
 
 #![forbid(unsafe_code)]
 
@@ -31,7 +33,7 @@ mod tests {
 
     /// The top-level modules, each allowed to use only those before it.
     const LAYERS: [&str; 8] = [
-        "atproto", "store", "http", "actors", "config", "startup", "testkit", "sim",
+        "atproto", "store", "actors", "http", "config", "startup", "testkit", "sim",
     ];
 
     fn sources(path: &Path, out: &mut Vec<(String, String)>) {

@@ -28,7 +28,7 @@ use rookery::startup;
 use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
 use rookery::store::managed_postgres::{ManagedPostgres, ManagedPostgresError, StartOptions};
 use rookery::store::migrations;
-use rookery::store::postgres::{Db, DbError};
+use rookery::store::postgres::{Db, DbError, DbSettings};
 
 /// How often retention looks for segments past the replay window or the size cap.
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -251,7 +251,17 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     let retention = spawn_retention(log_admin, RETENTION_INTERVAL).map_err(RunError::Retention)?;
 
     let (managed, pg_config) = open_database(&config.storage)?;
-    let db = Db::new(pg_config, config.storage.db)?;
+    let db = Db::new(pg_config.clone(), config.storage.db)?;
+    // The public API's own small pool: API load never takes the write-behind's connections,
+    // and a slow API query is cut short.
+    let api_db = Db::new(
+        pg_config,
+        DbSettings {
+            pool_size: 4,
+            statement_timeout: std::time::Duration::from_secs(5),
+            ..config.storage.db
+        },
+    )?;
     let report = migrations::migrate(&db).await?;
     tracing::info!(
         applied = ?report.applied,
@@ -281,6 +291,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         metrics.registry(),
     )?;
     let firehose_routes = firehose.routes();
+    let sync_api = http::sync::SyncApi::new(api_db.clone());
 
     let settings = config.http;
     let routes_readiness = readiness.clone();
@@ -288,6 +299,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         http::start_public(settings.bind, settings.public_listener(), move |cfg| {
             configure_readiness(cfg, routes_readiness.clone());
             firehose_routes(cfg);
+            http::sync::configure(cfg, sync_api.clone());
         })
         .map_err(|source| RunError::Listen {
             option: "bind",
@@ -332,6 +344,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     // cursors and account state are written; then the log is closed.
     pipeline.shutdown().await;
     retention.stop();
+    api_db.close();
     db.close();
     drop(db);
     if let Some(postgres) = managed {

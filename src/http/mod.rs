@@ -12,13 +12,15 @@
 pub mod health;
 pub mod metrics;
 pub mod subscribe_repos;
+pub mod sync;
+pub mod xrpc;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::DefaultHeaders;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
 /// The `Server` header value on every response.
 pub const SERVER_HEADER: &str = concat!("rookery/", env!("CARGO_PKG_VERSION"), " (atproto-relay)");
@@ -28,8 +30,16 @@ pub fn server_header() -> DefaultHeaders {
     DefaultHeaders::new().add((actix_web::http::header::SERVER, SERVER_HEADER))
 }
 
-/// JSON 404 for paths no route matches, in the XRPC error shape.
-pub async fn not_found() -> HttpResponse {
+/// JSON 404 for paths no route matches, in the XRPC error shape: `MethodNotImplemented` under
+/// `/xrpc/` (an XRPC method this relay does not serve), `NotFound` elsewhere.
+///
+/// Being the listeners' default service, this is the `/xrpc/` catch-all: it answers only
+/// when no route matched, so route modules can be mounted in any order and none shadows
+/// another (a catch-all route or an `/xrpc` scope would capture every later `/xrpc/` route).
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    if req.path().starts_with(xrpc::XRPC_PREFIX) {
+        return xrpc::XrpcError::method_not_implemented(req.path()).to_response();
+    }
     HttpResponse::NotFound().json(serde_json::json!({
         "error": "NotFound",
         "message": "no such endpoint",

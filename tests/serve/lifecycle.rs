@@ -34,6 +34,11 @@ fn assert_serving(port: u16, metrics_port: u16) {
     let missing = http_get(port, "/xrpc/no.such.method").unwrap();
     assert_eq!(missing.status, 404);
     assert!(missing.header("server").is_some());
+    assert!(
+        missing.body.contains(r#""error":"MethodNotImplemented""#),
+        "{}",
+        missing.body
+    );
     let metrics = http_get(metrics_port, "/metrics").unwrap();
     assert_eq!(metrics.status, 200);
     assert!(

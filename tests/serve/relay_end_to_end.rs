@@ -166,6 +166,20 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
     let late = frames_through(&mut again, n + 1).await;
     assert_eq!(late.len(), 1, "then live");
 
+    // The sync queries are mounted on the same listener and see what ingest stored.
+    let hosts = http_get(port, "/xrpc/com.atproto.sync.listHosts").expect("listHosts");
+    assert_eq!(hosts.status, 200);
+    assert!(hosts.body.contains(&pds.hostname()), "{}", hosts.body);
+    let status = http_get(
+        port,
+        &format!("/xrpc/com.atproto.sync.getRepoStatus?did={}", accounts[0]),
+    )
+    .expect("getRepoStatus");
+    assert_eq!(status.status, 200, "{}", status.body);
+    let body: serde_json::Value = serde_json::from_str(&status.body).expect("json");
+    assert_eq!(body["did"], accounts[0].as_str());
+    assert_eq!(body["active"], true);
+
     send_signal(child.id(), "TERM");
     let deadline = Instant::now() + WAIT;
     let status = loop {
