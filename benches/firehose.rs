@@ -62,7 +62,7 @@ fn setup(settings: FirehoseSettings, fill: impl FnOnce(&mut EventLog)) -> Setup 
             workers: 2,
             shutdown_timeout: Duration::from_secs(1),
         },
-        firehose.routes(),
+        rookery::http::subscribe_repos::routes(&firehose),
     )
     .expect("bind");
     let handle = server.handle();

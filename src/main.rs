@@ -290,7 +290,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         &actor_metrics,
         metrics.registry(),
     )?;
-    let firehose_routes = firehose.routes();
+    let firehose_routes = http::subscribe_repos::routes(&firehose);
     let sync_api = http::sync::SyncApi::new(api_db.clone());
 
     let settings = config.http;

@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use actix::{Actor, MailboxError, Supervisor};
-use actix_web::web;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     exponential_buckets,
@@ -40,8 +39,8 @@ use super::broadcaster::{
 };
 use super::consumer_session::ConsumerSession;
 use super::obs::{ActorMetrics, InstrumentedAddr};
-use crate::http::subscribe_repos::{ConsumerSessions, Refusal, SessionStart};
 use crate::store::event_log::{EventLogError, EventLogReader};
+use actix_ws::{MessageStream, Session};
 
 /// Settings of the firehose out. The first four come from the command line
 /// (`--consumer-stall-timeout`, `--max-consumer-lag`, `--max-consumers`,
@@ -505,13 +504,49 @@ pub fn start_firehose(
     })
 }
 
-impl Firehose {
-    /// Route configuration for [`crate::http::start_public`]: mounts `subscribeRepos`.
-    pub fn routes(&self) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
-        let sessions: Arc<dyn ConsumerSessions> = Arc::new(Route(Arc::clone(&self.shared)));
-        move |cfg: &mut web::ServiceConfig| {
-            crate::http::subscribe_repos::configure(cfg, Arc::clone(&sessions));
+/// Why a connection was refused before the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-consumers` reached (503).
+    Full,
+    /// `--max-consumers-per-ip` reached for this address (429).
+    IpFull,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Full => "max_consumers",
+            Refusal::IpFull => "max_consumers_per_ip",
         }
+    }
+}
+
+/// Starts the session of an admitted consumer on its upgraded socket (on this worker).
+pub type SessionStart = Box<dyn FnOnce(Session, MessageStream)>;
+
+/// What the route needs from the firehose.
+pub trait ConsumerSessions: Send + Sync + 'static {
+    /// True once shutdown began: new consumers are refused (503).
+    fn shutting_down(&self) -> bool;
+    /// Counts a refusal (`rookery_firehose_rejected_total{reason}`).
+    fn count_rejected(&self, reason: &'static str);
+    /// Takes a place for a consumer (freed when its session ends, or when the returned
+    /// start is dropped unused), or says why not.
+    fn admit(
+        &self,
+        remote: SocketAddr,
+        user_agent: &str,
+        cursor: Option<u64>,
+    ) -> Result<SessionStart, Refusal>;
+}
+
+impl Firehose {
+    /// What the `subscribeRepos` route admits consumers through
+    /// (`http::subscribe_repos::routes` mounts it).
+    pub fn sessions(&self) -> Arc<dyn ConsumerSessions> {
+        Arc::new(Route(Arc::clone(&self.shared)))
     }
 
     /// The open consumers (id, remote address, user agent, connected at, cursor, events

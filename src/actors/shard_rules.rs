@@ -126,11 +126,25 @@ pub fn is_active(local: LocalStatus, upstream: &str) -> bool {
     local == LocalStatus::Active && upstream == UPSTREAM_ACTIVE
 }
 
-/// The local status when set, otherwise the upstream one; nothing for an active account.
+/// The `#account` status values of the lexicon (PROTOCOL.md §2): the only ones published.
+pub const LEXICON_ACCOUNT_STATUSES: [&str; 6] = [
+    "takendown",
+    "suspended",
+    "deleted",
+    "deactivated",
+    "desynchronized",
+    "throttled",
+];
+
+/// The local status when set, otherwise the upstream one when it is a lexicon value; nothing
+/// for an active account, nor for an inactive one whose host gave no (known) reason (indigo
+/// publishes its internal `inactive` there; rookery publishes only lexicon values).
 pub fn published_status(local: LocalStatus, upstream: &str) -> Option<&str> {
     match local {
         LocalStatus::Active if upstream == UPSTREAM_ACTIVE => None,
-        LocalStatus::Active => Some(upstream),
+        LocalStatus::Active => LEXICON_ACCOUNT_STATUSES
+            .contains(&upstream)
+            .then_some(upstream),
         other => Some(other.as_str()),
     }
 }
@@ -743,9 +757,9 @@ mod tests {
             case("#account active of an active account: no change", acct_evt(true, None), Some(active()), resolved(false), pds(), forward(publish(true, None), None, None)),
             case("#account deactivated stores and publishes it", acct_evt(false, Some("deactivated")), Some(active()), resolved(false), pds(), forward(publish(false, Some("deactivated")), upstream("deactivated"), None)),
             case("#account reactivation from the current PDS", acct_evt(true, None), Some(account(LocalStatus::Active, "deactivated")), resolved(false), pds(), forward(publish(true, None), upstream(UPSTREAM_ACTIVE), None)),
-            case("#account active=false without status is stored inactive and noted", acct_evt(false, None), Some(active()), resolved(false), pds(), forward(publish(false, Some(UPSTREAM_INACTIVE)), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
-            case("#account active=false status=active is invalid too", acct_evt(false, Some("active")), Some(active()), resolved(false), pds(), forward(publish(false, Some(UPSTREAM_INACTIVE)), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
-            case("#account with an oversized status is stored inactive and noted", acct_evt(false, Some(LONG_STATUS)), Some(active()), resolved(false), pds(), forward(publish(false, Some(UPSTREAM_INACTIVE)), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
+            case("#account active=false without status is stored inactive and noted", acct_evt(false, None), Some(active()), resolved(false), pds(), forward(publish(false, None), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
+            case("#account active=false status=active is invalid too", acct_evt(false, Some("active")), Some(active()), resolved(false), pds(), forward(publish(false, None), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
+            case("#account with an oversized status is stored inactive and noted", acct_evt(false, Some(LONG_STATUS)), Some(active()), resolved(false), pds(), forward(publish(false, None), upstream(UPSTREAM_INACTIVE), Some(Note::InvalidAccountEvent))),
             case("#account active=true with a status publishes active", acct_evt(true, Some("deactivated")), Some(active()), resolved(false), pds(), forward(publish(true, None), None, None)),
             case("#account active of a takendown account publishes takendown", acct_evt(true, None), Some(account(LocalStatus::Takendown, "deactivated")), resolved(false), pds(), forward(publish(false, Some("takendown")), upstream(UPSTREAM_ACTIVE), None)),
             case("#account active of a throttled account publishes throttled", acct_evt(true, None), Some(account(LocalStatus::Throttled, UPSTREAM_ACTIVE)), resolved(false), pds(), forward(publish(false, Some("throttled")), None, None)),
@@ -854,6 +868,20 @@ mod tests {
                 "deactivated",
                 false,
                 Some("takendown"),
+            ),
+            (
+                "active/inactive (no reason given): no status published",
+                Active,
+                UPSTREAM_INACTIVE,
+                false,
+                None,
+            ),
+            (
+                "active/an unknown upstream status: not published",
+                Active,
+                "on-vacation",
+                false,
+                None,
             ),
         ];
         for (name, local, up, want_active, want_status) in rows {

@@ -7,17 +7,17 @@
 //! (`--max-consumers-per-ip`) → 429. Both refusals carry `Retry-After`. The address counted
 //! is the TCP peer's, not a forwarded header a client could forge.
 //!
-//! This layer does not know the actors (`http` comes before `actors` in the crate's layers):
-//! the firehose implements [`ConsumerSessions`] (admission, then starting a ConsumerSession on
-//! the upgraded socket) and mounts the route with [`configure`].
+//! The route knows the firehose only through [`ConsumerSessions`] (admission, then starting a
+//! ConsumerSession on the upgraded socket), which `actors::firehose` implements; [`routes`]
+//! mounts it for a running [`Firehose`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{MessageStream, Session};
+
+use crate::actors::firehose::{ConsumerSessions, Firehose, Refusal};
 
 /// The route.
 pub const PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
@@ -25,42 +25,11 @@ pub const PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER_SECS: &str = "5";
 
-/// Why a connection was refused before the upgrade.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// `--max-consumers` reached (503).
-    Full,
-    /// `--max-consumers-per-ip` reached for this address (429).
-    IpFull,
-}
-
-impl Refusal {
-    /// Metric label.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Refusal::Full => "max_consumers",
-            Refusal::IpFull => "max_consumers_per_ip",
-        }
-    }
-}
-
-/// Starts the session of an admitted consumer on its upgraded socket (on this worker).
-pub type SessionStart = Box<dyn FnOnce(Session, MessageStream)>;
-
-/// What the route needs from the firehose.
-pub trait ConsumerSessions: Send + Sync + 'static {
-    /// True once shutdown began: new consumers are refused (503).
-    fn shutting_down(&self) -> bool;
-    /// Counts a refusal (`rookery_firehose_rejected_total{reason}`).
-    fn count_rejected(&self, reason: &'static str);
-    /// Takes a place for a consumer (freed when its session ends, or when the returned
-    /// start is dropped unused), or says why not.
-    fn admit(
-        &self,
-        remote: SocketAddr,
-        user_agent: &str,
-        cursor: Option<u64>,
-    ) -> Result<SessionStart, Refusal>;
+/// Route configuration for [`crate::http::start_public`]: mounts `subscribeRepos` in front of
+/// `firehose`.
+pub fn routes(firehose: &Firehose) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
+    let sessions = firehose.sessions();
+    move |cfg: &mut web::ServiceConfig| configure(cfg, Arc::clone(&sessions))
 }
 
 /// Mounts the route with the firehose behind it.

@@ -190,7 +190,7 @@ pub fn serve(firehose: &Firehose) -> (ServerHandle, SocketAddr) {
             workers: 2,
             shutdown_timeout: Duration::from_secs(1),
         },
-        firehose.routes(),
+        rookery::http::subscribe_repos::routes(firehose),
     )
     .expect("bind");
     let handle = server.handle();
