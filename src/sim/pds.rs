@@ -329,6 +329,21 @@ impl SimPds {
         state.emit_account(&self.shared.config, did)
     }
 
+    /// Changes the account's status without emitting `#account`: an event a relay missed
+    /// (only `getRepoStatus` tells).
+    pub fn set_status_silently(
+        &self,
+        did: &str,
+        active: bool,
+        status: Option<AccountStatus>,
+    ) -> Result<(), SimError> {
+        let mut state = self.shared.state();
+        let account = state.account_mut(did)?;
+        account.active = active;
+        account.status = status;
+        Ok(())
+    }
+
     /// `#account {active: false, status: deactivated}`.
     pub fn deactivate(&self, did: &str) -> Result<u64, SimError> {
         self.set_status(did, false, Some(AccountStatus::Deactivated))

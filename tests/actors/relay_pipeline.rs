@@ -585,3 +585,70 @@ async fn a_host_set_to_warn_only_passes_inversion_failures_and_no_other_host_doe
     strict.stop().await;
     plc.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_missed_reactivation_is_found_by_asking_the_host_and_the_commit_is_stored() {
+    let plc = SimPlc::start().expect("plc");
+    let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
+    let relay = Relay::start(&[&pds], settings(&plc), system_clock()).await;
+    relay.wait_connected(&[&pds]).await;
+    let did = pds.create_account().expect("account");
+    pds.deactivate(&did).expect("deactivate");
+    relay.wait_settled(4).await;
+    // The PDS reactivates the account but the relay never sees the #account (lost upstream):
+    // the next commit comes from an account the relay holds inactive. It asks the host's
+    // getRepoStatus once, learns it is active, and stores the commit.
+    pds.set_status_silently(&did, true, None)
+        .expect("reactivate");
+    pds.commit(&did, &[Change::Create("app.bsky.feed.post/back".into())])
+        .expect("commit");
+    relay.wait_settled(5).await;
+    assert_eq!(relay.dropped("account-inactive"), 0, "not dropped");
+    let states = relay.shard_states();
+    assert_eq!(states.iter().map(|s| s.upstream_rechecks).sum::<u64>(), 1);
+    let last = relay.log().pop().expect("stored");
+    assert!(
+        matches!(frame::decode_frame(&last.body), Ok(Frame::Commit(_))),
+        "the commit is stored"
+    );
+    // The status learned this way reaches Postgres with the commit's state.
+    let flushed = eventually(WAIT, || async {
+        relay
+            .db
+            .client()
+            .await
+            .expect("client")
+            .query_one(
+                "SELECT upstream_status FROM accounts WHERE did = $1",
+                &[&did],
+            )
+            .await
+            .expect("row")
+            .get::<_, String>(0)
+            == "active"
+    })
+    .await;
+    assert!(flushed, "upstream status written behind");
+
+    // Deactivated again, announced this time: its commits are dropped, and the host is not
+    // asked again within 10 minutes of the last question.
+    pds.set_status_silently(&did, false, Some(rookery::sim::AccountStatus::Deactivated))
+        .expect("deactivate");
+    pds.deactivate(&did).expect("announced");
+    pds.commit(&did, &[Change::Create("app.bsky.feed.post/gone".into())])
+        .expect("commit");
+    pds.commit(&did, &[Change::Create("app.bsky.feed.post/gone2".into())])
+        .expect("commit");
+    relay.wait_settled(8).await;
+    assert_eq!(relay.dropped("account-inactive"), 2);
+    let states = relay.shard_states();
+    assert_eq!(
+        states.iter().map(|s| s.upstream_rechecks).sum::<u64>(),
+        1,
+        "at most one re-check per account per 10 minutes, not one per commit"
+    );
+    let mut relay = relay;
+    relay.stop().await;
+    pds.stop().await;
+    plc.stop().await;
+}
