@@ -106,6 +106,9 @@ impl ActorMetrics {
 
     /// Instrumentation for one actor instance of kind `actor` with mailbox `capacity`.
     pub fn actor(&self, actor: &'static str, capacity: usize) -> ActorObs {
+        // The kind's depth series exists from its first instance on (at 0), so a scrape
+        // shows every actor kind that runs, not only those that queued something.
+        self.mailbox_depth.with_label_values(&[actor]);
         ActorObs {
             actor,
             capacity: capacity.max(1),

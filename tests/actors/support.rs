@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::Registry;
@@ -110,20 +109,4 @@ pub fn read_all(reader: &EventLogReader, cursor: u64) -> Vec<LogRecord> {
     panic!("replay did not terminate");
 }
 
-/// Polls `check` every few milliseconds of real time until it holds, at most `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use crate::common::wait::eventually;

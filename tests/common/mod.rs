@@ -6,3 +6,4 @@
 
 pub mod process;
 pub mod vectors;
+pub mod wait;

@@ -10,7 +10,7 @@ mod cursors;
 mod ingest;
 /// The ingest-path helpers of the actors tests (frames a shard would send, a null sink).
 #[path = "../actors/support.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod ingest_support;
 mod lifecycle;
 mod log_cases;

@@ -221,23 +221,7 @@ pub fn read_all(reader: &EventLogReader, cursor: u64) -> Vec<LogRecord> {
     panic!("replay did not terminate");
 }
 
-/// Polls `check` every few milliseconds until it holds, at most `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use crate::common::wait::eventually;
 
 // ------------------------------------------------------------------------------------------
 // awc client

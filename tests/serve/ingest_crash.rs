@@ -5,42 +5,19 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use rookery::atproto::frame::{self, Frame};
 use rookery::sim::{SimPds, SimPdsConfig, SimPlc};
 use rookery::store::event_log::{EventLog, EventLogConfig};
-use rookery::store::migrations;
-use rookery::store::postgres::{Db, DbSettings};
-use rookery::testkit::postgres::test_cluster;
+use rookery::store::postgres::Db;
 use rookery::testkit::repo::Change;
 
-use crate::common::process::{free_port, read, rookery, send_signal};
+use crate::common::process::{free_port, read, send_signal};
+use crate::relay_fixture::RelayFixture;
 
 const ACCOUNTS: usize = 5;
 const ROUNDS: usize = 40;
-
-fn spawn(data: &Path, database_url: &str, plc_url: &str, log: &Path) -> Child {
-    rookery()
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .env("DATABASE_URL", database_url)
-        .env("ROOKERY_BIND", format!("127.0.0.1:{}", free_port()))
-        .env("ROOKERY_METRICS_BIND", format!("127.0.0.1:{}", free_port()))
-        .env("ROOKERY_PLC_URL", plc_url)
-        .env("ROOKERY_STARTUP_SPREAD", "1ms")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .expect("log file"),
-        )
-        .spawn()
-        .expect("spawn rookery")
-}
 
 /// Polls `check` every 50 ms for at most `limit`.
 async fn wait_until<F, Fut>(limit: Duration, what: &str, log: &Path, mut check: F)
@@ -78,24 +55,9 @@ async fn host_cursor(db: &Db, hostname: &str) -> i64 {
 async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
     let plc = SimPlc::start().expect("plc");
     let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
-    let database = test_cluster().fresh_database().await.expect("db");
-    let db = Db::new(database.pg_config.clone(), DbSettings::default()).expect("pool");
-    migrations::migrate(&db).await.expect("migrate");
-    db.client()
-        .await
-        .expect("client")
-        .execute(
-            "INSERT INTO hosts (hostname, no_ssl, admin_added) VALUES ($1, true, true)",
-            &[&pds.hostname()],
-        )
-        .await
-        .expect("host");
-    let temp = tempfile::tempdir().expect("tempdir");
-    let data = temp.path().join("data");
-    let log = temp.path().join("stderr.log");
-    let url = database.connection_string.clone();
-
-    let mut child = spawn(&data, &url, &plc.url(), &log);
+    let fixture = RelayFixture::new(&[&pds]).await;
+    let (db, log, data) = (&fixture.db, fixture.log.clone(), fixture.data.clone());
+    let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
     wait_until(
         Duration::from_secs(60),
         "a live connection",
@@ -113,7 +75,7 @@ async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
         Duration::from_secs(30),
         "the creation cursor",
         &log,
-        || async { host_cursor(&db, &pds.hostname()).await >= created },
+        || async { host_cursor(db, &pds.hostname()).await >= created },
     )
     .await;
 
@@ -137,13 +99,13 @@ async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
         commit_round(round);
     }
 
-    let mut child = spawn(&data, &url, &plc.url(), &log);
+    let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
     let head = pds.head_seq() as i64;
     wait_until(
         Duration::from_secs(60),
         "the cursor at the PDS head",
         &log,
-        || async { host_cursor(&db, &pds.hostname()).await >= head },
+        || async { host_cursor(db, &pds.hostname()).await >= head },
     )
     .await;
     send_signal(child.id(), "TERM");

@@ -8,3 +8,4 @@ mod event_log;
 mod ingest_crash;
 mod lifecycle;
 mod relay_end_to_end;
+mod relay_fixture;

@@ -2,7 +2,6 @@
 //! `subscribeRepos` receives what it published, re-sequenced from 1, byte-identical apart from
 //! seq, in order; a consumer that comes back with its cursor gets exactly what it missed.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use awc::ws;
@@ -10,12 +9,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use rookery::atproto::frame;
 use rookery::sim::{SimPds, SimPdsConfig, SimPlc, install_crypto_provider};
-use rookery::store::migrations;
-use rookery::store::postgres::{Db, DbSettings};
-use rookery::testkit::postgres::test_cluster;
 use rookery::testkit::repo::Change;
 
-use crate::common::process::{free_port, http_get, read, rookery, send_signal};
+use crate::common::process::{free_port, http_get, read, send_signal};
+use crate::relay_fixture::RelayFixture;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -69,33 +66,11 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
     install_crypto_provider();
     let plc = SimPlc::start().expect("plc");
     let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
-    let database = test_cluster().fresh_database().await.expect("db");
-    let db = Db::new(database.pg_config.clone(), DbSettings::default()).expect("pool");
-    migrations::migrate(&db).await.expect("migrate");
-    db.client()
-        .await
-        .expect("client")
-        .execute(
-            "INSERT INTO hosts (hostname, no_ssl, admin_added) VALUES ($1, true, true)",
-            &[&pds.hostname()],
-        )
-        .await
-        .expect("host");
-    let temp = tempfile::tempdir().expect("tempdir");
-    let log = temp.path().join("stderr.log");
+    let fixture = RelayFixture::new(&[&pds]).await;
+    let log = fixture.log.clone();
     let port = free_port();
-    let mut child = rookery()
-        .args(["serve", "--data-dir"])
-        .arg(temp.path().join("data"))
-        .env("DATABASE_URL", &database.connection_string)
-        .env("ROOKERY_BIND", format!("127.0.0.1:{port}"))
-        .env("ROOKERY_METRICS_BIND", format!("127.0.0.1:{}", free_port()))
-        .env("ROOKERY_PLC_URL", plc.url())
-        .env("ROOKERY_STARTUP_SPREAD", "1ms")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn");
+    let metrics_port = free_port();
+    let mut child = fixture.spawn(&plc.url(), port, metrics_port);
     let deadline = Instant::now() + WAIT;
     while pds.live_connections() == 0
         || http_get(port, "/_readyz").map(|r| r.status).ok() != Some(200)
@@ -179,6 +154,49 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
     let body: serde_json::Value = serde_json::from_str(&status.body).expect("json");
     assert_eq!(body["did"], accounts[0].as_str());
     assert_eq!(body["active"], true);
+
+    // /metrics shows the mailbox of every actor kind that runs here (with a host connected
+    // and a consumer subscribed, all of them).
+    let metrics = http_get(metrics_port, "/metrics").expect("metrics");
+    assert_eq!(metrics.status, 200);
+    let series = |family: &str, actor: &str| {
+        metrics
+            .body
+            .lines()
+            .any(|l| l.starts_with(&format!("{family}{{actor=\"{actor}\"")))
+    };
+    for actor in [
+        "host_supervisor",
+        "subscriber",
+        "resolver_fetcher",
+        "validator_shard",
+        "sequencer",
+        "persister",
+        "write_behind",
+        "broadcaster",
+        "consumer_session",
+    ] {
+        assert!(
+            series("rookery_actor_mailbox_depth", actor),
+            "{actor}: mailbox depth in /metrics"
+        );
+    }
+    // Every kind that handled messages on the data path shows handled counts and times.
+    for actor in [
+        "validator_shard",
+        "sequencer",
+        "persister",
+        "resolver_fetcher",
+    ] {
+        assert!(
+            series("rookery_actor_messages_handled_total", actor),
+            "{actor}: handled messages in /metrics"
+        );
+        assert!(
+            series("rookery_actor_handler_seconds_count", actor),
+            "{actor}: handler time in /metrics"
+        );
+    }
 
     send_signal(child.id(), "TERM");
     let deadline = Instant::now() + WAIT;
