@@ -281,7 +281,10 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         metrics.registry(),
     )
     .await?;
-    let readiness = Readiness::new(pipeline.ingest.degraded.clone());
+    let readiness = Readiness::new(pipeline.ingest.degraded.clone()).with_ingest(
+        pipeline.ingest.durable_head.clone(),
+        pipeline.host_counts.clone(),
+    );
     // The firehose out follows the Persister's durable head; sessions read the log.
     let firehose = rookery::actors::firehose::start_firehose(
         pipeline.ingest.reader.clone(),

@@ -88,6 +88,36 @@ impl InversionWarnOnly {
     }
 }
 
+/// Hosts known and connected, published by the supervisor every status tick for readers that
+/// must not wait on its mailbox (readiness).
+#[derive(Clone, Debug, Default)]
+pub struct HostCounts(
+    Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+);
+
+impl HostCounts {
+    /// Hosts in the table.
+    pub fn known(&self) -> usize {
+        self.0.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Hosts with a running Subscriber (handshaking or reading).
+    pub fn connected(&self) -> usize {
+        self.0.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Publishes both counts (the supervisor, every status tick).
+    pub fn set(&self, known: usize, connected: usize) {
+        self.0.0.store(known, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .1
+            .store(connected, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A host added by requestCrawl or an operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewHost {
@@ -436,6 +466,7 @@ pub struct HostSupervisor {
     /// flush a reset waits for.
     cursors: Option<(PendingWrites, Option<InstrumentedAddr<WriteBehind>>)>,
     warn_only: InversionWarnOnly,
+    counts: HostCounts,
     /// Consecutive failed status flushes (logged once per outage).
     status_failing: u64,
     state: SupervisorState,
@@ -465,6 +496,7 @@ impl HostSupervisor {
             flushing: false,
             cursors: None,
             warn_only: InversionWarnOnly::default(),
+            counts: HostCounts::default(),
             status_failing: 0,
             state: SupervisorState::default(),
         }
@@ -478,6 +510,12 @@ impl HostSupervisor {
         write_behind: Option<InstrumentedAddr<WriteBehind>>,
     ) -> HostSupervisor {
         self.cursors = Some((pending, write_behind));
+        self
+    }
+
+    /// Where the host counts are published (readiness reads them).
+    pub fn with_counts(mut self, counts: HostCounts) -> HostSupervisor {
+        self.counts = counts;
         self
     }
 
@@ -759,6 +797,8 @@ impl HostSupervisor {
     }
 
     fn flush_statuses(&mut self, ctx: &mut Context<Self>) {
+        let connected = self.hosts.values().filter(|h| h.conn.is_some()).count();
+        self.counts.set(self.hosts.len(), connected);
         if self.flushing || self.pending_status.is_empty() {
             return;
         }

@@ -250,6 +250,8 @@ pub struct Pipeline {
     pub router: ShardRouter,
     pub shard_metrics: ShardMetrics,
     pub subscriber_metrics: SubscriberMetrics,
+    /// Hosts known and connected, as the supervisor last published them.
+    pub host_counts: host_supervisor::HostCounts,
 }
 
 /// Brings account state in Postgres up to the event log (the tail after the write-behind's
@@ -277,6 +279,7 @@ pub async fn start_pipeline(
     let resolver = Resolver::start(settings.resolver, Some(db.clone()), metrics, registry)?;
     let shard_metrics = ShardMetrics::register(registry)?;
     let warn_only = host_supervisor::InversionWarnOnly::default();
+    let host_counts = host_supervisor::HostCounts::default();
     let subscriber_metrics = SubscriberMetrics::register(registry)?;
     let (router, queues) = ShardRouter::new(settings.shards, settings.shard_queue_depth);
     let shards = ValidatorShards::start(
@@ -309,7 +312,8 @@ pub async fn start_pipeline(
         settings.supervisor,
     )
     .with_cursors(ingest.pending.clone(), Some(ingest.write_behind.clone()))
-    .with_inversion_warn_only(warn_only);
+    .with_inversion_warn_only(warn_only)
+    .with_counts(host_counts.clone());
     let supervisor = InstrumentedAddr::new(supervisor.start(), obs);
     Ok(Pipeline {
         ingest,
@@ -319,6 +323,7 @@ pub async fn start_pipeline(
         router,
         shard_metrics,
         subscriber_metrics,
+        host_counts,
     })
 }
 

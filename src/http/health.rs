@@ -4,15 +4,28 @@
 //! database or ingest made production relays get killed while healthy (LESSONS.md 18), so
 //! these handlers touch no shared state and never wait on anything.
 //!
-//! Readiness: `GET /_readyz` reads two flags and nothing else: 503 `{"status":"starting"}`
-//! until the pipeline runs, then 200 `{"status":"ready"}`, or 200 `{"status":"degraded",
-//! "reasons":["postgres-writes"]}` while the write-behind cannot reach Postgres (ingest goes
-//! on, so the relay stays in service; the body says what an operator should look at).
+//! Readiness: `GET /_readyz` reads flags and counters that the pipeline publishes, never a
+//! mailbox or Postgres: 503 `{"status":"starting"}` until the pipeline runs and the listeners
+//! are bound, then 200 with `status` `ready` or `degraded` (the relay stays in service; the
+//! body says what to look at), `reasons`, `postgres` (`ok` / `degraded`: the write-behind
+//! cannot write), `seq` (the durable head), `hosts` (`known`, `connected`) and
+//! `events_flowing` (the head moved within the last five minutes). Reasons:
+//! `postgres-writes`; `no-hosts-connected` (hosts are known but no Subscriber runs);
+//! `no-events` (Subscribers run but nothing became durable for five minutes: a relay whose
+//! readers silently died must not look healthy, LESSONS.md 23).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::actors::host_supervisor::HostCounts;
+
+/// How long the head may stand still, with hosts connected, before `no-events`.
+pub const QUIET_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 /// What `/_readyz` reports. Cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -20,15 +33,26 @@ pub struct Readiness {
     ready: Arc<AtomicBool>,
     /// Raised by the write-behind while Postgres writes fail.
     postgres_degraded: Arc<AtomicBool>,
+    head: Option<watch::Receiver<u64>>,
+    hosts: Option<HostCounts>,
+    /// The head last seen and when it was first seen.
+    last_move: Arc<Mutex<Option<(u64, Instant)>>>,
 }
 
 impl Readiness {
     /// Follows `postgres_degraded` (the ingest path's flag).
     pub fn new(postgres_degraded: Arc<AtomicBool>) -> Readiness {
         Readiness {
-            ready: Arc::default(),
             postgres_degraded,
+            ..Readiness::default()
         }
+    }
+
+    /// Also reports the durable head and the host counts.
+    pub fn with_ingest(mut self, head: watch::Receiver<u64>, hosts: HostCounts) -> Readiness {
+        self.head = Some(head);
+        self.hosts = Some(hosts);
+        self
     }
 
     /// The event log is open, the pipeline runs and the listeners are bound.
@@ -43,20 +67,66 @@ impl Readiness {
     pub fn is_degraded(&self) -> bool {
         self.postgres_degraded.load(Ordering::Acquire)
     }
+
+    /// Whether `head` moved within [`QUIET_LIMIT`] (as far as readiness requests saw).
+    fn events_flowing(&self, head: u64) -> bool {
+        let now = Instant::now();
+        let mut last = self.last_move.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some((seen, since)) if seen == head => now.duration_since(since) < QUIET_LIMIT,
+            _ => {
+                *last = Some((head, now));
+                true
+            }
+        }
+    }
+
+    /// The readiness answer: status code and JSON body.
+    pub fn report(&self) -> (u16, serde_json::Value) {
+        if !self.is_ready() {
+            return (503, serde_json::json!({ "status": "starting" }));
+        }
+        let mut reasons = Vec::new();
+        let degraded = self.is_degraded();
+        if degraded {
+            reasons.push("postgres-writes");
+        }
+        let seq = self.head.as_ref().map(|h| *h.borrow());
+        let (known, connected) = self
+            .hosts
+            .as_ref()
+            .map_or((0, 0), |h| (h.known(), h.connected()));
+        if known > 0 && connected == 0 {
+            reasons.push("no-hosts-connected");
+        }
+        let flowing = seq.is_none_or(|head| self.events_flowing(head));
+        if connected > 0 && !flowing {
+            reasons.push("no-events");
+        }
+        let status = if reasons.is_empty() {
+            "ready"
+        } else {
+            "degraded"
+        };
+        (
+            200,
+            serde_json::json!({
+                "status": status,
+                "reasons": reasons,
+                "postgres": if degraded { "degraded" } else { "ok" },
+                "seq": seq,
+                "hosts": { "known": known, "connected": connected },
+                "events_flowing": flowing,
+            }),
+        )
+    }
 }
 
 async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
-    if !readiness.is_ready() {
-        return HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "starting" }));
-    }
-    if readiness.is_degraded() {
-        return HttpResponse::Ok().json(serde_json::json!({
-            "status": "degraded",
-            "reasons": ["postgres-writes"],
-        }));
-    }
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+    let (status, body) = readiness.report();
+    let code = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(code).json(body)
 }
 
 /// Adds `/_readyz` over `readiness`.
@@ -100,13 +170,42 @@ mod tests {
         readiness.set_ready();
         let resp = test::call_service(&app, get()).await;
         assert_eq!(resp.status(), 200);
-        assert_eq!(&test::read_body(resp).await[..], br#"{"status":"ready"}"#);
+        let body: serde_json::Value = serde_json::from_slice(&test::read_body(resp).await).unwrap();
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["postgres"], "ok");
         degraded.store(true, Ordering::Release);
         let resp = test::call_service(&app, get()).await;
         assert_eq!(resp.status(), 200);
         let body: serde_json::Value = serde_json::from_slice(&test::read_body(resp).await).unwrap();
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["reasons"][0], "postgres-writes");
+        assert_eq!(body["postgres"], "degraded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_stands_still_with_hosts_connected_is_reported() {
+        let (head_tx, head) = watch::channel(10u64);
+        let hosts = HostCounts::default();
+        let readiness = Readiness::new(Arc::default()).with_ingest(head, hosts.clone());
+        readiness.set_ready();
+        // No hosts known: nothing to complain about, whatever the head does.
+        assert_eq!(readiness.report().1["status"], "ready");
+        hosts.set(3, 0);
+        let (_, body) = readiness.report();
+        assert_eq!(body["reasons"], serde_json::json!(["no-hosts-connected"]));
+        hosts.set(3, 3);
+        assert_eq!(readiness.report().1["status"], "ready");
+        tokio::time::advance(QUIET_LIMIT - Duration::from_secs(1)).await;
+        assert_eq!(readiness.report().1["events_flowing"], true);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (code, body) = readiness.report();
+        assert_eq!(code, 200, "still in service");
+        assert_eq!(body["reasons"], serde_json::json!(["no-events"]));
+        assert_eq!(body["seq"], 10);
+        head_tx.send_replace(11);
+        let (_, body) = readiness.report();
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["hosts"]["connected"], 3);
     }
 
     #[actix_web::test]

@@ -141,6 +141,25 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
     let late = frames_through(&mut again, n + 1).await;
     assert_eq!(late.len(), 1, "then live");
 
+    // Readiness reports the head, the host counts (published every second) and flow.
+    let deadline = Instant::now() + WAIT;
+    let ready = loop {
+        let r = http_get(port, "/_readyz").expect("readyz");
+        let body: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        if body["hosts"]["connected"] == 1 || Instant::now() > deadline {
+            break (r.status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready.0, 200);
+    assert_eq!(ready.1["status"], "ready", "{}", ready.1);
+    assert_eq!(
+        ready.1["hosts"],
+        serde_json::json!({"known": 1, "connected": 1})
+    );
+    assert!(ready.1["seq"].as_u64().expect("seq") >= n);
+    assert_eq!(ready.1["events_flowing"], true);
+
     // The sync queries are mounted on the same listener and see what ingest stored.
     let hosts = http_get(port, "/xrpc/com.atproto.sync.listHosts").expect("listHosts");
     assert_eq!(hosts.status, 200);
