@@ -89,16 +89,36 @@ impl InversionWarnOnly {
 }
 
 /// Hosts known and connected, published by the supervisor every status tick for readers that
-/// must not wait on its mailbox (readiness).
+/// must not wait on its mailbox (readiness), and, when registered, as the
+/// `rookery_hosts{status}` and `rookery_hosts_connected` gauges.
 #[derive(Clone, Debug, Default)]
 pub struct HostCounts(
     Arc<(
         std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
     )>,
+    Option<(prometheus::IntGaugeVec, prometheus::IntGauge)>,
 );
 
 impl HostCounts {
+    /// Counts that are also exported on `registry`.
+    pub fn register(registry: &prometheus::Registry) -> Result<HostCounts, prometheus::Error> {
+        let by_status = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("rookery_hosts", "Known hosts, by status"),
+            &["status"],
+        )?;
+        let connected = prometheus::IntGauge::new(
+            "rookery_hosts_connected",
+            "Hosts with a running Subscriber",
+        )?;
+        registry.register(Box::new(by_status.clone()))?;
+        registry.register(Box::new(connected.clone()))?;
+        for status in HostStatus::ALL {
+            by_status.with_label_values(&[status.as_str()]).set(0);
+        }
+        Ok(HostCounts(Arc::default(), Some((by_status, connected))))
+    }
+
     /// Hosts in the table.
     pub fn known(&self) -> usize {
         self.0.0.load(std::sync::atomic::Ordering::Relaxed)
@@ -109,7 +129,21 @@ impl HostCounts {
         self.0.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Publishes both counts (the supervisor, every status tick).
+    /// Publishes the counts by status (the supervisor, every status tick).
+    pub fn publish(&self, by_status: &[(HostStatus, usize)], connected: usize) {
+        let known = by_status.iter().map(|(_, n)| n).sum();
+        self.set(known, connected);
+        if let Some((gauges, connected_gauge)) = &self.1 {
+            for (status, n) in by_status {
+                gauges
+                    .with_label_values(&[status.as_str()])
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+            connected_gauge.set(i64::try_from(connected).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Publishes both totals.
     pub fn set(&self, known: usize, connected: usize) {
         self.0.0.store(known, std::sync::atomic::Ordering::Relaxed);
         self.0
@@ -798,7 +832,16 @@ impl HostSupervisor {
 
     fn flush_statuses(&mut self, ctx: &mut Context<Self>) {
         let connected = self.hosts.values().filter(|h| h.conn.is_some()).count();
-        self.counts.set(self.hosts.len(), connected);
+        let by_status: Vec<(HostStatus, usize)> = HostStatus::ALL
+            .iter()
+            .map(|s| {
+                (
+                    *s,
+                    self.hosts.values().filter(|h| h.rec.status == *s).count(),
+                )
+            })
+            .collect();
+        self.counts.publish(&by_status, connected);
         if self.flushing || self.pending_status.is_empty() {
             return;
         }

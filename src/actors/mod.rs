@@ -279,7 +279,7 @@ pub async fn start_pipeline(
     let resolver = Resolver::start(settings.resolver, Some(db.clone()), metrics, registry)?;
     let shard_metrics = ShardMetrics::register(registry)?;
     let warn_only = host_supervisor::InversionWarnOnly::default();
-    let host_counts = host_supervisor::HostCounts::default();
+    let host_counts = host_supervisor::HostCounts::register(registry)?;
     let subscriber_metrics = SubscriberMetrics::register(registry)?;
     let (router, queues) = ShardRouter::new(settings.shards, settings.shard_queue_depth);
     let shards = ValidatorShards::start(

@@ -178,6 +178,19 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
     // and a consumer subscribed, all of them).
     let metrics = http_get(metrics_port, "/metrics").expect("metrics");
     assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l == "rookery_hosts{status=\"active\"} 1"),
+        "hosts by status in /metrics"
+    );
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l == "rookery_hosts_connected 1")
+    );
     let series = |family: &str, actor: &str| {
         metrics
             .body
