@@ -1051,35 +1051,56 @@ impl Handler<KillConnection> for HostSupervisor {
     }
 }
 
+impl HostSupervisor {
+    /// An operator's change to one host: written to the store first, then applied to the
+    /// host's record by `apply` (which also reaches its running connection). `false` when the
+    /// host is unknown or the write failed (nothing changed then).
+    fn store_then_apply<W>(
+        &mut self,
+        hostname: &str,
+        write: impl FnOnce(Arc<dyn HostStore>, i64) -> W,
+        apply: impl FnOnce(&mut HostSupervisor, i64) + 'static,
+    ) -> ResponseActFuture<Self, bool>
+    where
+        W: std::future::Future<Output = Result<(), DbError>> + 'static,
+    {
+        let Some(id) = self.id_of(hostname) else {
+            return Box::pin(fut::ready(false));
+        };
+        let written = write(Arc::clone(&self.store), id);
+        Box::pin(written.into_actor(self).map(move |res, act, _| {
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "host change not stored");
+                return false;
+            }
+            if !act.hosts.contains_key(&id) {
+                return false;
+            }
+            apply(act, id);
+            true
+        }))
+    }
+}
+
 impl Handler<ChangeLimits> for HostSupervisor {
     type Result = ResponseActFuture<Self, bool>;
     fn handle(&mut self, msg: ChangeLimits, _: &mut Context<Self>) -> Self::Result {
         let _guard = self.obs.enter(ChangeLimits::NAME);
-        let Some(id) = self.id_of(&msg.hostname) else {
-            return Box::pin(fut::ready(false));
-        };
-        let store = Arc::clone(&self.store);
         let limit = msg.account_limit;
-        Box::pin(
-            async move { store.set_account_limit(id, limit).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    if res.is_err() {
-                        return false;
-                    }
-                    let limits = match act.hosts.get_mut(&id) {
-                        Some(h) => {
-                            h.rec.account_limit = limit;
-                            h.rec.clone()
-                        }
-                        None => return false,
-                    };
-                    let limits = act.limits_of(&limits);
-                    if let Some(conn) = act.hosts.get(&id).and_then(|h| h.conn.as_ref()) {
-                        let _ = conn.limits.send(limits);
-                    }
-                    true
-                }),
+        self.store_then_apply(
+            &msg.hostname,
+            move |store, id| async move { store.set_account_limit(id, limit).await },
+            move |act, id| {
+                let Some(h) = act.hosts.get_mut(&id) else {
+                    return;
+                };
+                h.rec.account_limit = limit;
+                let rec = h.rec.clone();
+                let limits = act.limits_of(&rec);
+                if let Some(conn) = act.hosts.get(&id).and_then(|h| h.conn.as_ref()) {
+                    let _ = conn.limits.send(limits);
+                }
+            },
         )
     }
 }
@@ -1088,27 +1109,17 @@ impl Handler<SetInversionWarnOnly> for HostSupervisor {
     type Result = ResponseActFuture<Self, bool>;
     fn handle(&mut self, msg: SetInversionWarnOnly, _: &mut Context<Self>) -> Self::Result {
         let _guard = self.obs.enter(SetInversionWarnOnly::NAME);
-        let Some(id) = self.id_of(&msg.hostname) else {
-            return Box::pin(fut::ready(false));
-        };
-        let store = Arc::clone(&self.store);
         let on = msg.warn_only;
-        Box::pin(
-            async move { store.set_inversion_warn_only(id, on).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    if let Err(e) = res {
-                        tracing::warn!(error = %e, "inversion override not stored");
-                        return false;
-                    }
-                    let Some(h) = act.hosts.get_mut(&id) else {
-                        return false;
-                    };
+        self.store_then_apply(
+            &msg.hostname,
+            move |store, id| async move { store.set_inversion_warn_only(id, on).await },
+            move |act, id| {
+                act.warn_only.set(id, on);
+                if let Some(h) = act.hosts.get_mut(&id) {
                     h.rec.inversion_warn_only = on;
-                    act.warn_only.set(id, on);
                     tracing::info!(host = %h.rec.hostname, warn_only = on, "inversion override set");
-                    true
-                }),
+                }
+            },
         )
     }
 }
