@@ -375,7 +375,7 @@ struct Shard {
     held_total: usize,
     /// A DID whose hold reached `hold_per_did`: the queue is not read until it drains.
     blocked_on: Option<String>,
-    wakes: mpsc::UnboundedSender<Wake>,
+    wakes: mpsc::Sender<Wake>,
     outbox: mpsc::Sender<IngestEvent>,
     http: awc::Client,
     /// Drops seen per reason, for sampled logging.
@@ -394,9 +394,10 @@ async fn run_shard(
     mut stop: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
 ) {
-    // Unbounded in type only: each hold has exactly one task that sends one wake, and holds
-    // are bounded by `hold_per_shard`.
-    let (wakes, mut wake_rx) = mpsc::unbounded_channel();
+    // One wake per hold, and holds are bounded by `hold_per_shard` (one more can start while
+    // at the bound), so this never fills; if it did, a task would wait, never drop its wake,
+    // and the loop drains wakes before anything else.
+    let (wakes, mut wake_rx) = mpsc::channel(settings.hold_per_shard.max(1) + 1);
     let (outbox, outbox_rx) = mpsc::channel(settings.outbox.max(1));
     let sender = actix_rt::spawn(send_outbox(index, outbox_rx, deps.sequencer.clone()));
     let mut shard = Shard {
@@ -451,7 +452,7 @@ impl Shard {
     async fn run(
         &mut self,
         queue: &mut ShardQueue,
-        wakes: &mut mpsc::UnboundedReceiver<Wake>,
+        wakes: &mut mpsc::Receiver<Wake>,
         stop: &mut oneshot::Receiver<()>,
         stopping: &AtomicBool,
     ) {
@@ -551,11 +552,13 @@ impl Shard {
                 self.state.lookups += 1;
                 actix_rt::spawn(async move {
                     let answer = lookup(&resolver, &did, cause, retry, deadline).await;
-                    let _ = wakes.send(Wake {
-                        did,
-                        answer,
-                        give_up_store: false,
-                    });
+                    let _ = wakes
+                        .send(Wake {
+                            did,
+                            answer,
+                            give_up_store: false,
+                        })
+                        .await;
                 });
             }
             HoldCause::Store => {
@@ -564,11 +567,13 @@ impl Shard {
                     if !give_up {
                         tokio::time::sleep(retry).await;
                     }
-                    let _ = wakes.send(Wake {
-                        did,
-                        answer: Answer::default(),
-                        give_up_store: give_up,
-                    });
+                    let _ = wakes
+                        .send(Wake {
+                            did,
+                            answer: Answer::default(),
+                            give_up_store: give_up,
+                        })
+                        .await;
                 });
             }
             HoldCause::Recheck => {
@@ -576,15 +581,17 @@ impl Shard {
                 let http = self.http.clone();
                 actix_rt::spawn(async move {
                     let status = repo_status(&http, &host, no_ssl, &did).await;
-                    let _ = wakes.send(Wake {
-                        did,
-                        answer: Answer {
-                            upstream_status: status,
-                            rechecked: true,
-                            ..Answer::default()
-                        },
-                        give_up_store: false,
-                    });
+                    let _ = wakes
+                        .send(Wake {
+                            did,
+                            answer: Answer {
+                                upstream_status: status,
+                                rechecked: true,
+                                ..Answer::default()
+                            },
+                            give_up_store: false,
+                        })
+                        .await;
                 });
             }
         }
