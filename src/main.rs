@@ -286,15 +286,25 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         pipeline.host_counts.clone(),
     );
     // The firehose out follows the Persister's durable head; sessions read the log.
-    let firehose = rookery::actors::firehose::start_firehose(
+    let firehose = std::sync::Arc::new(rookery::actors::firehose::start_firehose(
         pipeline.ingest.reader.clone(),
         pipeline.ingest.durable_head.clone(),
         config.firehose,
         &actor_metrics,
         metrics.registry(),
-    )?;
+    )?);
     let firehose_routes = http::subscribe_repos::routes(&firehose);
     let sync_api = http::sync::SyncApi::new(api_db.clone());
+    let admin_auth = http::admin::AdminAuth::new(config.admin_passwords.iter().map(|p| p.expose()));
+    if !admin_auth.enabled() {
+        tracing::warn!("no --admin-password configured: the admin API is disabled (answers 503)");
+    }
+    let admin_api = http::admin::AdminApi {
+        auth: admin_auth,
+        supervisor: pipeline.supervisor.clone(),
+        firehose: firehose.clone(),
+        db: api_db.clone(),
+    };
 
     let settings = config.http;
     let routes_readiness = readiness.clone();
@@ -303,6 +313,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
             configure_readiness(cfg, routes_readiness.clone());
             firehose_routes(cfg);
             http::sync::configure(cfg, sync_api.clone());
+            http::admin::configure(cfg, admin_api.clone(), |_| {});
         })
         .map_err(|source| RunError::Listen {
             option: "bind",

@@ -9,6 +9,7 @@
 //! Every response carries `Server: rookery/<version> (atproto-relay)`; the `atproto-relay`
 //! marker is how relays recognise each other (see INDIGO-ADMIN.md).
 
+pub mod admin;
 pub mod health;
 pub mod metrics;
 pub mod subscribe_repos;

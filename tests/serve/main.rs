@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin_api;
 mod event_log;
 mod ingest_crash;
 mod lifecycle;

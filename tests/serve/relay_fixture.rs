@@ -50,7 +50,19 @@ impl RelayFixture {
     /// Starts `rookery serve` on the fixture with its public API on `port` and `/metrics` on
     /// `metrics_port`.
     pub fn spawn(&self, plc_url: &str, port: u16, metrics_port: u16) -> Child {
+        self.spawn_with(plc_url, port, metrics_port, &[])
+    }
+
+    /// [`RelayFixture::spawn`] with more environment (options as `ROOKERY_*` variables).
+    pub fn spawn_with(
+        &self,
+        plc_url: &str,
+        port: u16,
+        metrics_port: u16,
+        env: &[(&str, &str)],
+    ) -> Child {
         rookery()
+            .envs(env.iter().copied())
             .args(["serve", "--data-dir"])
             .arg(&self.data)
             .env("DATABASE_URL", &self.database_url)
