@@ -307,23 +307,31 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     };
 
     let settings = config.http;
+    let request_metrics = http::RequestMetrics::register(metrics.registry())?;
     let routes_readiness = readiness.clone();
-    let (public, public_addrs) =
-        http::start_public(settings.bind, settings.public_listener(), move |cfg| {
+    let (public, public_addrs) = http::start_public(
+        settings.bind,
+        settings
+            .public_listener()
+            .with_metrics(&request_metrics, "public"),
+        move |cfg| {
             configure_readiness(cfg, routes_readiness.clone());
             firehose_routes(cfg);
             http::sync::configure(cfg, sync_api.clone());
             http::admin::configure(cfg, admin_api.clone(), |_| {});
-        })
-        .map_err(|source| RunError::Listen {
-            option: "bind",
-            addr: settings.bind,
-            source,
-        })?;
+        },
+    )
+    .map_err(|source| RunError::Listen {
+        option: "bind",
+        addr: settings.bind,
+        source,
+    })?;
     let (metrics_server, metrics_addrs) = http::metrics::start_metrics(
         settings.metrics_bind,
         metrics.registry().clone(),
-        settings.metrics_listener(),
+        settings
+            .metrics_listener()
+            .with_metrics(&request_metrics, "metrics"),
     )
     .map_err(|source| RunError::Listen {
         option: "metrics-bind",

@@ -392,6 +392,28 @@ async fn admin_routes_authenticate_ban_disconnects_and_shapes_match_the_tools() 
             .any(|h| h["Host"] == b.hostname().as_str() && h["Blocked"] == true)
     );
 
+    // Requests are counted by route and status (the matched pattern, never the raw path), and
+    // the group commit's latency is there too.
+    let metrics = crate::common::process::http_get(metrics_port, "/metrics").expect("metrics");
+    let has = |prefix: &str| metrics.body.lines().any(|l| l.starts_with(prefix));
+    assert!(has(
+        r#"rookery_http_requests_total{listener="public",route="/admin/pds/list",status="200"}"#
+    ));
+    assert!(has(
+        r#"rookery_http_requests_total{listener="public",route="/admin/pds/block",status="401"}"#
+    ));
+    assert!(has(
+        r#"rookery_http_requests_total{listener="public",route="/_readyz",status="200"}"#
+    ));
+    assert!(has(
+        r#"rookery_http_request_seconds_bucket{listener="public",route="/admin/pds/list""#
+    ));
+    assert!(has("rookery_event_log_sync_seconds_bucket"));
+    assert!(
+        !metrics.body.contains("nosuch.example.com"),
+        "no label from a request"
+    );
+
     stop(&mut child);
     let log = read(&fixture.log);
     assert!(log.contains("admin request"), "admin requests are logged");
