@@ -6,6 +6,7 @@ mod common;
 
 mod admin_api;
 mod event_log;
+mod health_under_load;
 mod ingest_crash;
 mod lifecycle;
 mod relay_end_to_end;
