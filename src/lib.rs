@@ -3,16 +3,18 @@
 //! The tree follows the architecture (see README "Code organisation"):
 //! `atproto` is the protocol core (pure, synchronous, no I/O), `store` holds the
 //! event log and Postgres access, `http` the HTTP surfaces, `actors` the ingest actors,
-//! `config` parses the command line into each subsystem's settings, `startup` prepares the
-//! data dir before anything runs.
+//! `service` what the relay tells its service manager (readiness, watchdog, status) and the
+//! bound on its shutdown, `config` parses the command line into each subsystem's settings,
+//! `startup` prepares the data dir before anything runs.
 //!
 //! Dependencies point one way: `startup` → `config` → `store`, `http`; `atproto` imports
 //! none of them. No subsystem imports `config`: each owns its settings type and `config`
 //! fills it. The layers, each using only those before it: `atproto`, `store`, `actors`,
-//! `http`, `config`, `startup`, `testkit`, `sim` (checked by a test below). `http` comes after
-//! `actors` because the surfaces answer with the actors' rules (an account's published
-//! status, a host's status) and the admin API sends them messages. `sim` (the simulated PDS
-//! hosts and PLC directory, behind the `sim` feature) builds on `testkit`.
+//! `http`, `service`, `config`, `startup`, `testkit`, `sim` (checked by a test below).
+//! `http` comes after `actors` because the surfaces answer with the actors' rules (an
+//! account's published status, a host's status) and the admin API sends them messages.
+//! `service` reads the actors' state for its watchdog. `sim` (the simulated PDS hosts and
+//! PLC directory, behind the `sim` feature) builds on `testkit`.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,7 @@ pub mod actors;
 pub mod atproto;
 pub mod config;
 pub mod http;
+pub mod service;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod startup;
@@ -32,8 +35,8 @@ mod tests {
     use std::path::Path;
 
     /// The top-level modules, each allowed to use only those before it.
-    const LAYERS: [&str; 8] = [
-        "atproto", "store", "actors", "http", "config", "startup", "testkit", "sim",
+    const LAYERS: [&str; 9] = [
+        "atproto", "store", "actors", "http", "service", "config", "startup", "testkit", "sim",
     ];
 
     fn sources(path: &Path, out: &mut Vec<(String, String)>) {

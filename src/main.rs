@@ -3,10 +3,27 @@
 //! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown; 2 for invalid
 //! configuration (one sentence on stderr naming the option, a data dir that cannot be
 //! created or written included); 1 when something fails at run time (database unreachable,
-//! port taken...). Nothing here panics on operator input.
+//! port taken...), and when a shutdown was cut short (`--shutdown-timeout` expired, or a
+//! second signal). Nothing here panics on operator input.
 //!
-//! Shutdown order matters: HTTP servers stop first (no new work), then the connection pool
-//! closes, then the embedded Postgres stops, so no part outlives what it depends on.
+//! Under systemd (`ops/rookery.service`, `Type=notify`), `READY=1` is sent once the event
+//! log is open, the pipeline runs and the listeners are bound (when `/_readyz` turns 200);
+//! the `service` loop then pings the watchdog while ingest makes progress and keeps
+//! `STATUS=` current.
+//!
+//! Shutdown order matters, so nothing is lost and no part outlives what it depends on, all
+//! within `--shutdown-timeout` (each stage gets what is left):
+//! 1. stop accepting: `/_readyz` says `stopping`, the firehose refuses new consumers, the
+//!    public listener accepts no new connections (so no new crawls either);
+//! 2. stop ingest: Subscribers stop, the validator shards drain, everything sequenced is
+//!    persisted and synced, host cursors and account state are flushed to Postgres, the
+//!    event log closes;
+//! 3. close consumers with 1001 (they have had everything that became durable);
+//! 4. stop the HTTP servers, close the pools, stop the embedded Postgres (always, even
+//!    when the bound expired).
+//!
+//! A second SIGTERM/SIGINT during the sequence exits at once (status 1), after logging what
+//! was unfinished and stopping the embedded Postgres without a checkpoint.
 
 #![forbid(unsafe_code)]
 
@@ -14,16 +31,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 use rookery::actors::obs::ActorMetrics;
 use rookery::actors::validator_shard::system_clock;
 use rookery::actors::{PipelineError, start_pipeline};
-use rookery::config::{
-    Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
-};
+use rookery::config::{Cli, Command, Config, ConfigError, DatabaseTarget, StorageConfig};
 use rookery::http::health::{Readiness, configure_readiness};
 use rookery::http::{self, metrics::Metrics};
+use rookery::service::notify::{self, Notifier};
+use rookery::service::shutdown::{BoundedShutdown, ShutdownExpired};
+use rookery::service::watchdog::{PipelineProbe, StatusSources, start_service_loop};
+use rookery::service::{self, logging};
 use rookery::startup;
 use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
 use rookery::store::managed_postgres::{ManagedPostgres, ManagedPostgresError, StartOptions};
@@ -62,6 +80,24 @@ enum RunError {
     Pipeline(#[from] PipelineError),
     #[error("the {0} HTTP server stopped unexpectedly: {1}")]
     ServerExited(&'static str, String),
+    #[error(transparent)]
+    ShutdownExpired(#[from] ShutdownExpired),
+    #[error("{signal} received again during shutdown: exited at once; unfinished: {unfinished}")]
+    ShutdownInterrupted {
+        signal: &'static str,
+        unfinished: String,
+    },
+}
+
+impl RunError {
+    /// The shutdown was cut short: stuck stages may still hold threads (a Persister in
+    /// `fdatasync`, a join waiting for it) that dropping the runtime would wait for.
+    fn cut_short(&self) -> bool {
+        matches!(
+            self,
+            RunError::ShutdownExpired(_) | RunError::ShutdownInterrupted { .. }
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -85,7 +121,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    if let Err(sentence) = init_logging(storage.log_format) {
+    if let Err(sentence) = logging::init(storage.log_format) {
         eprintln!("rookery: {sentence}");
         return ExitCode::from(2);
     }
@@ -95,12 +131,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "rookery stopped with an error");
-            eprintln!("rookery: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => run_failed(&e),
     }
+}
+
+fn run_failed(e: &RunError) -> ExitCode {
+    tracing::error!(error = %e, "rookery stopped with an error");
+    eprintln!("rookery: {e}");
+    ExitCode::from(1)
 }
 
 /// `--help`/`--version` print as usual; usage errors become one line, exit status 2.
@@ -132,27 +170,6 @@ fn clap_error(e: clap::Error) -> ExitCode {
 fn config_error(e: &ConfigError) -> ExitCode {
     eprintln!("rookery: {e}");
     ExitCode::from(2)
-}
-
-/// Level from ROOKERY_LOG, else RUST_LOG, else `info`; text or JSON lines on stderr.
-/// An unreadable filter is a configuration error (the one-sentence message is returned).
-fn init_logging(format: LogFormat) -> Result<(), String> {
-    let (source, directives) = match (std::env::var("ROOKERY_LOG"), std::env::var("RUST_LOG")) {
-        (Ok(v), _) if !v.trim().is_empty() => ("ROOKERY_LOG", v),
-        (_, Ok(v)) if !v.trim().is_empty() => ("RUST_LOG", v),
-        _ => ("ROOKERY_LOG", "info".to_string()),
-    };
-    let filter = EnvFilter::try_new(&directives).map_err(|e| {
-        format!("invalid {source} \"{directives}\": expected a filter such as info or rookery=debug ({e})")
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
 }
 
 fn log_effective_config(summary: &[(&'static str, String)]) {
@@ -210,6 +227,13 @@ fn migrate(storage: StorageConfig) -> Result<(), RunError> {
 fn serve(config: Config) -> Result<(), RunError> {
     let system = actix_rt::System::new();
     let result = system.block_on(run_relay(config));
+    if let Err(e) = &result
+        && e.cut_short()
+    {
+        // Exit now: what is stuck stays stuck, and recovery at the next start handles it.
+        run_failed(e);
+        std::process::exit(1);
+    }
     actix_rt::System::current().stop();
     result
 }
@@ -223,6 +247,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "rookery starting");
     log_effective_config(&config.summary());
+    let (notifier, watchdog) = service_manager();
     let metrics = Metrics::new()?;
 
     // The event log first: it is the relay's memory, it takes a lock that keeps a second
@@ -344,6 +369,21 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     let mut metrics_task = actix_rt::spawn(metrics_server);
     readiness.set_ready();
     tracing::info!(public = ?public_addrs, metrics = ?metrics_addrs, "rookery is serving");
+    let status = StatusSources {
+        hosts: pipeline.host_counts.clone(),
+        firehose: firehose.clone(),
+        postgres_degraded: pipeline.ingest.degraded.clone(),
+    };
+    notifier.ready(&status.line(
+        &service::watchdog::Verdict::Progressing,
+        *pipeline.ingest.durable_head.borrow(),
+    ));
+    let service_loop = start_service_loop(
+        notifier.clone(),
+        watchdog,
+        PipelineProbe::new(&pipeline.ingest),
+        status,
+    );
 
     let outcome = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM received, shutting down"); Ok(()) }
@@ -351,29 +391,89 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         r = &mut public_task => Err(RunError::ServerExited("public", describe_exit(r))),
         r = &mut metrics_task => Err(RunError::ServerExited("metrics", describe_exit(r))),
     };
+    service_loop.stop();
+    notifier.stopping("stopping: shutdown began");
 
-    // Consumers first: each session closes its own socket with 1001, then the servers stop.
-    let still_open = firehose.shutdown(settings.shutdown_timeout).await;
-    if still_open > 0 {
-        tracing::warn!(
-            still_open,
-            "firehose consumers still open after the shutdown timeout"
-        );
-    }
-    public_handle.stop(true).await;
-    metrics_handle.stop(true).await;
-    // Subscribers stop, shards finish what is queued, everything sequenced is made durable,
-    // cursors and account state are written; then the log is closed.
-    pipeline.shutdown().await;
-    retention.stop();
+    let shutdown = BoundedShutdown::start(config.service.shutdown_timeout, notifier.clone());
+    let progress = shutdown.progress();
+    let sequence = async {
+        shutdown
+            .stage("stop accepting consumers and connections", async {
+                readiness.set_stopping();
+                firehose.stop_admitting();
+                public_handle.pause().await;
+            })
+            .await;
+        retention.stop();
+        shutdown
+            .stage(
+                "stop ingest",
+                pipeline.shutdown_observed(&|step| progress.set_step(step.describe())),
+            )
+            .await;
+        let remaining = shutdown.remaining();
+        if let Some(still_open) = shutdown
+            .stage("close consumers with 1001", firehose.shutdown(remaining))
+            .await
+            && still_open > 0
+        {
+            tracing::warn!(
+                still_open,
+                "firehose consumers still open after the shutdown timeout"
+            );
+        }
+        shutdown
+            .stage("stop the HTTP servers", async {
+                public_handle.stop(true).await;
+                metrics_handle.stop(true).await;
+            })
+            .await;
+    };
+    let second_signal = tokio::select! {
+        () = sequence => None,
+        _ = sigterm.recv() => Some("SIGTERM"),
+        _ = sigint.recv() => Some("SIGINT"),
+    };
     api_db.close();
     db.close();
     drop(db);
+    if let Some(signal) = second_signal {
+        let unfinished = progress
+            .current()
+            .unwrap_or_else(|| "between stages".to_string());
+        tracing::error!(signal, unfinished = %unfinished, "second signal: exiting at once");
+        if let Some(postgres) = managed
+            && let Err(e) = postgres.stop_immediately()
+        {
+            tracing::error!(error = %e, "stopping the embedded Postgres failed");
+        }
+        return Err(RunError::ShutdownInterrupted { signal, unfinished });
+    }
+    let finished = shutdown.finish();
+    // Always, even when the bound expired: the cluster must not outlive the relay.
     if let Some(postgres) = managed {
         postgres.stop()?;
     }
-    tracing::info!("rookery stopped");
+    let took = finished?;
+    tracing::info!(took = ?took, "rookery stopped");
     outcome
+}
+
+/// The service manager's notification socket and watchdog timeout, from the environment.
+/// Unusable settings are logged and ignored: the relay runs without them.
+fn service_manager() -> (Notifier, Option<std::time::Duration>) {
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "not notifying the service manager");
+        Notifier::disabled()
+    });
+    let watchdog = notify::watchdog_timeout_from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "watchdog settings ignored");
+        None
+    });
+    if notifier.is_enabled() {
+        tracing::info!(watchdog = ?watchdog, "notifying the service manager");
+    }
+    (notifier, watchdog)
 }
 
 fn describe_exit(result: Result<std::io::Result<()>, actix_rt::task::JoinError>) -> String {

@@ -17,9 +17,11 @@
 //! and is the list the admin API serves; sessions update their entry with atomics, so the
 //! list never waits on a session.
 //!
-//! Shutdown ([`Firehose::shutdown`]) flips a `watch` every session selects on: each one
-//! sends close 1001 on its own socket and stops (lesson 11: no one else touches it).
-//! Dropping the handle is not a shutdown; `main` calls it before stopping the HTTP server.
+//! Shutdown comes in two steps: [`Firehose::stop_admitting`] refuses new consumers (503)
+//! while open sessions keep streaming what the draining pipeline makes durable; then
+//! [`Firehose::shutdown`] flips a `watch` every session selects on: each one sends close
+//! 1001 on its own socket and stops (lesson 11: no one else touches it). Dropping the handle
+//! is not a shutdown; `main` calls both before stopping the HTTP server.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -416,6 +418,8 @@ pub struct FirehoseShared {
     /// The head the Broadcaster published (every record up to it is in the ring or the log).
     pub head: watch::Receiver<u64>,
     pub shutdown: watch::Receiver<bool>,
+    /// Set once no new consumer is admitted ([`Firehose::stop_admitting`]).
+    pub closed: AtomicBool,
     pub table: Arc<ConsumerTable>,
     pub metrics: FirehoseMetrics,
     pub actor_metrics: ActorMetrics,
@@ -426,7 +430,7 @@ struct Route(Arc<FirehoseShared>);
 
 impl ConsumerSessions for Route {
     fn shutting_down(&self) -> bool {
-        *self.0.shutdown.borrow()
+        self.0.closed.load(Ordering::Acquire) || *self.0.shutdown.borrow()
     }
 
     fn count_rejected(&self, reason: &'static str) {
@@ -493,6 +497,7 @@ pub fn start_firehose(
         ring,
         head,
         shutdown: shutdown_rx,
+        closed: AtomicBool::new(false),
         table: Arc::new(ConsumerTable::new(metrics.consumers.clone())),
         metrics,
         actor_metrics: actor_metrics.clone(),
@@ -580,10 +585,18 @@ impl Firehose {
         self.broadcaster.send(MaskAccount { did_hash }).await
     }
 
+    /// Refuses new consumers from now on (the route answers 503); open sessions go on
+    /// until [`Firehose::shutdown`]. The first step of a relay shutdown: consumers keep
+    /// receiving what the draining pipeline makes durable.
+    pub fn stop_admitting(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+
     /// Tells every session to close with 1001 and waits until all are gone, at most
     /// `limit`. Returns how many were still open. New connections are refused from now
     /// on (the route answers 503). Call before stopping the HTTP servers.
     pub async fn shutdown(&self, limit: Duration) -> usize {
+        self.stop_admitting();
         self.shutdown.send_replace(true);
         self.shared.table.wait_empty(limit).await
     }

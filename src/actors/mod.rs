@@ -182,7 +182,14 @@ impl Ingest {
     /// waits for its thread, which closes the event log. The Sequencer and WriteBehind stop
     /// with their arbiter.
     pub async fn shutdown(self) {
+        self.shutdown_observed(&|_| {}).await;
+    }
+
+    /// [`Ingest::shutdown`], telling `step` what it starts.
+    pub async fn shutdown_observed(self, step: &dyn Fn(ShutdownStep)) {
+        step(ShutdownStep::PersistInFlight);
         let _ = self.sequencer.send(Drain).await;
+        step(ShutdownStep::FlushPostgres);
         match self.write_behind.send(FlushNow).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
@@ -193,6 +200,7 @@ impl Ingest {
             }
             Err(_) => tracing::warn!("write-behind stopped before the final flush"),
         }
+        step(ShutdownStep::CloseEventLog);
         self.budget.close();
         self.persister_arbiter.stop();
         let arbiter = self.persister_arbiter;
@@ -327,15 +335,45 @@ pub async fn start_pipeline(
     })
 }
 
+/// The steps of stopping the ingest path, in order (what a bounded shutdown reports as
+/// unfinished when it runs out of time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownStep {
+    StopSubscribers,
+    DrainValidators,
+    PersistInFlight,
+    FlushPostgres,
+    CloseEventLog,
+}
+
+impl ShutdownStep {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ShutdownStep::StopSubscribers => "stop the subscribers",
+            ShutdownStep::DrainValidators => "drain the validator shards",
+            ShutdownStep::PersistInFlight => "persist and sync the events in flight",
+            ShutdownStep::FlushPostgres => "flush host cursors and account state to Postgres",
+            ShutdownStep::CloseEventLog => "close the event log",
+        }
+    }
+}
+
 impl Pipeline {
     /// Stops in the order that loses nothing: Subscribers (their unfinished marks keep the
     /// cursors below what they did not deliver), then the shards (queued frames handled,
     /// outboxes sent), then ingest (everything sequenced made durable, cursors and account
     /// state flushed).
     pub async fn shutdown(self) {
+        self.shutdown_observed(&|_| {}).await;
+    }
+
+    /// [`Pipeline::shutdown`], telling `step` what it starts.
+    pub async fn shutdown_observed(self, step: &dyn Fn(ShutdownStep)) {
+        step(ShutdownStep::StopSubscribers);
         let _ = self.supervisor.send(StopSupervisor).await;
+        step(ShutdownStep::DrainValidators);
         drop(self.router);
         self.shards.shutdown().await;
-        self.ingest.shutdown().await;
+        self.ingest.shutdown_observed(step).await;
     }
 }

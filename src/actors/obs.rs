@@ -275,6 +275,28 @@ impl Drop for HandlerGuard {
     }
 }
 
+/// Sampling for a log line that can repeat without bound (a slow-consumer storm, a flood of
+/// refused admin requests, every query while Postgres is down): one line per event is the
+/// rule, but a thousand identical lines hide the one that matters. Logs the 1st, 2nd, 4th,
+/// 8th ... occurrence and then every 1,024th; the caller puts the count (`seen`) in the line,
+/// so nothing is hidden, only summarised. The metrics count every occurrence.
+///
+/// `const`-constructible, so a call site can keep its own in a `static`.
+#[derive(Debug, Default)]
+pub struct LogSample(std::sync::atomic::AtomicU64);
+
+impl LogSample {
+    pub const fn new() -> LogSample {
+        LogSample(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// Counts one occurrence; `Some(seen)` when this one is to be logged.
+    pub fn hit(&self) -> Option<u64> {
+        let seen = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        (seen.is_power_of_two() || seen.is_multiple_of(1024)).then_some(seen)
+    }
+}
+
 /// Why a `try_send` did not queue its message (the message comes back).
 #[derive(Debug)]
 pub enum TrySendError<M> {
@@ -374,6 +396,18 @@ impl<A: Actor> InstrumentedAddr<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_sample_logs_powers_of_two_then_every_1024th() {
+        let sample = LogSample::new();
+        let logged: Vec<u64> = (0..5000).filter_map(|_| sample.hit()).collect();
+        assert_eq!(
+            logged,
+            [
+                1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3072, 4096
+            ]
+        );
+    }
 
     const CAPACITY: usize = 2;
 

@@ -74,7 +74,9 @@ pub struct StorageArgs {
         default_value = "30s"
     )]
     pub db_statement_timeout: String,
-    /// Log format: text or json. The level comes from ROOKERY_LOG or RUST_LOG (default info).
+    /// Log format on stderr: text (colour only on a terminal, no timestamps when stderr is
+    /// the journal), json, or journald (syslog priority prefixes, no timestamps). The level
+    /// comes from ROOKERY_LOG or RUST_LOG (default info).
     #[arg(long, env = "ROOKERY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 }
@@ -181,12 +183,15 @@ pub struct ServeArgs {
         default_value = "50"
     )]
     pub max_consumers_per_ip: String,
-    /// How long a graceful shutdown may wait for open HTTP connections (humantime).
+    /// Bound on the whole graceful shutdown after SIGTERM/SIGINT (humantime): stop accepting,
+    /// stop ingest and make it durable, flush Postgres, close consumers, stop the servers.
+    /// On expiry rookery exits 1 naming what was unfinished; keep systemd's TimeoutStopSec
+    /// above it.
     #[arg(
         long,
         env = "ROOKERY_SHUTDOWN_TIMEOUT",
         allow_hyphen_values = true,
-        default_value = "5s"
+        default_value = "20s"
     )]
     pub shutdown_timeout: String,
     /// Lowest relay seq ever used: after recovery the event log resumes after its highest

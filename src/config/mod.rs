@@ -9,8 +9,9 @@
 //! - this file: assembly. [`Config`] (`serve`) and [`StorageConfig`] (`serve` and `migrate`)
 //!   gather the settings types their subsystems own: [`DbSettings`] (`store::postgres`),
 //!   [`EventLogConfig`] (`store::event_log`), [`HttpSettings`] (`http`),
-//!   [`FirehoseSettings`] (`actors::firehose`). Settings with no
-//!   subsystem yet (admin passwords, PLC URL, log format, which database) stay here until one
+//!   [`FirehoseSettings`] (`actors::firehose`), [`ServiceSettings`] and [`LogFormat`]
+//!   (`service`). Settings with no
+//!   subsystem yet (admin passwords, PLC URL, which database) stay here until one
 //!   exists. `summary`/`Display` print the effective configuration with secrets redacted.
 //!
 //! Why options arrive as plain strings: clap's own parsers would report a bad value in
@@ -39,9 +40,12 @@ use crate::actors::PipelineSettings;
 use crate::actors::firehose::FirehoseSettings;
 use crate::atproto::validate::ValidationPolicy;
 use crate::http::HttpSettings;
+use crate::service::ServiceSettings;
 use crate::store::event_log::{EventLogConfig, RetentionPolicy, SyncPolicy};
 use crate::store::postgres::DbSettings;
 
+/// Log output format; owned by `service::logging`, which sets up the output.
+pub use crate::service::logging::LogFormat;
 pub use cli::{Cli, Command, MigrateArgs, ServeArgs, StorageArgs};
 pub use parse::ConfigError;
 pub use secret::{DatabaseUrl, REDACTED, Secret, redact_database_url};
@@ -49,22 +53,6 @@ pub use secret::{DatabaseUrl, REDACTED, Secret, redact_database_url};
 use parse::{
     parse_byte_size, parse_count, parse_duration, parse_http_url, parse_seq, parse_socket_addr,
 };
-
-/// Log output format (read by the binary's logging set-up).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        })
-    }
-}
 
 /// Where the relational data lives. It stays in `config` because it holds a
 /// [`DatabaseUrl`] (a secret); the binary turns it into what `store` takes: a
@@ -156,6 +144,8 @@ pub struct Config {
     pub pipeline: PipelineSettings,
     /// The firehose out: slow-consumer policy and consumer limits.
     pub firehose: FirehoseSettings,
+    /// Running as a service: the bound on the graceful shutdown.
+    pub service: ServiceSettings,
 }
 
 /// The ingest path's settings from the `serve` options.
@@ -200,6 +190,9 @@ impl Config {
             event_log,
             pipeline: pipeline_settings(args, &plc_url)?,
             firehose: firehose_settings(args)?,
+            service: ServiceSettings {
+                shutdown_timeout: parse_duration("shutdown-timeout", &args.shutdown_timeout)?,
+            },
         })
     }
 
@@ -236,7 +229,7 @@ impl Config {
             ("http-workers", self.http.workers.to_string()),
             (
                 "shutdown-timeout",
-                humantime::format_duration(self.http.shutdown_timeout).to_string(),
+                humantime::format_duration(self.service.shutdown_timeout).to_string(),
             ),
         ];
         out.push((
@@ -330,7 +323,8 @@ fn database_target(args: &StorageArgs) -> Result<DatabaseTarget, ConfigError> {
     })
 }
 
-/// `http`: `--bind`, `--metrics-bind`, `--http-workers`, `--shutdown-timeout`.
+/// `http`: `--bind`, `--metrics-bind`, `--http-workers`, and `--shutdown-timeout` as the
+/// listeners' own graceful limit (the whole shutdown is bounded by it too, in `service`).
 fn http_settings(args: &ServeArgs) -> Result<HttpSettings, ConfigError> {
     let bind = parse_socket_addr("bind", &args.bind)?;
     let metrics_bind = parse_socket_addr("metrics-bind", &args.metrics_bind)?;
@@ -406,11 +400,8 @@ fn admin_passwords(raw: &[String]) -> Result<Vec<Secret>, ConfigError> {
 }
 
 fn parse_log_format(raw: &str) -> Result<LogFormat, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(ConfigError::new("log-format", raw, "expected text or json")),
-    }
+    raw.parse()
+        .map_err(|()| ConfigError::new("log-format", raw, "expected text, json or journald"))
 }
 
 fn parse_sync_policy(raw: &str) -> Result<SyncPolicy, ConfigError> {
@@ -640,6 +631,8 @@ mod tests {
         assert_eq!(config.plc_url.as_str(), "https://plc.directory/");
         assert_eq!(config.replay_window, Duration::from_secs(72 * 3600));
         assert_eq!(config.storage.log_format, LogFormat::Text);
+        assert_eq!(config.service.shutdown_timeout, Duration::from_secs(20));
+        assert_eq!(config.http.shutdown_timeout, Duration::from_secs(20));
         assert!(config.storage.data_dir.is_absolute());
         assert!(matches!(
             config.storage.database,
@@ -657,7 +650,9 @@ mod tests {
             "--replay-window",
             "1h 30m",
             "--log-format",
-            "json",
+            "journald",
+            "--shutdown-timeout",
+            "45s",
             "--admin-password",
             "a",
             "--admin-password",
@@ -669,7 +664,9 @@ mod tests {
         assert_eq!(config.http.bind, "[::1]:8080".parse().unwrap());
         assert_eq!(config.http.metrics_bind, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(config.replay_window, Duration::from_secs(5400));
-        assert_eq!(config.storage.log_format, LogFormat::Json);
+        assert_eq!(config.storage.log_format, LogFormat::Journald);
+        assert_eq!(config.service.shutdown_timeout, Duration::from_secs(45));
+        assert!(config.to_string().contains("shutdown-timeout=45s"));
         assert_eq!(config.admin_passwords.len(), 2);
         assert_eq!(config.admin_passwords[1].expose(), "b");
         let DatabaseTarget::External(url) = &config.storage.database else {
@@ -702,7 +699,7 @@ mod tests {
             (&["--replay-window", "0s"], "must be longer than zero"),
             (
                 &["--log-format", "xml"],
-                "invalid --log-format \"xml\": expected text or json",
+                "invalid --log-format \"xml\": expected text, json or journald",
             ),
             (&["--http-workers", "0"], "invalid --http-workers"),
             (&["--db-pool-size", "many"], "invalid --db-pool-size"),

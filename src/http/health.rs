@@ -6,7 +6,8 @@
 //!
 //! Readiness: `GET /_readyz` reads flags and counters that the pipeline publishes, never a
 //! mailbox or Postgres: 503 `{"status":"starting"}` until the pipeline runs and the listeners
-//! are bound, then 200 with `status` `ready` or `degraded` (the relay stays in service; the
+//! are bound, 503 `{"status":"stopping"}` once a shutdown began (load balancers drain the
+//! relay), and in between 200 with `status` `ready` or `degraded` (the relay stays in service; the
 //! body says what to look at), `reasons`, `postgres` (`ok` / `degraded`: the write-behind
 //! cannot write), `seq` (the durable head), `hosts` (`known`, `connected`) and
 //! `events_flowing` (the head moved within the last five minutes). Reasons:
@@ -31,6 +32,7 @@ pub const QUIET_LIMIT: Duration = Duration::from_secs(5 * 60);
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
     /// Raised by the write-behind while Postgres writes fail.
     postgres_degraded: Arc<AtomicBool>,
     head: Option<watch::Receiver<u64>>,
@@ -64,6 +66,11 @@ impl Readiness {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// A shutdown began: not ready any more, for good.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
     pub fn is_degraded(&self) -> bool {
         self.postgres_degraded.load(Ordering::Acquire)
     }
@@ -83,6 +90,9 @@ impl Readiness {
 
     /// The readiness answer: status code and JSON body.
     pub fn report(&self) -> (u16, serde_json::Value) {
+        if self.stopping.load(Ordering::Acquire) {
+            return (503, serde_json::json!({ "status": "stopping" }));
+        }
         if !self.is_ready() {
             return (503, serde_json::json!({ "status": "starting" }));
         }
@@ -180,6 +190,13 @@ mod tests {
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["reasons"][0], "postgres-writes");
         assert_eq!(body["postgres"], "degraded");
+        readiness.set_stopping();
+        let resp = test::call_service(&app, get()).await;
+        assert_eq!(resp.status(), 503);
+        assert_eq!(
+            &test::read_body(resp).await[..],
+            br#"{"status":"stopping"}"#
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -228,6 +228,16 @@ impl ManagedPostgres {
         self.pg_ctl_stop("fast")
     }
 
+    /// Stops the cluster without a checkpoint (`pg_ctl stop -m immediate`): for an operator
+    /// who asked to exit at once (a second signal). The next start runs crash recovery,
+    /// which is what Postgres is built for. Idempotent.
+    pub fn stop_immediately(&self) -> Result<(), ManagedPostgresError> {
+        if !self.running.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.pg_ctl_stop("immediate")
+    }
+
     fn initdb(&self, ephemeral: bool) -> Result<(), ManagedPostgresError> {
         let args: Vec<OsString> = vec![
             "-D".into(),
@@ -290,7 +300,12 @@ impl ManagedPostgres {
 
     fn pg_ctl_start(&self, ephemeral: bool) -> Result<(), ManagedPostgresError> {
         let socket = self.socket_dir.to_string_lossy();
-        let mut server_options = format!("-k '{}' -c listen_addresses=''", quote_sh(&socket));
+        // No JIT: rookery's queries are small, and LLVM's writable-then-executable pages are
+        // what the hardened unit's MemoryDenyWriteExecute= forbids (ops/rookery.service).
+        let mut server_options = format!(
+            "-k '{}' -c listen_addresses='' -c jit=off",
+            quote_sh(&socket)
+        );
         if ephemeral {
             server_options
                 .push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
@@ -378,6 +393,11 @@ impl ManagedPostgres {
             .current_dir("/")
             .env("LC_ALL", "C")
             .env_remove("PGDATA")
+            // The service manager's sockets are rookery's: a Postgres built with systemd
+            // support would otherwise report its own READY=1 to rookery's unit.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null());
         if own_group {
             command.process_group(0);
