@@ -248,6 +248,11 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "rookery starting");
     log_effective_config(&config.summary());
     let (notifier, watchdog) = service_manager();
+    if let Some(warning) =
+        service::open_files_warning(service::open_files_limit(), config.firehose.max_consumers)
+    {
+        tracing::warn!("{warning}");
+    }
     let metrics = Metrics::new()?;
 
     // The event log first: it is the relay's memory, it takes a lock that keeps a second

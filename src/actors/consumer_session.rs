@@ -46,11 +46,14 @@ use tokio::time::Instant;
 
 use super::broadcaster::RingRead;
 use super::firehose::{ConsumerEntry, ConsumerSlot, FirehoseShared};
-use super::obs::ActorObs;
+use super::obs::{ActorObs, LogSample};
 use crate::atproto::frame::{
     CONSUMER_TOO_SLOW, FUTURE_CURSOR, OUTDATED_CURSOR, encode_error, encode_info,
 };
 use crate::store::event_log::{EventLogError, LogRecord, Replay};
+
+/// Sampling of the "closed as dead" lines (a network partition kills many at once).
+static DEAD: LogSample = LogSample::new();
 
 /// Largest frame a client may send: clients have nothing to say; this only bounds memory.
 const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
@@ -679,7 +682,9 @@ impl Pump {
                 Ok(None) => Sent::Exit(Exit::ClientGone),
                 Err(_) if self.live => Sent::Exit(self.too_slow(Exit::TooSlowStall).await),
                 Err(_) => {
-                    tracing::info!(consumer = self.entry.id, "catching-up consumer drains nothing; closed as dead");
+                    if let Some(seen) = DEAD.hit() {
+                        tracing::info!(consumer = self.entry.id, seen, "catching-up consumer drains nothing; closed as dead");
+                    }
                     Sent::Exit(Exit::Dead)
                 }
             },
@@ -726,7 +731,9 @@ impl Pump {
                 let now = Instant::now();
                 match idle_verdict(now, self.pinged_at, self.last_heard.get(), interval) {
                     IdleVerdict::Dead => {
-                        tracing::info!(consumer = self.entry.id, "consumer answered no ping; closed as dead");
+                        if let Some(seen) = DEAD.hit() {
+                            tracing::info!(consumer = self.entry.id, seen, "consumer answered no ping; closed as dead");
+                        }
                         Some(Exit::Dead)
                     }
                     IdleVerdict::Ping => {
@@ -758,14 +765,19 @@ impl Pump {
             .with_label_values(&[cause])
             .inc();
         let head = *self.head.borrow();
-        tracing::info!(
-            consumer = self.entry.id,
-            remote = %self.entry.remote,
-            cursor = self.cursor,
-            head,
-            cause,
-            "consumer too slow; closing"
-        );
+        // Sampled: a slow-consumer storm closes hundreds at once; the metric counts each.
+        static TOO_SLOW: LogSample = LogSample::new();
+        if let Some(seen) = TOO_SLOW.hit() {
+            tracing::info!(
+                consumer = self.entry.id,
+                remote = %self.entry.remote,
+                cursor = self.cursor,
+                head,
+                cause,
+                seen,
+                "consumer too slow; closing"
+            );
+        }
         let message = match exit {
             Exit::TooSlowStall => "the connection stopped draining",
             _ => "the consumer fell too far behind the live stream",

@@ -101,7 +101,12 @@ impl ResponseError for XrpcError {
 /// log, not to the client.
 impl From<DbError> for XrpcError {
     fn from(e: DbError) -> XrpcError {
-        tracing::warn!(reason = e.reason(), error = %e, "xrpc query failed in postgres");
+        // Sampled: while Postgres is down every request fails the same way (each is counted
+        // in rookery_http_requests_total with its 503).
+        static FAILED: crate::actors::obs::LogSample = crate::actors::obs::LogSample::new();
+        if let Some(seen) = FAILED.hit() {
+            tracing::warn!(reason = e.reason(), error = %e, seen, "xrpc query failed in postgres");
+        }
         if e.is_transient() {
             XrpcError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

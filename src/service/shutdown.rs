@@ -115,7 +115,8 @@ impl BoundedShutdown {
         }
         self.progress.enter(Some(name));
         self.notifier.status(&format!("stopping: {name}"));
-        tracing::info!(stage = name, remaining = ?self.remaining(), "shutdown stage");
+        let left = Duration::from_millis(self.remaining().as_millis() as u64);
+        tracing::info!(stage = name, remaining = %humantime::format_duration(left), "shutdown stage");
         let outcome = tokio::time::timeout_at(self.deadline, work).await;
         let unfinished = self.progress.current();
         self.progress.enter(None);

@@ -9,12 +9,22 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rookery");
 
-/// A command with no inherited rookery configuration from the environment.
+/// A command with no inherited rookery configuration from the environment (nor a service
+/// manager's sockets, should the tests themselves run under one).
 pub fn rookery() -> Command {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        if key.starts_with("ROOKERY_") || key == "DATABASE_URL" || key == "RUST_LOG" {
+        if key.starts_with("ROOKERY_")
+            || key.starts_with("WATCHDOG_")
+            || [
+                "DATABASE_URL",
+                "RUST_LOG",
+                "NOTIFY_SOCKET",
+                "JOURNAL_STREAM",
+            ]
+            .contains(&key.as_str())
+        {
             command.env_remove(key);
         }
     }

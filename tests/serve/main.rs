@@ -11,3 +11,5 @@ mod ingest_crash;
 mod lifecycle;
 mod relay_end_to_end;
 mod relay_fixture;
+mod service;
+mod shutdown;

@@ -14,7 +14,10 @@ use crate::common::process::rookery;
 /// What stays across restarts of the relay process.
 pub struct RelayFixture {
     pub db: Db,
+    /// What the relay connects with (a test may point it through a proxy).
     pub database_url: String,
+    /// The fresh database's name in the test cluster.
+    pub dbname: String,
     pub data: PathBuf,
     /// The child's stderr, appended to by every start.
     pub log: PathBuf,
@@ -40,6 +43,11 @@ impl RelayFixture {
         let temp = tempfile::tempdir().expect("tempdir");
         RelayFixture {
             db,
+            dbname: database
+                .pg_config
+                .get_dbname()
+                .expect("a database name")
+                .to_string(),
             database_url: database.connection_string,
             data: temp.path().join("data"),
             log: temp.path().join("stderr.log"),

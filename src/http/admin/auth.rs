@@ -157,7 +157,12 @@ pub async fn require_admin(
     let caller = match checked {
         Ok(caller) => caller,
         Err(denied) => {
-            tracing::warn!(%method, %path, ?denied, peer = ?req.peer_addr(), "admin request refused");
+            // Sampled: a password-guessing client must not flood the log (each refusal is
+            // still answered 401 and counted in rookery_http_requests_total).
+            static REFUSED: crate::actors::obs::LogSample = crate::actors::obs::LogSample::new();
+            if let Some(seen) = REFUSED.hit() {
+                tracing::warn!(%method, %path, ?denied, peer = ?req.peer_addr(), seen, "admin request refused");
+            }
             return Ok(req.into_response(denied_response(denied)));
         }
     };

@@ -112,7 +112,11 @@ impl ResponseError for AdminError {
 
 impl From<DbError> for AdminError {
     fn from(e: DbError) -> AdminError {
-        tracing::warn!(reason = e.reason(), error = %e, "admin query failed in postgres");
+        // Sampled: while Postgres is down every request fails the same way.
+        static FAILED: crate::actors::obs::LogSample = crate::actors::obs::LogSample::new();
+        if let Some(seen) = FAILED.hit() {
+            tracing::warn!(reason = e.reason(), error = %e, seen, "admin query failed in postgres");
+        }
         let status = if e.is_transient() {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
