@@ -278,6 +278,18 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     metrics
         .registry()
         .register(Box::new(EventLogCollector::new(log_admin.clone())?))?;
+    // One pass before ingest: a relay restarted after its disk filled up (the watchdog
+    // restarts it sooner than the thread's first pass) frees space under a lowered
+    // --replay-window or --event-log-max-size before it appends again.
+    match log_admin.retain_once(std::time::SystemTime::now()) {
+        Ok(r) if r.segments_deleted > 0 => tracing::info!(
+            segments = r.segments_deleted,
+            bytes = r.bytes_freed,
+            "event log retention deleted segments"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, reason = e.reason(), "event log retention failed"),
+    }
     let retention = spawn_retention(log_admin, RETENTION_INTERVAL).map_err(RunError::Retention)?;
 
     let (managed, pg_config) = open_database(&config.storage)?;
