@@ -185,10 +185,23 @@ pub struct PipelineProbe {
 
 impl PipelineProbe {
     pub fn new(ingest: &Ingest) -> PipelineProbe {
+        PipelineProbe::from_parts(
+            ingest.sequencer.clone(),
+            ingest.persister.clone(),
+            ingest.durable_head.clone(),
+        )
+    }
+
+    /// Over a Sequencer and Persister started by hand (tests).
+    pub fn from_parts(
+        sequencer: InstrumentedAddr<Sequencer>,
+        persister: InstrumentedAddr<Persister>,
+        durable_head: watch::Receiver<u64>,
+    ) -> PipelineProbe {
         PipelineProbe {
-            sequencer: ingest.sequencer.clone(),
-            persister: ingest.persister.clone(),
-            durable_head: ingest.durable_head.clone(),
+            sequencer,
+            persister,
+            durable_head,
             asking_sequencer: None,
             asking_persister: None,
         }

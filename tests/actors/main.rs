@@ -1,6 +1,7 @@
 //! The ingest actors: Sequencer + Persister against a real event log (concurrent producers
 //! playing the ValidatorShards' role), and the write-behind against a real Postgres and,
-//! on tokio's paused clock, against an in-memory sink.
+//! on tokio's paused clock, against an in-memory sink; the watchdog's probe of the ingest
+//! singletons.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -15,4 +16,5 @@ mod resolver;
 mod shard_scenarios;
 mod subscriber;
 mod support;
+mod watchdog;
 mod write_behind;
