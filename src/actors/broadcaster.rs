@@ -25,6 +25,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -309,8 +310,17 @@ pub struct Broadcaster {
     durable: watch::Receiver<u64>,
     ring: SharedRing,
     published: watch::Sender<u64>,
+    /// When the head was last published (the next publication waits for [`PUBLISH_EVERY`]).
+    last_publish: Option<tokio::time::Instant>,
     state: BroadcasterState,
 }
+
+/// Sessions are woken at most this often. Under a steady stream every wake then carries a
+/// few frames, which a session hands to its socket together (one task poll and one write per
+/// wake instead of per frame, per consumer: the cost that decides how many consumers a core
+/// serves); an event after a quiet spell is published at once. The price is at most this
+/// much latency.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(5);
 
 impl Broadcaster {
     /// Its `actor` label.
@@ -340,6 +350,7 @@ impl Broadcaster {
             durable,
             ring: ring.clone(),
             published,
+            last_publish: None,
             state: BroadcasterState {
                 head,
                 floor: head,
@@ -353,20 +364,27 @@ impl Broadcaster {
     /// the receiver, so a restart that drops it loses nothing.
     fn wait_for_head(&mut self, ctx: &mut Context<Self>) {
         let mut durable = self.durable.clone();
+        let not_before = self.last_publish.map(|at| at + PUBLISH_EVERY);
         ctx.spawn(
-            async move { durable.changed().await.is_ok() }
-                .into_actor(self)
-                .map(|alive, act, ctx| {
-                    if alive {
-                        // Marked seen before reading: the read goes to the log's durable
-                        // head, which covers every announcement made until then.
-                        act.durable.borrow_and_update();
-                        act.read(ctx);
-                    } else {
-                        tracing::info!("durable-head announcements ended; the ring stays");
-                        act.state.source_closed = true;
-                    }
-                }),
+            async move {
+                let alive = durable.changed().await.is_ok();
+                if alive && let Some(at) = not_before {
+                    tokio::time::sleep_until(at).await;
+                }
+                alive
+            }
+            .into_actor(self)
+            .map(|alive, act, ctx| {
+                if alive {
+                    // Marked seen before reading: the read goes to the log's durable
+                    // head, which covers every announcement made until then.
+                    act.durable.borrow_and_update();
+                    act.read(ctx);
+                } else {
+                    tracing::info!("durable-head announcements ended; the ring stays");
+                    act.state.source_closed = true;
+                }
+            }),
         );
     }
 
@@ -442,11 +460,14 @@ impl Broadcaster {
             .head
             .set(i64::try_from(head).unwrap_or(i64::MAX));
         // Never waits: sessions read the new value when they next look.
-        self.published.send_if_modified(|h| {
+        let moved = self.published.send_if_modified(|h| {
             let moved = head > *h;
             *h = (*h).max(head);
             moved
         });
+        if moved {
+            self.last_publish = Some(tokio::time::Instant::now());
+        }
     }
 }
 

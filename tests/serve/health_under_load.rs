@@ -45,7 +45,10 @@ async fn health_answers_fast_while_ingest_is_saturated() {
         .client()
         .await
         .expect("client")
-        .execute("UPDATE hosts SET last_seq = 1, account_limit = 100000000", &[])
+        .execute(
+            "UPDATE hosts SET last_seq = 1, account_limit = 100000000",
+            &[],
+        )
         .await
         .expect("cursor");
     let (port, metrics_port) = (free_port(), free_port());
