@@ -405,7 +405,7 @@ fn clients() {
                             let seq = frame::peek_event(&b).ok().and_then(|p| p.seq).expect("seq");
                             assert_eq!(seq, last + 1, "every event once, in order");
                             last = seq;
-                            if seq % SAMPLE == 0 {
+                            if seq.is_multiple_of(SAMPLE) {
                                 seen.push((seq, at));
                             }
                         }
