@@ -9,8 +9,11 @@
 //! Every response carries `Server: rookery/<version> (atproto-relay)`; the `atproto-relay`
 //! marker is how relays recognise each other (see INDIGO-ADMIN.md).
 
+pub mod admin;
 pub mod health;
 pub mod metrics;
+pub mod pull_hosts;
+pub mod request_crawl;
 pub mod subscribe_repos;
 pub mod sync;
 pub mod xrpc;

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod crawl;
 mod event_log;
 mod ingest_crash;
 mod lifecycle;

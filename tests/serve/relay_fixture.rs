@@ -2,7 +2,7 @@
 //! a data dir, and the child process started (again) on them.
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use rookery::sim::SimPds;
 use rookery::store::migrations;
@@ -50,7 +50,15 @@ impl RelayFixture {
     /// Starts `rookery serve` on the fixture with its public API on `port` and `/metrics` on
     /// `metrics_port`.
     pub fn spawn(&self, plc_url: &str, port: u16, metrics_port: u16) -> Child {
-        rookery()
+        self.command(plc_url, port, metrics_port)
+            .spawn()
+            .expect("spawn rookery")
+    }
+
+    /// The `rookery serve` command [`RelayFixture::spawn`] runs, for a test to add to.
+    pub fn command(&self, plc_url: &str, port: u16, metrics_port: u16) -> Command {
+        let mut command = rookery();
+        command
             .args(["serve", "--data-dir"])
             .arg(&self.data)
             .env("DATABASE_URL", &self.database_url)
@@ -65,8 +73,7 @@ impl RelayFixture {
                     .append(true)
                     .open(&self.log)
                     .expect("log file"),
-            )
-            .spawn()
-            .expect("spawn rookery")
+            );
+        command
     }
 }
