@@ -58,10 +58,7 @@ fn setup(settings: FirehoseSettings, fill: impl FnOnce(&mut EventLog)) -> Setup 
         start_firehose(log.reader(), head_rx, settings, &metrics, &registry).expect("firehose");
     let (server, addrs) = http::start_public(
         "127.0.0.1:0".parse().expect("addr"),
-        ListenerSettings {
-            workers: 2,
-            shutdown_timeout: Duration::from_secs(1),
-        },
+        ListenerSettings::new(2, Duration::from_secs(1)),
         rookery::http::subscribe_repos::routes(&firehose),
     )
     .expect("bind");

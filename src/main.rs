@@ -322,18 +322,17 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         pipeline.host_counts.clone(),
     );
     // The firehose out follows the Persister's durable head; sessions read the log.
-    let firehose = rookery::actors::firehose::start_firehose(
+    let firehose = std::sync::Arc::new(rookery::actors::firehose::start_firehose(
         pipeline.ingest.reader.clone(),
         pipeline.ingest.durable_head.clone(),
         config.firehose,
         &actor_metrics,
         metrics.registry(),
-    )?;
+    )?);
     let firehose_routes = http::subscribe_repos::routes(&firehose);
     let sync_api = http::sync::SyncApi::new(api_db.clone());
-    // requestCrawl admission (public route here; the admin scope mounts
-    // `http::admin::crawl::configure` with the same state). Its reads are short API reads,
-    // so it shares the API's pool.
+    // requestCrawl admission: the public route and the crawl admin routes share one state.
+    // Its reads are short API reads, so it shares the API's pool.
     let admission = AdmissionState::load(
         api_db.clone(),
         pipeline.supervisor.clone(),
@@ -342,25 +341,47 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         CrawlMetrics::register(metrics.registry())?,
     )
     .await?;
+    let admin_auth = http::admin::AdminAuth::new(config.admin_passwords.iter().map(|p| p.expose()));
+    if !admin_auth.enabled() {
+        tracing::warn!("no --admin-password configured: the admin API is disabled (answers 503)");
+    }
+    let admin_api = http::admin::AdminApi {
+        auth: admin_auth,
+        supervisor: pipeline.supervisor.clone(),
+        firehose: firehose.clone(),
+        db: api_db.clone(),
+    };
 
     let settings = config.http;
+    let request_metrics = http::RequestMetrics::register(metrics.registry())?;
     let routes_readiness = readiness.clone();
-    let (public, public_addrs) =
-        http::start_public(settings.bind, settings.public_listener(), move |cfg| {
+    let (public, public_addrs) = http::start_public(
+        settings.bind,
+        settings
+            .public_listener()
+            .with_metrics(&request_metrics, "public"),
+        move |cfg| {
             configure_readiness(cfg, routes_readiness.clone());
             firehose_routes(cfg);
             http::sync::configure(cfg, sync_api.clone());
             http::request_crawl::configure(cfg, admission.clone());
-        })
-        .map_err(|source| RunError::Listen {
-            option: "bind",
-            addr: settings.bind,
-            source,
-        })?;
+            let admin_crawl = admission.clone();
+            http::admin::configure(cfg, admin_api.clone(), move |admin| {
+                http::admin::crawl::configure(admin, admin_crawl)
+            });
+        },
+    )
+    .map_err(|source| RunError::Listen {
+        option: "bind",
+        addr: settings.bind,
+        source,
+    })?;
     let (metrics_server, metrics_addrs) = http::metrics::start_metrics(
         settings.metrics_bind,
         metrics.registry().clone(),
-        settings.metrics_listener(),
+        settings
+            .metrics_listener()
+            .with_metrics(&request_metrics, "metrics"),
     )
     .map_err(|source| RunError::Listen {
         option: "metrics-bind",

@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -234,6 +235,9 @@ pub struct ExitLink {
     outcome: Option<SubscriberExit>,
     connected: bool,
     events: u64,
+    /// The host's events since this process started, over all its connections (the admin
+    /// host list shows it).
+    seen: Arc<AtomicU64>,
     cursor: Option<i64>,
 }
 
@@ -255,6 +259,7 @@ impl ExitLink {
     /// One event went to its shard.
     pub fn delivered(&mut self) {
         self.events += 1;
+        self.seen.fetch_add(1, Ordering::Relaxed);
         if let Some(live) = self.live.take() {
             let _ = live.send(());
         }
@@ -423,6 +428,10 @@ pub struct HostView {
     pub dials: u64,
     /// The current connection delivered events.
     pub live: bool,
+    /// Events delivered by all of the host's connections since this process started.
+    pub events_seen: u64,
+    /// The host's event rate limits now.
+    pub limits: HostLimits,
 }
 
 /// Counters tests and `/metrics` read.
@@ -486,6 +495,7 @@ struct Host {
     timer: Option<SpawnHandle>,
     dials: u64,
     live: bool,
+    seen: Arc<AtomicU64>,
 }
 
 /// The host supervisor (one).
@@ -567,7 +577,7 @@ impl HostSupervisor {
         HostLimits::for_host(rec.account_limit, trusted)
     }
 
-    fn view(h: &Host) -> HostView {
+    fn view(&self, h: &Host) -> HostView {
         HostView {
             id: h.rec.id,
             hostname: h.rec.hostname.clone(),
@@ -580,6 +590,8 @@ impl HostSupervisor {
             epoch: h.epoch,
             dials: h.dials,
             live: h.live,
+            events_seen: h.seen.load(Ordering::Relaxed),
+            limits: self.limits_of(&h.rec),
         }
     }
 
@@ -596,6 +608,7 @@ impl HostSupervisor {
                 timer: None,
                 dials: 0,
                 live: false,
+                seen: Arc::default(),
             },
         );
     }
@@ -709,6 +722,7 @@ impl HostSupervisor {
                 outcome: None,
                 connected: false,
                 events: 0,
+                seen: Arc::clone(&h.seen),
                 cursor: None,
             },
         };
@@ -954,7 +968,7 @@ impl Handler<AddHost> for HostSupervisor {
                 // requestCrawl: dial now (an idle host after FutureCursor, or one in backoff).
                 self.schedule(id, Duration::ZERO, ctx);
             }
-            let view = self.hosts.get(&id).map(Self::view);
+            let view = self.hosts.get(&id).map(|h| self.view(h));
             return Box::pin(fut::ready(view.ok_or(AddHostError::Store("missing host"))));
         }
         let store = Arc::clone(&self.store);
@@ -976,7 +990,7 @@ impl Handler<AddHost> for HostSupervisor {
                     }
                     act.hosts
                         .get(&id)
-                        .map(Self::view)
+                        .map(|h| act.view(h))
                         .ok_or(AddHostError::Store("missing host"))
                 }),
         )
@@ -1131,7 +1145,7 @@ impl Handler<ListConnections> for HostSupervisor {
     type Result = MessageResult<ListConnections>;
     fn handle(&mut self, _: ListConnections, _: &mut Context<Self>) -> Self::Result {
         let _guard = self.obs.enter(ListConnections::NAME);
-        let mut v: Vec<HostView> = self.hosts.values().map(Self::view).collect();
+        let mut v: Vec<HostView> = self.hosts.values().map(|h| self.view(h)).collect();
         v.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         MessageResult(v)
     }

@@ -29,7 +29,7 @@
 
 use actix::prelude::*;
 use bytes::Bytes;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
 
 use super::obs::{ActorObs, ObservedMessage};
@@ -105,6 +105,8 @@ pub struct PersisterMetrics {
     durable_head: IntGauge,
     dropped: IntCounterVec,
     failures: IntCounterVec,
+    /// Seconds to append and sync one batch (the group commit's write and `fdatasync`).
+    sync_seconds: Histogram,
 }
 
 impl PersisterMetrics {
@@ -130,7 +132,17 @@ impl PersisterMetrics {
                 ),
                 &["reason"],
             )?,
+            sync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "rookery_event_log_sync_seconds",
+                    "Seconds to append and fdatasync one batch of events (group commit)",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
+            )?,
         };
+        registry.register(Box::new(m.sync_seconds.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.durable_head.clone()))?;
@@ -222,10 +234,14 @@ impl Persister {
             }
         }
         let last = records.last().map(|r| r.seq);
+        let started = std::time::Instant::now();
         let appended = self.log.append(&records).and_then(|head| match last {
             Some(last) if head < last => self.log.flush(),
             _ => Ok(head),
         });
+        self.metrics
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
         let head = match appended {
             Ok(head) => head,
             Err(e) => return Err(self.fail(e.reason(), &e)),

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use tokio::sync::oneshot;
 
 use super::obs::{ActorObs, ObservedMessage};
@@ -483,6 +485,8 @@ pub struct WriteBehindMetrics {
     rows: IntCounterVec,
     failures: IntCounterVec,
     pending: IntGaugeVec,
+    /// Seconds per batched statement, by table (Postgres batch latency).
+    seconds: HistogramVec,
 }
 
 impl WriteBehindMetrics {
@@ -520,7 +524,18 @@ impl WriteBehindMetrics {
                 ),
                 &["table"],
             )?,
+            seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "rookery_write_behind_statement_seconds",
+                    "Seconds per batched Postgres statement (successful ones), by table",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["table"],
+            )?,
         };
+        registry.register(Box::new(m.seconds.clone()))?;
         registry.register(Box::new(m.degraded.clone()))?;
         registry.register(Box::new(m.statements.clone()))?;
         registry.register(Box::new(m.rows.clone()))?;
@@ -567,6 +582,9 @@ struct FlushOutcome {
     accounts_written: Option<u64>,
     /// The account-state checkpoint written with the accounts.
     checkpoint: Option<u64>,
+    /// How long each successful statement took.
+    accounts_seconds: Option<f64>,
+    cursors_seconds: Option<f64>,
     unwritten_cursors: Vec<(i64, i64)>,
     unwritten_accounts: Vec<AccountStateUpdate>,
     error: Option<DbError>,
@@ -657,8 +675,11 @@ impl WriteBehind {
             let mut out = FlushOutcome::default();
             if !accounts.is_empty() || advance {
                 let n = accounts.len() as u64;
+                // Real time, not the actor's clock: this is a latency measurement only.
+                let started = std::time::Instant::now();
                 match sink.write_accounts(accounts.clone(), checkpoint).await {
                     Ok(_) => {
+                        out.accounts_seconds = Some(started.elapsed().as_secs_f64());
                         out.accounts_written = Some(n);
                         out.checkpoint = Some(checkpoint);
                     }
@@ -672,11 +693,13 @@ impl WriteBehind {
             }
             if !cursors.is_empty() {
                 let n = cursors.len() as u64;
+                let started = std::time::Instant::now();
                 if let Err(e) = sink.write_cursors(cursors.clone()).await {
                     out.unwritten_cursors = cursors;
                     out.error = Some(e);
                     return out;
                 }
+                out.cursors_seconds = Some(started.elapsed().as_secs_f64());
                 out.cursors_written = Some(n);
             }
             out
@@ -692,6 +715,17 @@ impl WriteBehind {
         let answer = out.error.as_ref().map_or(Ok(()), |e| Err(e.reason()));
         for waiter in self.waiting_current.drain(..) {
             let _ = waiter.send(answer);
+        }
+        for (table, seconds) in [
+            ("hosts", out.cursors_seconds),
+            ("accounts", out.accounts_seconds),
+        ] {
+            if let Some(seconds) = seconds {
+                self.metrics
+                    .seconds
+                    .with_label_values(&[table])
+                    .observe(seconds);
+            }
         }
         if let Some(n) = out.cursors_written {
             self.state.cursor_statements += 1;

@@ -50,12 +50,103 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 }
 
 /// Settings shared by both listeners.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerSettings {
     /// Worker threads.
     pub workers: usize,
     /// How long graceful shutdown waits for open connections.
     pub shutdown_timeout: Duration,
+    /// Where requests are counted, by route and status (none: not counted).
+    pub metrics: Option<RequestMetrics>,
+}
+
+impl ListenerSettings {
+    pub fn new(workers: usize, shutdown_timeout: Duration) -> ListenerSettings {
+        ListenerSettings {
+            workers,
+            shutdown_timeout,
+            metrics: None,
+        }
+    }
+
+    /// Counts this listener's requests in `metrics`, labelled `listener`.
+    pub fn with_metrics(
+        mut self,
+        metrics: &RequestMetrics,
+        listener: &'static str,
+    ) -> ListenerSettings {
+        self.metrics = Some(RequestMetrics {
+            listener,
+            ..metrics.clone()
+        });
+        self
+    }
+}
+
+/// HTTP requests by listener, route and status, and their handling time by route. The route
+/// is the matched pattern (`/xrpc/com.atproto.sync.listHosts`, `/admin/pds/list`) or
+/// `unmatched`, so the label values are the relay's routes, never what clients send.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics {
+    listener: &'static str,
+    requests: prometheus::IntCounterVec,
+    seconds: prometheus::HistogramVec,
+}
+
+impl RequestMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Result<RequestMetrics, prometheus::Error> {
+        let m = RequestMetrics {
+            listener: "",
+            requests: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "rookery_http_requests_total",
+                    "HTTP requests answered, by listener, route and status",
+                ),
+                &["listener", "route", "status"],
+            )?,
+            seconds: prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new(
+                    "rookery_http_request_seconds",
+                    "Seconds from request to response head, by listener and route",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["listener", "route"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.seconds.clone()))?;
+        Ok(m)
+    }
+
+    /// Requests counted so far for this route and status on `listener` (tests).
+    pub fn count(&self, listener: &str, route: &str, status: u16) -> u64 {
+        self.requests
+            .with_label_values(&[listener, route, &status.to_string()])
+            .get()
+    }
+}
+
+/// The listeners' outermost middleware: times and counts every request.
+async fn count_request(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let metrics = req.app_data::<web::Data<RequestMetrics>>().cloned();
+    let started = std::time::Instant::now();
+    let res = next.call(req).await?;
+    if let Some(m) = metrics {
+        let route = res.request().match_pattern();
+        let route = route.as_deref().unwrap_or("unmatched");
+        m.requests
+            .with_label_values(&[m.listener, route, res.status().as_str()])
+            .inc();
+        m.seconds
+            .with_label_values(&[m.listener, route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(res)
 }
 
 /// Settings of the HTTP surfaces as a whole. They live here, beside the listeners that read
@@ -75,19 +166,13 @@ pub struct HttpSettings {
 impl HttpSettings {
     /// The public listener's settings.
     pub fn public_listener(&self) -> ListenerSettings {
-        ListenerSettings {
-            workers: self.workers,
-            shutdown_timeout: self.shutdown_timeout,
-        }
+        ListenerSettings::new(self.workers, self.shutdown_timeout)
     }
 
     /// The metrics listener's settings: one worker, since a scrape every few seconds needs
     /// no more.
     pub fn metrics_listener(&self) -> ListenerSettings {
-        ListenerSettings {
-            workers: 1,
-            shutdown_timeout: self.shutdown_timeout,
-        }
+        ListenerSettings::new(1, self.shutdown_timeout)
     }
 }
 
@@ -118,9 +203,15 @@ pub(crate) fn start_listener<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    let metrics = settings.metrics.clone();
     let server = HttpServer::new(move || {
-        App::new()
-            .wrap(server_header())
+        let app = App::new();
+        let app = match &metrics {
+            Some(m) => app.app_data(web::Data::new(m.clone())),
+            None => app,
+        };
+        app.wrap(server_header())
+            .wrap(actix_web::middleware::from_fn(count_request))
             .configure(routes.clone())
             .default_service(web::to(not_found))
     })

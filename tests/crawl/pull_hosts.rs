@@ -140,6 +140,11 @@ async fn an_unreachable_side_or_a_refused_password_ends_the_run() {
         .await
         .expect_err("refused");
     assert_eq!(failure.side, FailedSide::Relay);
+    assert!(
+        failure.reason.contains("admin credentials (401)"),
+        "{}",
+        failure.reason
+    );
     assert_eq!(failure.summary.refused_total() + failure.summary.added, 0);
     assert!(relay.dns.lookups().is_empty());
 
@@ -161,10 +166,7 @@ async fn a_source_repeating_its_cursor_is_read_once_around() {
     // A source whose every page says "more after `same`".
     let (server, addrs) = rookery::http::start_public(
         "127.0.0.1:0".parse().expect("address"),
-        rookery::http::ListenerSettings {
-            workers: 1,
-            shutdown_timeout: Duration::from_secs(1),
-        },
+        rookery::http::ListenerSettings::new(1, Duration::from_secs(1)),
         |cfg| {
             cfg.route(
                 "/xrpc/com.atproto.sync.listHosts",

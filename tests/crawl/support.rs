@@ -1,8 +1,8 @@
 //! A relay for admission tests: the real ingest pipeline (HostSupervisor, Subscribers, shards,
 //! event log on a temp dir) over a fresh test database, and a public listener on 127.0.0.1
-//! with the requestCrawl routes and, under `/admin`, the crawl admin routes behind a guard
-//! that lets only the test's Basic credentials in (standing in for the admin scope's auth).
-//! DNS for the public-address checks is a [`TestDns`] the tests fill.
+//! with the requestCrawl routes and the admin scope (its auth, with [`ADMIN_PASSWORD`]) with
+//! the crawl admin routes, mounted as `rookery serve` mounts them. DNS for the public-address
+//! checks is a [`TestDns`] the tests fill.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{guard, web};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -158,6 +157,7 @@ pub struct CrawlRelay {
     pub dns: TestDns,
     pub plc: SimPlc,
     pipeline: Option<Pipeline>,
+    firehose: Arc<rookery::actors::firehose::Firehose>,
     handle: ServerHandle,
     _dir: tempfile::TempDir,
 }
@@ -204,24 +204,32 @@ impl CrawlRelay {
         )
         .await
         .expect("admission");
+        let firehose = Arc::new(
+            rookery::actors::firehose::start_firehose(
+                pipeline.ingest.reader.clone(),
+                pipeline.ingest.durable_head.clone(),
+                Default::default(),
+                &actor_metrics,
+                &registry,
+            )
+            .expect("firehose"),
+        );
+        let admin_api = admin::AdminApi {
+            auth: admin::AdminAuth::new([ADMIN_PASSWORD]),
+            supervisor: pipeline.supervisor.clone(),
+            firehose: Arc::clone(&firehose),
+            db: Db::new(pg_config.clone(), DbSettings::default()).expect("pool"),
+        };
         let routes_state = admission.clone();
         let (server, addrs) = rookery::http::start_public(
             "127.0.0.1:0".parse().expect("address"),
-            ListenerSettings {
-                workers: 2,
-                shutdown_timeout: Duration::from_secs(1),
-            },
+            ListenerSettings::new(2, Duration::from_secs(1)),
             move |cfg| {
                 request_crawl::configure(cfg, routes_state.clone());
                 let admin_state = routes_state.clone();
-                cfg.service(
-                    web::scope("/admin")
-                        .guard(guard::Header(
-                            "authorization",
-                            Box::leak(admin_authorization(ADMIN_PASSWORD).into_boxed_str()),
-                        ))
-                        .configure(move |c| admin::crawl::configure(c, admin_state.clone())),
-                );
+                admin::configure(cfg, admin_api.clone(), move |c| {
+                    admin::crawl::configure(c, admin_state)
+                });
             },
         )
         .expect("bind");
@@ -235,6 +243,7 @@ impl CrawlRelay {
             dns,
             plc,
             pipeline: Some(pipeline),
+            firehose,
             handle,
             _dir: dir,
         };
@@ -319,6 +328,7 @@ impl CrawlRelay {
     }
 
     pub async fn stop(mut self) {
+        self.firehose.shutdown(Duration::from_secs(1)).await;
         self.handle.stop(false).await;
         if let Some(p) = self.pipeline.take() {
             p.shutdown().await;
@@ -342,10 +352,7 @@ impl SourceRelay {
         let api = SyncApi::new(Db::new(pg_config, DbSettings::default()).expect("pool"));
         let (server, addrs) = rookery::http::start_public(
             "127.0.0.1:0".parse().expect("address"),
-            ListenerSettings {
-                workers: 1,
-                shutdown_timeout: Duration::from_secs(1),
-            },
+            ListenerSettings::new(1, Duration::from_secs(1)),
             move |cfg| sync::configure(cfg, api.clone()),
         )
         .expect("bind");

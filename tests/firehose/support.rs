@@ -186,10 +186,7 @@ impl Harness {
 pub fn serve(firehose: &Firehose) -> (ServerHandle, SocketAddr) {
     let (server, addrs) = http::start_public(
         "127.0.0.1:0".parse().expect("addr"),
-        ListenerSettings {
-            workers: 2,
-            shutdown_timeout: Duration::from_secs(1),
-        },
+        ListenerSettings::new(2, Duration::from_secs(1)),
         rookery::http::subscribe_repos::routes(firehose),
     )
     .expect("bind");

@@ -132,10 +132,7 @@ impl Relay {
         let api = SyncApi::new(Db::new(pg_config, DbSettings::default()).expect("pool"));
         let (server, addrs) = rookery::http::start_public(
             "127.0.0.1:0".parse().expect("address"),
-            ListenerSettings {
-                workers: 1,
-                shutdown_timeout: Duration::from_secs(1),
-            },
+            ListenerSettings::new(1, Duration::from_secs(1)),
             move |cfg| {
                 before(cfg);
                 sync::configure(cfg, api.clone());

@@ -4,8 +4,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin_api;
 mod crawl;
 mod event_log;
+mod health_under_load;
 mod ingest_crash;
 mod lifecycle;
 mod relay_end_to_end;

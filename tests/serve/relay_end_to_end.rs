@@ -176,7 +176,20 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
 
     // /metrics shows the mailbox of every actor kind that runs here (with a host connected
     // and a consumer subscribed, all of them).
-    let metrics = http_get(metrics_port, "/metrics").expect("metrics");
+    // The write-behind flushes every few seconds: wait for its first statements.
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let m = http_get(metrics_port, "/metrics").expect("metrics");
+        let flushed = m
+            .body
+            .contains("rookery_write_behind_statement_seconds_bucket{table=\"hosts\"")
+            && m.body
+                .contains("rookery_write_behind_statement_seconds_bucket{table=\"accounts\"");
+        if flushed || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(metrics.status, 200);
     assert!(
         metrics
@@ -191,6 +204,18 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
             .lines()
             .any(|l| l == "rookery_hosts_connected 1")
     );
+    // Postgres batch latency (the write-behind flushed this run's cursors and accounts) and
+    // the group commit's fsync latency.
+    for family in [
+        "rookery_write_behind_statement_seconds_bucket{table=\"hosts\"",
+        "rookery_write_behind_statement_seconds_bucket{table=\"accounts\"",
+        "rookery_event_log_sync_seconds_count",
+    ] {
+        assert!(
+            metrics.body.lines().any(|l| l.starts_with(family)),
+            "{family} in /metrics"
+        );
+    }
     let series = |family: &str, actor: &str| {
         metrics
             .body

@@ -2,7 +2,7 @@
 //! a data dir, and the child process started (again) on them.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use rookery::sim::SimPds;
 use rookery::store::migrations;
@@ -50,15 +50,19 @@ impl RelayFixture {
     /// Starts `rookery serve` on the fixture with its public API on `port` and `/metrics` on
     /// `metrics_port`.
     pub fn spawn(&self, plc_url: &str, port: u16, metrics_port: u16) -> Child {
-        self.command(plc_url, port, metrics_port)
-            .spawn()
-            .expect("spawn rookery")
+        self.spawn_with(plc_url, port, metrics_port, &[])
     }
 
-    /// The `rookery serve` command [`RelayFixture::spawn`] runs, for a test to add to.
-    pub fn command(&self, plc_url: &str, port: u16, metrics_port: u16) -> Command {
-        let mut command = rookery();
-        command
+    /// [`RelayFixture::spawn`] with more environment (options as `ROOKERY_*` variables).
+    pub fn spawn_with(
+        &self,
+        plc_url: &str,
+        port: u16,
+        metrics_port: u16,
+        env: &[(&str, &str)],
+    ) -> Child {
+        rookery()
+            .envs(env.iter().copied())
             .args(["serve", "--data-dir"])
             .arg(&self.data)
             .env("DATABASE_URL", &self.database_url)
@@ -73,7 +77,8 @@ impl RelayFixture {
                     .append(true)
                     .open(&self.log)
                     .expect("log file"),
-            );
-        command
+            )
+            .spawn()
+            .expect("spawn rookery")
     }
 }
