@@ -16,16 +16,15 @@
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
 use serde_json::json;
 
+use super::{AdminError, read_json};
 use crate::actors::host_supervisor::Ban;
 use crate::http::request_crawl::hostname::{CrawlPath, normalize_domain};
-use crate::http::request_crawl::{
-    AdmissionState, Admitted, BodyError, MAX_BODY_BYTES, read_json_body,
-};
+use crate::http::request_crawl::{AdmissionState, Admitted};
 use crate::http::xrpc::{QueryParams, parse_bounded_int};
 use crate::store::crawl_policy;
-use crate::store::postgres::DbError;
 
 /// Highest `setPerDayLimit` accepted.
 pub const MAX_PER_DAY_LIMIT: i64 = 1_000_000;
@@ -33,8 +32,8 @@ pub const MAX_PER_DAY_LIMIT: i64 = 1_000_000;
 /// Most hosts one `banDomain` bans (a second call bans the next ones).
 pub const MAX_HOSTS_BANNED_PER_CALL: i64 = 10_000;
 
-/// Adds the crawl admin routes (paths relative to the `/admin` scope the caller mounts with
-/// its auth). Another HTTP method on one of them is a 405.
+/// Adds the crawl admin routes (paths relative to the `/admin` scope, whose auth runs first;
+/// `admin::configure`'s `extra`). Another HTTP method on one of them is a 405.
 pub fn configure(cfg: &mut web::ServiceConfig, state: AdmissionState) {
     let data = web::Data::new(state);
     let routes: [(&'static str, &str, actix_web::Route); 8] = [
@@ -61,10 +60,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AdmissionState) {
                 .app_data(data.clone())
                 .route(route)
                 .default_service(web::to(move || async move {
-                    let mut resp = admin_error(
+                    let mut resp = actix_web::ResponseError::error_response(&AdminError::new(
                         StatusCode::METHOD_NOT_ALLOWED,
                         format!("method not allowed: use {allow}"),
-                    );
+                    ));
                     resp.headers_mut()
                         .insert(header::ALLOW, header::HeaderValue::from_static(allow));
                     resp
@@ -73,12 +72,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AdmissionState) {
     }
 }
 
-/// `{"error": "<text>"}` with `status`.
-pub fn admin_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": message.into() }))
-}
-
-fn success(extra: serde_json::Value) -> HttpResponse {
+/// `{"success": "true"}` with rookery's extra fields.
+fn success_with(extra: serde_json::Value) -> HttpResponse {
     let mut body = json!({ "success": "true" });
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in extra {
@@ -88,25 +83,14 @@ fn success(extra: serde_json::Value) -> HttpResponse {
     HttpResponse::Ok().json(body)
 }
 
-fn db_error(e: DbError) -> HttpResponse {
-    tracing::warn!(reason = e.reason(), error = %e, "admin crawl setting failed in postgres");
-    if e.is_transient() {
-        admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the relay's database is unavailable; retry later",
-        )
-    } else {
-        admin_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    }
-}
-
-fn query(req: &HttpRequest) -> Result<QueryParams, HttpResponse> {
-    QueryParams::parse(req.query_string()).map_err(|e| admin_error(e.status, e.message))
+fn query(req: &HttpRequest) -> Result<QueryParams, AdminError> {
+    QueryParams::parse(req.query_string()).map_err(|e| AdminError::bad_request(e.message))
 }
 
 /// `POST /pds/requestCrawl` `{hostname}`: admission without the public switch and the daily
 /// limit; `localhost:PORT` and `http://` hosts allowed (and exempt from the public-address
-/// checks). `result` says whether the host was `added` or `already_known`.
+/// checks). `result` says whether the host was `added` or `already_known`. Refusals are XRPC
+/// errors, as on the public path.
 async fn request_crawl(
     state: web::Data<AdmissionState>,
     req: HttpRequest,
@@ -121,7 +105,7 @@ async fn request_crawl(
                 Admitted::Added(_) => "added",
                 Admitted::Known(_) => "already_known",
             };
-            success(json!({ "hostname": admitted.view().hostname, "result": result }))
+            success_with(json!({ "hostname": admitted.view().hostname, "result": result }))
         }
         Err(refusal) => refusal.to_response(),
     }
@@ -142,24 +126,17 @@ pub fn parse_bool(raw: &str) -> Option<bool> {
 }
 
 /// `POST /subs/setEnabled?enabled=true|false`.
-async fn set_enabled(state: web::Data<AdmissionState>, req: HttpRequest) -> HttpResponse {
-    let q = match query(&req) {
-        Ok(q) => q,
-        Err(resp) => return resp,
-    };
-    let enabled = match q.required("enabled").ok().and_then(parse_bool) {
-        Some(b) => b,
-        None => {
-            return admin_error(
-                StatusCode::BAD_REQUEST,
-                "query parameter enabled must be true or false",
-            );
-        }
-    };
-    match state.set_public_crawl_enabled(enabled).await {
-        Ok(()) => success(json!({ "enabled": enabled })),
-        Err(e) => db_error(e),
-    }
+async fn set_enabled(
+    state: web::Data<AdmissionState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, AdminError> {
+    let enabled = query(&req)?
+        .required("enabled")
+        .ok()
+        .and_then(parse_bool)
+        .ok_or_else(|| AdminError::bad_request("query parameter enabled must be true or false"))?;
+    state.set_public_crawl_enabled(enabled).await?;
+    Ok(success_with(json!({ "enabled": enabled })))
 }
 
 /// `GET /subs/perDayLimit` → `{"limit": n}`.
@@ -169,62 +146,44 @@ async fn per_day_limit(state: web::Data<AdmissionState>) -> HttpResponse {
 
 /// `POST /subs/setPerDayLimit?limit=n` (0 to [`MAX_PER_DAY_LIMIT`]; 0 stops public
 /// requestCrawl from adding hosts while it still reconnects known ones).
-async fn set_per_day_limit(state: web::Data<AdmissionState>, req: HttpRequest) -> HttpResponse {
-    let q = match query(&req) {
-        Ok(q) => q,
-        Err(resp) => return resp,
-    };
-    let limit = q
+async fn set_per_day_limit(
+    state: web::Data<AdmissionState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, AdminError> {
+    let limit = query(&req)?
         .required("limit")
         .ok()
         .and_then(parse_bounded_int)
         .filter(|n| (0..=MAX_PER_DAY_LIMIT).contains(n))
-        .and_then(|n| u32::try_from(n).ok());
-    let Some(limit) = limit else {
-        return admin_error(
-            StatusCode::BAD_REQUEST,
-            format!("query parameter limit must be a whole number from 0 to {MAX_PER_DAY_LIMIT}"),
-        );
-    };
-    match state.set_new_hosts_per_day(limit).await {
-        Ok(()) => success(json!({ "limit": limit })),
-        Err(e) => db_error(e),
-    }
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            AdminError::bad_request(format!(
+                "query parameter limit must be a whole number from 0 to {MAX_PER_DAY_LIMIT}"
+            ))
+        })?;
+    state.set_new_hosts_per_day(limit).await?;
+    Ok(success_with(json!({ "limit": limit })))
 }
 
 /// `GET /subs/listDomainBans` → `{"banned_domains": [...]}` (name order).
-async fn list_domain_bans(state: web::Data<AdmissionState>) -> HttpResponse {
-    match crawl_policy::list_domain_bans(state.db()).await {
-        Ok(domains) => HttpResponse::Ok().json(json!({ "banned_domains": domains })),
-        Err(e) => db_error(e),
-    }
+async fn list_domain_bans(state: web::Data<AdmissionState>) -> Result<HttpResponse, AdminError> {
+    let domains = crawl_policy::list_domain_bans(state.db()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "banned_domains": domains })))
+}
+
+#[derive(Deserialize)]
+struct DomainInput {
+    domain: String,
 }
 
 /// The normalised `domain` of a `{domain}` body.
-async fn read_domain(req: &HttpRequest, payload: web::Payload) -> Result<String, HttpResponse> {
-    let body = read_json_body(req, payload, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(limit) => admin_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body must be at most {limit} bytes"),
-            ),
-            BodyError::Malformed(why) => admin_error(StatusCode::BAD_REQUEST, why),
-        })?;
-    let Some(raw) = body.get("domain").and_then(|d| d.as_str()) else {
-        return Err(admin_error(
-            StatusCode::BAD_REQUEST,
-            "the body must be a JSON object with a domain string",
-        ));
-    };
-    normalize_domain(raw).map_err(|e| {
-        admin_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "invalid domain: {}",
-                e.message().replace("hostname", "domain")
-            ),
-        )
+async fn read_domain(payload: web::Payload) -> Result<String, AdminError> {
+    let input: DomainInput = read_json(payload).await?;
+    normalize_domain(&input.domain).map_err(|e| {
+        AdminError::bad_request(format!(
+            "invalid domain: {}",
+            e.message().replace("hostname", "domain")
+        ))
     })
 }
 
@@ -232,60 +191,42 @@ async fn read_domain(req: &HttpRequest, payload: web::Payload) -> Result<String,
 /// and disconnects every known host equal to or under the domain.
 async fn ban_domain(
     state: web::Data<AdmissionState>,
-    req: HttpRequest,
     payload: web::Payload,
-) -> HttpResponse {
-    let domain = match read_domain(&req, payload).await {
-        Ok(d) => d,
-        Err(resp) => return resp,
-    };
-    let newly = match crawl_policy::ban_domain(state.db(), &domain).await {
-        Ok(newly) => newly,
-        Err(e) => return db_error(e),
-    };
+) -> Result<HttpResponse, AdminError> {
+    let domain = read_domain(payload).await?;
+    let newly = crawl_policy::ban_domain(state.db(), &domain).await?;
     let hosts =
-        match crawl_policy::ban_hosts_under(state.db(), &domain, MAX_HOSTS_BANNED_PER_CALL).await {
-            Ok(hosts) => hosts,
-            Err(e) => return db_error(e),
-        };
+        crawl_policy::ban_hosts_under(state.db(), &domain, MAX_HOSTS_BANNED_PER_CALL).await?;
     for hostname in &hosts {
         // The row is banned already; this ends the connection and stops redials now.
-        if let Err(e) = state
+        state
             .supervisor()
             .send(Ban {
                 hostname: hostname.clone(),
             })
             .await
-        {
-            tracing::warn!(host = %hostname, error = %e, "domain ban: supervisor did not take the host ban");
-        }
+            .map_err(|e| AdminError::unavailable("the host supervisor", e))?;
     }
     tracing::warn!(%domain, newly, hosts_banned = hosts.len(), "domain banned by an operator");
-    success(json!({
+    Ok(success_with(json!({
         "domain": domain,
         "already_banned": !newly,
         "hosts_banned": hosts.len(),
-    }))
+    })))
 }
 
 /// `POST /subs/unbanDomain` `{domain}`: lifts the domain ban (success also when there was
 /// none; `removed` says which).
 async fn unban_domain(
     state: web::Data<AdmissionState>,
-    req: HttpRequest,
     payload: web::Payload,
-) -> HttpResponse {
-    let domain = match read_domain(&req, payload).await {
-        Ok(d) => d,
-        Err(resp) => return resp,
-    };
-    match crawl_policy::unban_domain(state.db(), &domain).await {
-        Ok(removed) => {
-            tracing::info!(%domain, removed, "domain ban lifted by an operator");
-            success(json!({ "domain": domain, "removed": removed }))
-        }
-        Err(e) => db_error(e),
-    }
+) -> Result<HttpResponse, AdminError> {
+    let domain = read_domain(payload).await?;
+    let removed = crawl_policy::unban_domain(state.db(), &domain).await?;
+    tracing::info!(%domain, removed, "domain ban lifted by an operator");
+    Ok(success_with(
+        json!({ "domain": domain, "removed": removed }),
+    ))
 }
 
 #[cfg(test)]
