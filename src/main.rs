@@ -1,9 +1,11 @@
-//! The `rookery` binary: `serve` runs the relay, `migrate` applies the schema and exits.
+//! The `rookery` binary: `serve` runs the relay, `migrate` applies the schema and exits,
+//! `pull-hosts` copies another relay's host list into a running relay.
 //!
-//! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown; 2 for invalid
-//! configuration (one sentence on stderr naming the option, a data dir that cannot be
-//! created or written included); 1 when something fails at run time (database unreachable,
-//! port taken...). Nothing here panics on operator input.
+//! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown (for `pull-hosts`: the walk
+//! ran to its end, refused hosts included); 2 for invalid configuration (one sentence on
+//! stderr naming the option, a data dir that cannot be created or written included); 1 when
+//! something fails at run time (database unreachable, port taken, the source relay or the
+//! target relay unreachable...). Nothing here panics on operator input.
 //!
 //! Shutdown order matters: HTTP servers stop first (no new work), then the connection pool
 //! closes, then the embedded Postgres stops, so no part outlives what it depends on.
@@ -20,9 +22,12 @@ use rookery::actors::obs::ActorMetrics;
 use rookery::actors::validator_shard::system_clock;
 use rookery::actors::{PipelineError, start_pipeline};
 use rookery::config::{
-    Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, StorageConfig,
+    Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, PullHostsArgs, StorageConfig,
+    pull_hosts_settings,
 };
 use rookery::http::health::{Readiness, configure_readiness};
+use rookery::http::request_crawl::ssrf::SystemDns;
+use rookery::http::request_crawl::{AdmissionState, CrawlMetrics};
 use rookery::http::{self, metrics::Metrics};
 use rookery::startup;
 use rookery::store::event_log::{EventLog, EventLogCollector, EventLogError, spawn_retention};
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             }
         }
+        Command::PullHosts(args) => return pull_hosts(args),
     };
     if let Err(sentence) = init_logging(storage.log_format) {
         eprintln!("rookery: {sentence}");
@@ -98,6 +104,36 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "rookery stopped with an error");
             eprintln!("rookery: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `rookery pull-hosts`: progress lines on stderr every few seconds, the summary on stdout.
+fn pull_hosts(args: &PullHostsArgs) -> ExitCode {
+    let settings = match pull_hosts_settings(args, std::env::var("ROOKERY_ADMIN_PASSWORD").ok()) {
+        Ok(settings) => settings,
+        Err(e) => return config_error(&e),
+    };
+    if let Err(sentence) = init_logging(LogFormat::Text) {
+        eprintln!("rookery: {sentence}");
+        return ExitCode::from(2);
+    }
+    let system = actix_rt::System::new();
+    let result = system.block_on(async {
+        rookery::http::pull_hosts::pull_hosts(&settings, &mut |progress| {
+            eprintln!("{}", progress.progress_line());
+        })
+        .await
+    });
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("rookery: {failure}");
+            print!("{}", failure.summary);
             ExitCode::from(1)
         }
     }
@@ -295,6 +331,16 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     )?);
     let firehose_routes = http::subscribe_repos::routes(&firehose);
     let sync_api = http::sync::SyncApi::new(api_db.clone());
+    // requestCrawl admission: the public route and the crawl admin routes share one state.
+    // Its reads are short API reads, so it shares the API's pool.
+    let admission = AdmissionState::load(
+        api_db.clone(),
+        pipeline.supervisor.clone(),
+        std::sync::Arc::new(SystemDns),
+        config.crawl,
+        CrawlMetrics::register(metrics.registry())?,
+    )
+    .await?;
     let admin_auth = http::admin::AdminAuth::new(config.admin_passwords.iter().map(|p| p.expose()));
     if !admin_auth.enabled() {
         tracing::warn!("no --admin-password configured: the admin API is disabled (answers 503)");
@@ -318,7 +364,11 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
             configure_readiness(cfg, routes_readiness.clone());
             firehose_routes(cfg);
             http::sync::configure(cfg, sync_api.clone());
-            http::admin::configure(cfg, admin_api.clone(), |_| {});
+            http::request_crawl::configure(cfg, admission.clone());
+            let admin_crawl = admission.clone();
+            http::admin::configure(cfg, admin_api.clone(), move |admin| {
+                http::admin::crawl::configure(admin, admin_crawl)
+            });
         },
     )
     .map_err(|source| RunError::Listen {

@@ -570,6 +570,7 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
             hostname: "a.example".into(),
             no_ssl: false,
             admin_added: false,
+            ssrf_exempt: false,
             account_limit: None,
         })
         .await
@@ -579,6 +580,7 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
             hostname: "a.example".into(),
             no_ssl: false,
             admin_added: false,
+            ssrf_exempt: false,
             account_limit: None,
         })
         .await

@@ -11,11 +11,14 @@
 //! status INDIGO-ADMIN.md gives; successful POSTs answer `{"success":"true"}` (a string, as
 //! the reference does).
 //!
-//! Route modules: [`hosts`] (upstream connections, bans, limits, the host list) and
-//! [`consumers`] (the firehose's consumer list).
+//! Route modules: [`hosts`] (upstream connections, bans, limits, the host list),
+//! [`consumers`] (the firehose's consumer list) and [`crawl`] (the operator's requestCrawl,
+//! the public requestCrawl switch, the daily limit, domain bans; mounted through
+//! [`configure`]'s `extra` with requestCrawl admission's state).
 
 pub mod auth;
 pub mod consumers;
+pub mod crawl;
 pub mod hosts;
 
 use std::sync::Arc;
