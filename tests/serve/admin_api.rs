@@ -376,7 +376,20 @@ async fn admin_routes_authenticate_ban_disconnects_and_shapes_match_the_tools() 
         "",
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    until("b reconnected after the kill", || b.live_connections() == 1).await;
+    // The killed connection closes, then the relay redials after its minimal backoff and
+    // shows the new connection as active.
+    until("b's killed connection closed", || b.live_connections() == 0).await;
+    until("b reconnected after the kill", || {
+        b.live_connections() == 1
+            && json(&admin("GET", "/admin/pds/list", ""))
+                .as_array()
+                .is_some_and(|hosts| {
+                    hosts.iter().any(|h| {
+                        h["Host"] == b.hostname().as_str() && h["HasActiveConnection"] == true
+                    })
+                })
+    })
+    .await;
     let r = admin(
         "POST",
         &format!("/admin/subs/killUpstream?host={}&block=true", b.hostname()),
