@@ -293,6 +293,8 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         &actor_metrics,
         metrics.registry(),
     )?);
+    // Takedowns mask the ring the firehose serves live sessions from.
+    pipeline.accounts.attach_firehose(firehose.ring_masks());
     let firehose_routes = http::subscribe_repos::routes(&firehose);
     let sync_api = http::sync::SyncApi::new(api_db.clone());
     let admin_auth = http::admin::AdminAuth::new(config.admin_passwords.iter().map(|p| p.expose()));
