@@ -304,6 +304,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     let admin_api = http::admin::AdminApi {
         auth: admin_auth,
         supervisor: pipeline.supervisor.clone(),
+        accounts: pipeline.accounts.clone(),
         firehose: firehose.clone(),
         db: api_db.clone(),
     };
