@@ -329,6 +329,8 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         &actor_metrics,
         metrics.registry(),
     )?);
+    // Takedowns mask the ring the firehose serves live sessions from.
+    pipeline.accounts.attach_firehose(firehose.ring_masks());
     let firehose_routes = http::subscribe_repos::routes(&firehose);
     let sync_api = http::sync::SyncApi::new(api_db.clone());
     // requestCrawl admission: the public route and the crawl admin routes share one state.
@@ -348,6 +350,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     let admin_api = http::admin::AdminApi {
         auth: admin_auth,
         supervisor: pipeline.supervisor.clone(),
+        accounts: pipeline.accounts.clone(),
         firehose: firehose.clone(),
         db: api_db.clone(),
     };

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod account_admin;
 mod account_store;
 mod host_supervisor;
 mod pipeline;

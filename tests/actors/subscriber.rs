@@ -112,7 +112,7 @@ impl Rig {
         for (shard, mut q) in self.queues.take().expect("queues").into_iter().enumerate() {
             let got = Arc::clone(&self.got);
             actix_rt::spawn(async move {
-                while let Some(f) = q.recv().await {
+                while let Some(f) = q.recv().await.and_then(|input| input.into_frame()) {
                     got.lock().unwrap().push(Got {
                         shard,
                         did: f.did.clone(),

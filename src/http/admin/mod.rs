@@ -30,6 +30,7 @@ use actix_web::{HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
+use crate::actors::account_admin::AccountAdmin;
 use crate::actors::firehose::Firehose;
 use crate::actors::host_supervisor::HostSupervisor;
 use crate::actors::obs::InstrumentedAddr;
@@ -45,6 +46,8 @@ pub const MAX_BODY: usize = 4 * 1024;
 pub struct AdminApi {
     pub auth: AdminAuth,
     pub supervisor: InstrumentedAddr<HostSupervisor>,
+    /// Takedowns and account-limit changes with their promotions (`Pipeline::accounts`).
+    pub accounts: AccountAdmin,
     pub firehose: Arc<Firehose>,
     /// The API's own pool (reads of `hosts`; a few operator writes).
     pub db: Db,
