@@ -217,6 +217,7 @@ impl CrawlRelay {
         let admin_api = admin::AdminApi {
             auth: admin::AdminAuth::new([ADMIN_PASSWORD]),
             supervisor: pipeline.supervisor.clone(),
+            accounts: pipeline.accounts.clone(),
             firehose: Arc::clone(&firehose),
             db: Db::new(pg_config.clone(), DbSettings::default()).expect("pool"),
         };

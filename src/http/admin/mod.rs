@@ -20,6 +20,7 @@ pub mod auth;
 pub mod consumers;
 pub mod crawl;
 pub mod hosts;
+pub mod repos;
 
 use std::sync::Arc;
 
@@ -68,6 +69,7 @@ where
             .wrap(from_fn(auth::require_admin))
             .configure(hosts::configure)
             .configure(consumers::configure)
+            .configure(repos::configure)
             .configure(extra),
     );
 }
