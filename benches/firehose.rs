@@ -2,35 +2,35 @@
 //!
 //! - `replay`: a log of N events (signed `#commit` frames, re-sequenced copies of a few
 //!   thousand templates) is read back once by a bare `Replay` (the log's own rate), then by
-//!   one awc websocket consumer from `cursor=0` through a ConsumerSession: events/s and MB/s
-//!   received by the client.
+//!   one websocket consumer (`sim::consumer::LeanConsumer`) from `cursor=0` through a
+//!   ConsumerSession: events/s and MB/s received by the client.
 //! - `fanout`: C live consumers while a writer appends at a fixed rate (default 1,000
 //!   events/s, one event per append and head announcement): latency from the head
 //!   announcement to receipt by each client (p50/p99/max), events delivered per second, and
-//!   process CPU and RSS (clients included: they run in this process, on one thread).
+//!   the relay side's CPU and RSS. The consumers run in `FIREHOSE_BENCH_CLIENT_PROCS` (default
+//!   2) child processes (this binary again, `FIREHOSE_BENCH_ROLE=clients`), so the figures
+//!   are the server's; latency is wall clock to wall clock on the one machine.
 //!
 //! Run: `cargo bench --bench firehose` (a plain timed binary, no criterion). Environment:
 //! `FIREHOSE_BENCH_EVENTS` (replay, default 200,000), `FIREHOSE_BENCH_CONSUMERS` (default
 //! 100), `FIREHOSE_BENCH_RATE` (events/s, default 1,000), `FIREHOSE_BENCH_SECONDS`
-//! (default 10). Without `--bench` (nextest, `cargo test --all-targets`) it lists no tests
+//! (default 10), `FIREHOSE_BENCH_CLIENT_PROCS` (default 2). Without `--bench` (nextest, `cargo test --all-targets`) it lists no tests
 //! and smoke-runs a tiny workload. Files live under `target/bench-tmp/`.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::rc::Rc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use awc::ws;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use prometheus::Registry;
 use rookery::actors::firehose::{Firehose, FirehoseSettings, start_firehose};
 use rookery::actors::obs::ActorMetrics;
-use rookery::atproto::frame::{self, Frame, MAX_FRAME_BYTES};
+use rookery::atproto::frame::{self, Frame};
 use rookery::atproto::keys::Curve;
 use rookery::http::{self, ListenerSettings};
+use rookery::sim::consumer::{LeanConsumer, Message};
 use rookery::store::event_log::{AppendRecord, EventLog, EventLogConfig, did_hash};
 use rookery::testkit::repo::{Change, SigningRepo, record_path};
 use tokio::sync::watch;
@@ -40,7 +40,7 @@ struct Setup {
     head: watch::Sender<u64>,
     firehose: Firehose,
     server: actix_web::dev::ServerHandle,
-    url: String,
+    addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -69,7 +69,7 @@ fn setup(settings: FirehoseSettings, fill: impl FnOnce(&mut EventLog)) -> Setup 
         head,
         firehose,
         server: handle,
-        url: format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", addrs[0]),
+        addr: addrs[0],
         _dir: dir,
     }
 }
@@ -89,20 +89,21 @@ fn commit_templates(n: usize) -> Vec<Bytes> {
         .collect()
 }
 
-async fn connect(
-    url: &str,
-) -> impl futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>> + Unpin + use<>
-{
-    rookery::sim::install_crypto_provider();
-    let (_, framed) = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish()
-        .ws(url)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .connect()
+const SUBSCRIBE: &str = "/xrpc/com.atproto.sync.subscribeRepos";
+
+async fn connect(addr: SocketAddr, query: &str) -> LeanConsumer {
+    LeanConsumer::connect(addr, &format!("{SUBSCRIBE}{query}"), "firehose-bench")
         .await
-        .expect("upgrade");
-    framed
+        .expect("upgrade")
+}
+
+/// Wall-clock nanoseconds: the clients run in other processes, so latency is measured
+/// between two readings of the machine's real-time clock.
+fn wall_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn rss_kib() -> u64 {
@@ -184,17 +185,17 @@ fn replay(events: usize) {
         }
 
         // One consumer from cursor=0 through the firehose.
-        let mut client = connect(&format!("{}?cursor=0", s.url)).await;
+        let mut client = connect(s.addr, "?cursor=0").await;
         let started = Instant::now();
         let mut got = 0usize;
         let mut got_bytes = 0usize;
         while got < events {
             match client.next().await {
-                Some(Ok(ws::Frame::Binary(b))) => {
+                Ok(Some(Message::Binary(b))) => {
                     got += 1;
                     got_bytes += b.len();
                 }
-                Some(Ok(_)) => {}
+                Ok(Some(_)) => {}
                 other => {
                     let closed = &s.firehose.metrics().sessions_closed;
                     let reasons: Vec<(&str, u64)> = [
@@ -226,7 +227,10 @@ fn replay(events: usize) {
     });
 }
 
-fn fanout(consumers: usize, rate: u64, seconds: u64) {
+/// Every `SAMPLE`th seq's receipt is timed by each client (bounded memory at 500 consumers).
+const SAMPLE: u64 = 5;
+
+fn fanout(consumers: usize, rate: u64, seconds: u64, procs: usize) {
     let system = actix::System::new();
     system.block_on(async move {
         let Setup {
@@ -234,7 +238,7 @@ fn fanout(consumers: usize, rate: u64, seconds: u64) {
             head,
             firehose,
             server,
-            url,
+            addr,
             _dir,
         } = setup(
             FirehoseSettings {
@@ -246,55 +250,46 @@ fn fanout(consumers: usize, rate: u64, seconds: u64) {
         let templates = commit_templates(200);
         let avg_frame =
             templates.iter().map(Bytes::len).sum::<usize>() as f64 / templates.len() as f64;
+        let total = rate * seconds;
+        let announce_file = _dir.path().join("announced");
         let rss_before = rss_kib();
-        // seq -> when its head was announced; each client records its latencies.
-        let announced: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let latencies: Rc<RefCell<Vec<Duration>>> = Rc::default();
-        let total = (rate * seconds) as usize;
-        let mut tasks = Vec::new();
-        for _ in 0..consumers {
-            let mut client = connect(&url).await;
-            let announced = Arc::clone(&announced);
-            let latencies = Rc::clone(&latencies);
-            tasks.push(actix_rt::spawn(async move {
-                let mut got = 0usize;
-                while got < total {
-                    match client.next().await {
-                        Some(Ok(ws::Frame::Binary(b))) => {
-                            let now = Instant::now();
-                            got += 1;
-                            let seq = frame::peek_event(&b).ok().and_then(|p| p.seq);
-                            let at = seq.and_then(|q| {
-                                announced.lock().ok().and_then(|m| m.get(&q).copied())
-                            });
-                            if let Some(at) = at {
-                                latencies.borrow_mut().push(now - at);
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        other => panic!("stream ended: {other:?}"),
-                    }
-                }
-            }));
+        // The client processes: each connects its share, says so, reads `total` events,
+        // waits for the announcement times, and prints its sampled latencies.
+        let procs = procs.clamp(1, consumers.max(1));
+        let mut children = Vec::new();
+        for p in 0..procs {
+            let share = consumers / procs + usize::from(p < consumers % procs);
+            let child = Command::new(std::env::current_exe().expect("exe"))
+                .env("FIREHOSE_BENCH_ROLE", "clients")
+                .env("FIREHOSE_BENCH_ADDR", addr.to_string())
+                .env("FIREHOSE_BENCH_CLIENTS", share.to_string())
+                .env("FIREHOSE_BENCH_TOTAL", total.to_string())
+                .env("FIREHOSE_BENCH_ANNOUNCED", &announce_file)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("client process");
+            children.push(child);
         }
+        let deadline = Instant::now() + Duration::from_secs(60);
         while firehose.consumer_count() < consumers {
+            assert!(Instant::now() < deadline, "clients did not connect");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let rss_connected = rss_kib();
         let cpu_start = cpu_seconds();
         let started = Instant::now();
         // The writer plays the Persister on a thread of its own (append + fdatasync, then
-        // announce), so its blocking never delays the clients or the Broadcaster.
+        // announce), so its blocking never delays the Broadcaster or the sessions.
         let writer = {
-            let announced = Arc::clone(&announced);
             let mut log = log;
             std::thread::spawn(move || {
                 let interval = Duration::from_secs_f64(1.0 / rate as f64);
                 let begin = Instant::now();
+                let mut announced = Vec::with_capacity(total as usize);
                 for i in 0..total {
-                    let seq = i as u64 + 1;
+                    let seq = i + 1;
                     let body = Bytes::from(
-                        frame::resequence(&templates[i % templates.len()], seq as i64)
+                        frame::resequence(&templates[i as usize % templates.len()], seq as i64)
                             .expect("reseq"),
                     );
                     log.append(&[AppendRecord {
@@ -304,39 +299,61 @@ fn fanout(consumers: usize, rate: u64, seconds: u64) {
                         body,
                     }])
                     .expect("append");
-                    if let Ok(mut m) = announced.lock() {
-                        m.insert(seq, Instant::now());
-                    }
+                    announced.push(wall_nanos());
                     head.send_replace(seq);
                     let next = begin + interval * (i as u32 + 1);
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
-                log
+                (log, announced)
             })
         };
-        for t in tasks {
-            t.await.expect("consumer");
+        let (_log, announced) = loop {
+            if writer.is_finished() {
+                break writer.join().expect("writer");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Wait for delivery to finish (every session at the head, bounded), then publish
+        // the announcement times for the clients.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while firehose.consumers().iter().any(|c| c.cursor < total) {
+            assert!(Instant::now() < deadline, "delivery did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let secs = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds() - cpu_start;
         let rss_end = rss_kib();
-        let _log = writer.join().expect("writer");
-        let mut l = std::mem::take(&mut *latencies.borrow_mut());
+        write_announced(&announce_file, &announced);
+        let mut l: Vec<u64> = Vec::new();
+        let mut client_cpu = 0.0;
+        for child in children {
+            let out = child.wait_with_output().expect("client output");
+            assert!(out.status.success(), "client process failed");
+            for line in out.stdout.lines() {
+                let line = line.expect("line");
+                if let Some(cpu) = line.strip_prefix("cpu ") {
+                    client_cpu += cpu.parse::<f64>().unwrap_or(0.0);
+                } else if let Some(samples) = line.strip_prefix("latencies ") {
+                    l.extend(samples.split(' ').filter_map(|v| v.parse::<u64>().ok()));
+                }
+            }
+        }
         l.sort_unstable();
-        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+        assert!(!l.is_empty(), "no latency samples");
+        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)] as f64 / 1e6;
         println!(
-            "fanout: {consumers} live consumers, {rate} events/s for {seconds} s ({total} events, \
-             ~{avg_frame:.0} B each)\n  \
+            "fanout: {consumers} live consumers in {procs} client processes, {rate} events/s for \
+             {seconds} s ({total} events, ~{avg_frame:.0} B each)\n  \
              head → client latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)\n  \
-             delivered {:.0} events/s in all; CPU {:.2} s over {secs:.1} s ({:.0}% of one core, \
-             {:.2} ms per consumer-second)\n  \
-             RSS {} MiB before, {} MiB with consumers connected, {} MiB at the end \
-             ({:.0} KiB per consumer, server and client sides together)",
-            pct(0.5).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-            l[l.len() - 1].as_secs_f64() * 1e3,
+             delivered {:.0} events/s in all; relay CPU {:.2} s over {secs:.1} s ({:.0}% of one \
+             core, {:.3} ms per consumer-second); clients' CPU {client_cpu:.2} s\n  \
+             relay RSS {} MiB before, {} MiB with consumers connected, {} MiB at the end \
+             ({:.0} KiB per consumer)",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0),
             l.len(),
-            (total * consumers) as f64 / secs,
+            (total as usize * consumers) as f64 / secs,
             cpu,
             cpu / secs * 100.0,
             cpu / secs / consumers as f64 * 1e3,
@@ -350,6 +367,81 @@ fn fanout(consumers: usize, rate: u64, seconds: u64) {
     });
 }
 
+/// Announcement times (wall nanoseconds) of seqs 1.., one per line, written whole and then
+/// renamed into place so a client never reads half of it.
+fn write_announced(path: &Path, announced: &[u64]) {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("announce file"));
+    for t in announced {
+        writeln!(f, "{t}").expect("write");
+    }
+    f.flush().expect("flush");
+    drop(f);
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// The client role: `FIREHOSE_BENCH_CLIENTS` lean consumers on one thread.
+fn clients() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}"));
+    let addr: SocketAddr = var("FIREHOSE_BENCH_ADDR").parse().expect("addr");
+    let n: usize = var("FIREHOSE_BENCH_CLIENTS").parse().expect("clients");
+    let total: u64 = var("FIREHOSE_BENCH_TOTAL").parse().expect("total");
+    let announced_path = PathBuf::from(var("FIREHOSE_BENCH_ANNOUNCED"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let received: Vec<Vec<(u64, u64)>> = runtime.block_on(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut c = connect(addr, "").await;
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::with_capacity((total / SAMPLE) as usize + 1);
+                let mut last = 0;
+                while last < total {
+                    match c.next().await {
+                        Ok(Some(Message::Binary(b))) => {
+                            let at = wall_nanos();
+                            let seq = frame::peek_event(&b).ok().and_then(|p| p.seq).expect("seq");
+                            assert_eq!(seq, last + 1, "every event once, in order");
+                            last = seq;
+                            if seq.is_multiple_of(SAMPLE) {
+                                seen.push((seq, at));
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        other => panic!("stream ended at {last}: {other:?}"),
+                    }
+                }
+                seen
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.expect("client"));
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !announced_path.exists() {
+        assert!(Instant::now() < deadline, "no announcement times");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let announced: Vec<u64> = std::fs::read_to_string(&announced_path)
+        .expect("read announced")
+        .lines()
+        .map(|l| l.parse().expect("nanos"))
+        .collect();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    write!(out, "latencies").expect("write");
+    for (seq, at) in received.into_iter().flatten() {
+        let sent = announced[(seq - 1) as usize];
+        write!(out, " {}", at.saturating_sub(sent)).expect("write");
+    }
+    writeln!(out).expect("write");
+    writeln!(out, "cpu {}", cpu_seconds()).expect("write");
+}
+
 fn main() {
     // Warnings and errors of the relay's code (a session closing early says why).
     let _ = tracing_subscriber::fmt()
@@ -359,6 +451,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo nextest` lists tests first: this binary has none.
     if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::var("FIREHOSE_BENCH_ROLE").as_deref() == Ok("clients") {
+        clients();
         return;
     }
     let bench = args.iter().any(|a| a == "--bench");
@@ -374,9 +470,10 @@ fn main() {
             env("FIREHOSE_BENCH_CONSUMERS", 100) as usize,
             env("FIREHOSE_BENCH_RATE", 1_000),
             env("FIREHOSE_BENCH_SECONDS", 10),
+            env("FIREHOSE_BENCH_CLIENT_PROCS", 2) as usize,
         );
     } else {
         replay(500);
-        fanout(3, 200, 1);
+        fanout(3, 200, 1, 2);
     }
 }

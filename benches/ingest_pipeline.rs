@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use prometheus::Registry;
 use rookery::actors::obs::ActorMetrics;
 use rookery::actors::persister::GetPersisterState;
-use rookery::actors::sequencer::{Drain, EventKind, GetSequencerState, IngestEvent};
+use rookery::actors::sequencer::{Drain, EventKind, GetSequencerState, IngestEvent, Origin};
 use rookery::actors::upstream_cursor::HostCursor;
 use rookery::actors::write_behind::{AccountStateUpdate, StateSink};
 use rookery::actors::{IngestSettings, start_ingest};
@@ -115,9 +115,11 @@ fn run(name: &str, frames: Vec<Bytes>) {
                         did,
                         kind,
                         frame: f,
-                        cursor: cursor.begin(i as i64 + 1),
                         account: None,
-                        permit,
+                        origin: Origin::Upstream {
+                            cursor: cursor.begin(i as i64 + 1),
+                            permit,
+                        },
                     };
                     sequencer.send(ev).await.expect("mailbox").expect("seq");
                 }

@@ -1,10 +1,12 @@
-//! The `rookery` binary: `serve` runs the relay, `migrate` applies the schema and exits.
+//! The `rookery` binary: `serve` runs the relay, `migrate` applies the schema and exits,
+//! `pull-hosts` copies another relay's host list into a running relay.
 //!
-//! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown; 2 for invalid
-//! configuration (one sentence on stderr naming the option, a data dir that cannot be
-//! created or written included); 1 when something fails at run time (database unreachable,
-//! port taken...), and when a shutdown was cut short (`--shutdown-timeout` expired, or a
-//! second signal). Nothing here panics on operator input.
+//! Exit codes: 0 after a clean run or a SIGTERM/SIGINT shutdown (for `pull-hosts`: the walk
+//! ran to its end, refused hosts included); 2 for invalid configuration (one sentence on
+//! stderr naming the option, a data dir that cannot be created or written included); 1 when
+//! something fails at run time (database unreachable, port taken, the source relay or the
+//! target relay unreachable...), and when a shutdown was cut short (`--shutdown-timeout`
+//! expired, or a second signal). Nothing here panics on operator input.
 //!
 //! Under systemd (`ops/rookery.service`, `Type=notify`), `READY=1` is sent once the event
 //! log is open, the pipeline runs and the listeners are bound (when `/_readyz` turns 200);
@@ -35,8 +37,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use rookery::actors::obs::ActorMetrics;
 use rookery::actors::validator_shard::system_clock;
 use rookery::actors::{PipelineError, start_pipeline};
-use rookery::config::{Cli, Command, Config, ConfigError, DatabaseTarget, StorageConfig};
+use rookery::config::{
+    Cli, Command, Config, ConfigError, DatabaseTarget, LogFormat, PullHostsArgs, StorageConfig,
+    pull_hosts_settings,
+};
 use rookery::http::health::{Readiness, configure_readiness};
+use rookery::http::request_crawl::ssrf::SystemDns;
+use rookery::http::request_crawl::{AdmissionState, CrawlMetrics};
 use rookery::http::{self, metrics::Metrics};
 use rookery::service::notify::{self, Notifier};
 use rookery::service::shutdown::{BoundedShutdown, ShutdownExpired};
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             }
         }
+        Command::PullHosts(args) => return pull_hosts(args),
     };
     if let Err(sentence) = logging::init(storage.log_format) {
         eprintln!("rookery: {sentence}");
@@ -139,6 +147,36 @@ fn run_failed(e: &RunError) -> ExitCode {
     tracing::error!(error = %e, "rookery stopped with an error");
     eprintln!("rookery: {e}");
     ExitCode::from(1)
+}
+
+/// `rookery pull-hosts`: progress lines on stderr every few seconds, the summary on stdout.
+fn pull_hosts(args: &PullHostsArgs) -> ExitCode {
+    let settings = match pull_hosts_settings(args, std::env::var("ROOKERY_ADMIN_PASSWORD").ok()) {
+        Ok(settings) => settings,
+        Err(e) => return config_error(&e),
+    };
+    if let Err(sentence) = logging::init(LogFormat::Text) {
+        eprintln!("rookery: {sentence}");
+        return ExitCode::from(2);
+    }
+    let system = actix_rt::System::new();
+    let result = system.block_on(async {
+        rookery::http::pull_hosts::pull_hosts(&settings, &mut |progress| {
+            eprintln!("{}", progress.progress_line());
+        })
+        .await
+    });
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("rookery: {failure}");
+            print!("{}", failure.summary);
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `--help`/`--version` print as usual; usage errors become one line, exit status 2.
@@ -335,8 +373,20 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         &actor_metrics,
         metrics.registry(),
     )?);
+    // Takedowns mask the ring the firehose serves live sessions from.
+    pipeline.accounts.attach_firehose(firehose.ring_masks());
     let firehose_routes = http::subscribe_repos::routes(&firehose);
     let sync_api = http::sync::SyncApi::new(api_db.clone());
+    // requestCrawl admission: the public route and the crawl admin routes share one state.
+    // Its reads are short API reads, so it shares the API's pool.
+    let admission = AdmissionState::load(
+        api_db.clone(),
+        pipeline.supervisor.clone(),
+        std::sync::Arc::new(SystemDns),
+        config.crawl,
+        CrawlMetrics::register(metrics.registry())?,
+    )
+    .await?;
     let admin_auth = http::admin::AdminAuth::new(config.admin_passwords.iter().map(|p| p.expose()));
     if !admin_auth.enabled() {
         tracing::warn!("no --admin-password configured: the admin API is disabled (answers 503)");
@@ -344,6 +394,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
     let admin_api = http::admin::AdminApi {
         auth: admin_auth,
         supervisor: pipeline.supervisor.clone(),
+        accounts: pipeline.accounts.clone(),
         firehose: firehose.clone(),
         db: api_db.clone(),
     };
@@ -360,7 +411,11 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
             configure_readiness(cfg, routes_readiness.clone());
             firehose_routes(cfg);
             http::sync::configure(cfg, sync_api.clone());
-            http::admin::configure(cfg, admin_api.clone(), |_| {});
+            http::request_crawl::configure(cfg, admission.clone());
+            let admin_crawl = admission.clone();
+            http::admin::configure(cfg, admin_api.clone(), move |admin| {
+                http::admin::crawl::configure(admin, admin_crawl)
+            });
         },
     )
     .map_err(|source| RunError::Listen {

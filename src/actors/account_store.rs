@@ -21,10 +21,11 @@
 //! holds or retries the event instead of guessing.
 //!
 //! The host's account limit (PROTOCOL.md §7) is applied in one transaction: the host row is
-//! locked (two shards creating accounts on one host serialize there), accounts on it that are
-//! not deleted are counted, and beyond `hosts.account_limit` the account is created
-//! `throttled`. The count stops at the limit (`LIMIT`), so its cost is bounded by the limit,
-//! not by the host's size.
+//! locked (two shards creating accounts on one host serialize there, and so do the admin's
+//! promotions of throttled accounts), and when `hosts.account_count` (the host's accounts that
+//! are not deleted, kept by a trigger: schema 0003) has reached `hosts.account_limit` the
+//! account is created `throttled`. Reading the maintained count costs the same for a host of
+//! ten accounts and one of a million (it used to be counted, up to the limit, per creation).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -33,7 +34,7 @@ use crate::atproto::tid::Tid;
 use crate::atproto::validate::RepoState;
 use crate::store::postgres::{Db, DbError};
 
-use super::shard_rules::{AccountChange, AccountRecord, LocalStatus, UPSTREAM_DELETED};
+use super::shard_rules::{AccountChange, AccountRecord, LocalStatus};
 
 /// Limits of one shard's cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,13 +194,10 @@ const LOAD_SQL: &str = "\
 SELECT a.uid, a.did, a.host_id, a.local_status, a.upstream_status, s.rev, s.commit_cid, s.data_cid \
 FROM accounts AS a LEFT JOIN account_sync_state AS s ON s.uid = a.uid WHERE a.did = $1";
 
-/// Locks the host row: concurrent creates on one host serialize here.
-const HOST_LIMIT_SQL: &str = "SELECT account_limit FROM hosts WHERE id = $1 FOR UPDATE";
-
-/// Accounts on the host that are not deleted, counted up to the limit only.
-const COUNT_SQL: &str = "\
-SELECT count(*) FROM (SELECT 1 FROM accounts \
-WHERE host_id = $1 AND upstream_status <> $2 LIMIT $3) AS counted";
+/// Locks the host row: concurrent creates on one host serialize here. `account_count` is the
+/// host's accounts that are not deleted (maintained by a trigger on `accounts`).
+const HOST_LIMIT_SQL: &str =
+    "SELECT account_limit, account_count FROM hosts WHERE id = $1 FOR UPDATE";
 
 const INSERT_SQL: &str = "\
 INSERT INTO accounts (did, host_id, local_status) VALUES ($1, $2, $3) \
@@ -257,19 +255,13 @@ impl AccountStore {
     pub async fn create(&mut self, did: &str, host_id: i64) -> Result<&AccountRecord, StoreError> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await.map_err(DbError::from)?;
-        let limit: i64 = tx
+        let host = tx
             .query_opt(HOST_LIMIT_SQL, &[&host_id])
             .await
             .map_err(DbError::from)?
-            .ok_or(StoreError::UnknownHost(host_id))?
-            .try_get(0)
-            .map_err(DbError::from)?;
-        let count: i64 = tx
-            .query_one(COUNT_SQL, &[&host_id, &UPSTREAM_DELETED, &limit.max(0)])
-            .await
-            .map_err(DbError::from)?
-            .try_get(0)
-            .map_err(DbError::from)?;
+            .ok_or(StoreError::UnknownHost(host_id))?;
+        let limit: i64 = host.try_get(0).map_err(DbError::from)?;
+        let count: i64 = host.try_get(1).map_err(DbError::from)?;
         let local = if count >= limit {
             LocalStatus::Throttled
         } else {
@@ -322,6 +314,15 @@ impl AccountStore {
                 record.upstream_status.clone_from(status);
             }
             self.lru.recost(did);
+        }
+    }
+
+    /// An operator changed the account's local status (takedown, reversal, promotion), which
+    /// Postgres already has: the cached record follows, so the shard's next event of the
+    /// account is decided with it. A record that is not cached reads it on its next load.
+    pub fn set_local_status(&mut self, did: &str, status: LocalStatus) {
+        if let Some(record) = self.lru.get(did) {
+            record.local_status = status;
         }
     }
 

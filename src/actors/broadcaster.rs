@@ -20,11 +20,19 @@
 //! head`" always holds, and a session below the floor reads the log instead.
 //!
 //! Masking: the log skips masked records, but frames already in the ring were read before a
-//! takedown. [`MaskAccount`] removes an account's frames from the ring, so a takedown reaches
-//! live consumers too (the takedown path masks the log first, then sends it).
+//! takedown. [`MaskAccount`] removes an account's frames up to a seq from the ring, so a
+//! takedown reaches live consumers too (the takedown path masks the log first, then sends
+//! it). A read step already running when it arrives may have read those records before the
+//! log was masked: the mask is kept and applied again when that step is absorbed, so nothing
+//! it read slips in afterwards. The bound (`through_seq`) keeps the relay's own `#account
+//! {takendown}`, sequenced after the mask, out of its reach. [`UnmaskAccount`] (a reversal)
+//! cannot put the removed frames back in the middle of the ring, so it raises the ring's floor
+//! over them instead: sessions below it read the (unmasked) log, as they would after any
+//! eviction.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -37,14 +45,28 @@ use crate::store::event_log::{EventLogError, EventLogReader, Replay};
 // ------------------------------------------------------------------------------------------
 // Messages
 
-/// Removes the frames of one account (by its event-log DID hash) from the ring.
+/// Removes the frames of one account (by its event-log DID hash) with `seq <= through_seq`
+/// from the ring, including frames a read step already in flight brings later.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct MaskAccount {
     pub did_hash: u64,
+    pub through_seq: u64,
 }
 impl ObservedMessage for MaskAccount {
     const NAME: &'static str = "mask_account";
+}
+
+/// A reversal unmasked records with `seq <= through_seq` in the log: the ring forgets every
+/// frame up to there ([`Ring::raise_floor`]), so sessions read them from the log. Answers the
+/// new floor.
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct UnmaskAccount {
+    pub through_seq: u64,
+}
+impl ObservedMessage for UnmaskAccount {
+    const NAME: &'static str = "unmask_account";
 }
 
 /// Asks for the observable state.
@@ -187,12 +209,25 @@ impl Ring {
         RingRead::Frames(out)
     }
 
-    /// Removes an account's frames; returns how many.
-    pub fn mask(&mut self, did_hash: u64) -> usize {
+    /// Removes an account's frames with `seq <= through_seq`; returns how many.
+    pub fn mask(&mut self, did_hash: u64, through_seq: u64) -> usize {
         let before = self.frames.len();
-        self.frames.retain(|f| f.did_hash != did_hash);
+        self.frames
+            .retain(|f| f.did_hash != did_hash || f.seq > through_seq);
         self.bytes = self.frames.iter().map(|f| f.frame.len()).sum();
         before - self.frames.len()
+    }
+
+    /// Forgets every frame up to `seq` (at most the head): the floor rises there, so a cursor
+    /// below it reads the log. Returns the new floor.
+    pub fn raise_floor(&mut self, seq: u64) -> u64 {
+        self.floor = self.floor.max(seq.min(self.head));
+        while self.frames.front().is_some_and(|f| f.seq <= self.floor) {
+            if let Some(old) = self.frames.pop_front() {
+                self.bytes -= old.frame.len();
+            }
+        }
+        self.floor
     }
 }
 
@@ -309,8 +344,20 @@ pub struct Broadcaster {
     durable: watch::Receiver<u64>,
     ring: SharedRing,
     published: watch::Sender<u64>,
+    /// When the head was last published (the next publication waits for [`PUBLISH_EVERY`]).
+    last_publish: Option<tokio::time::Instant>,
+    /// Masks that arrived while a read step was running: `(did_hash, through_seq)`, applied
+    /// again when that step is absorbed (see the module doc).
+    masks_in_flight: Vec<(u64, u64)>,
     state: BroadcasterState,
 }
+
+/// Sessions are woken at most this often. Under a steady stream every wake then carries a
+/// few frames, which a session hands to its socket together (one task poll and one write per
+/// wake instead of per frame, per consumer: the cost that decides how many consumers a core
+/// serves); an event after a quiet spell is published at once. The price is at most this
+/// much latency.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(5);
 
 impl Broadcaster {
     /// Its `actor` label.
@@ -340,6 +387,8 @@ impl Broadcaster {
             durable,
             ring: ring.clone(),
             published,
+            last_publish: None,
+            masks_in_flight: Vec::new(),
             state: BroadcasterState {
                 head,
                 floor: head,
@@ -353,20 +402,27 @@ impl Broadcaster {
     /// the receiver, so a restart that drops it loses nothing.
     fn wait_for_head(&mut self, ctx: &mut Context<Self>) {
         let mut durable = self.durable.clone();
+        let not_before = self.last_publish.map(|at| at + PUBLISH_EVERY);
         ctx.spawn(
-            async move { durable.changed().await.is_ok() }
-                .into_actor(self)
-                .map(|alive, act, ctx| {
-                    if alive {
-                        // Marked seen before reading: the read goes to the log's durable
-                        // head, which covers every announcement made until then.
-                        act.durable.borrow_and_update();
-                        act.read(ctx);
-                    } else {
-                        tracing::info!("durable-head announcements ended; the ring stays");
-                        act.state.source_closed = true;
-                    }
-                }),
+            async move {
+                let alive = durable.changed().await.is_ok();
+                if alive && let Some(at) = not_before {
+                    tokio::time::sleep_until(at).await;
+                }
+                alive
+            }
+            .into_actor(self)
+            .map(|alive, act, ctx| {
+                if alive {
+                    // Marked seen before reading: the read goes to the log's durable
+                    // head, which covers every announcement made until then.
+                    act.durable.borrow_and_update();
+                    act.read(ctx);
+                } else {
+                    tracing::info!("durable-head announcements ended; the ring stays");
+                    act.state.source_closed = true;
+                }
+            }),
         );
     }
 
@@ -424,6 +480,10 @@ impl Broadcaster {
             for (seq, did_hash, frame) in step.records {
                 ring.push(seq, did_hash, frame);
             }
+            // The step may have read records before a takedown masked them in the log.
+            for (did_hash, through_seq) in self.masks_in_flight.drain(..) {
+                ring.mask(did_hash, through_seq);
+            }
             ring.advance_head(step.cursor.max(replay.cursor()));
             (ring.head(), ring.floor(), ring.len(), ring.bytes())
         };
@@ -442,11 +502,14 @@ impl Broadcaster {
             .head
             .set(i64::try_from(head).unwrap_or(i64::MAX));
         // Never waits: sessions read the new value when they next look.
-        self.published.send_if_modified(|h| {
+        let moved = self.published.send_if_modified(|h| {
             let moved = head > *h;
             *h = (*h).max(head);
             moved
         });
+        if moved {
+            self.last_publish = Some(tokio::time::Instant::now());
+        }
     }
 }
 
@@ -479,11 +542,29 @@ impl Handler<MaskAccount> for Broadcaster {
 
     fn handle(&mut self, msg: MaskAccount, _: &mut Context<Self>) -> usize {
         let _guard = self.obs.enter(MaskAccount::NAME);
+        if self.replay.is_none() {
+            // A read step owns the replay: it may bring this account's records in later.
+            self.masks_in_flight.push((msg.did_hash, msg.through_seq));
+        }
         let mut ring = self.ring.write();
-        let removed = ring.mask(msg.did_hash);
+        let removed = ring.mask(msg.did_hash, msg.through_seq);
         self.state.ring_frames = ring.len();
         self.state.ring_bytes = ring.bytes();
         removed
+    }
+}
+
+impl Handler<UnmaskAccount> for Broadcaster {
+    type Result = u64;
+
+    fn handle(&mut self, msg: UnmaskAccount, _: &mut Context<Self>) -> u64 {
+        let _guard = self.obs.enter(UnmaskAccount::NAME);
+        let mut ring = self.ring.write();
+        let floor = ring.raise_floor(msg.through_seq);
+        self.state.floor = floor;
+        self.state.ring_frames = ring.len();
+        self.state.ring_bytes = ring.bytes();
+        floor
     }
 }
 
@@ -564,11 +645,29 @@ mod tests {
         assert_eq!(seqs(ring.read_after(2, 10, 1000)), Vec::<u64>::new());
         ring.push(4, 7, frame(4, 10)); // not after the head: ignored
         ring.push(6, 7, frame(6, 10));
-        assert_eq!(ring.mask(7), 2);
-        assert_eq!(seqs(ring.read_after(0, 10, 1000)), vec![2]);
-        assert_eq!(ring.bytes(), 10);
-        assert_eq!(ring.head(), 6);
+        ring.push(7, 7, frame(7, 10));
+        assert_eq!(ring.mask(7, 6), 2, "up to the bound only");
+        assert_eq!(seqs(ring.read_after(0, 10, 1000)), vec![2, 7]);
+        assert_eq!(ring.bytes(), 20);
+        assert_eq!(ring.head(), 7);
         ring.advance_head(3);
-        assert_eq!(ring.head(), 6, "the head never goes back");
+        assert_eq!(ring.head(), 7, "the head never goes back");
+    }
+
+    #[test]
+    fn raising_the_floor_forgets_frames_up_to_it_but_never_above_the_head() {
+        let mut ring = Ring::new(0, 10_000);
+        for s in 1..=5 {
+            ring.push(s, 1, frame(s, 10));
+        }
+        assert_eq!(ring.raise_floor(3), 3);
+        assert_eq!(ring.read_after(2, 10, 1000), RingRead::Behind);
+        assert_eq!(seqs(ring.read_after(3, 10, 1000)), vec![4, 5]);
+        assert_eq!(ring.bytes(), 20);
+        assert_eq!(ring.raise_floor(1), 3, "the floor never goes back");
+        assert_eq!(ring.raise_floor(99), 5, "not above the head");
+        assert!(ring.is_empty());
+        ring.push(6, 1, frame(6, 10));
+        assert_eq!(seqs(ring.read_after(5, 10, 1000)), vec![6]);
     }
 }

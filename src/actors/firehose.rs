@@ -37,7 +37,7 @@ use prometheus::{
 use tokio::sync::{Notify, watch};
 
 use super::broadcaster::{
-    Broadcaster, BroadcasterState, GetBroadcasterState, MaskAccount, SharedRing,
+    Broadcaster, BroadcasterState, GetBroadcasterState, MaskAccount, SharedRing, UnmaskAccount,
 };
 use super::consumer_session::ConsumerSession;
 use super::obs::{ActorMetrics, InstrumentedAddr};
@@ -509,6 +509,30 @@ pub fn start_firehose(
     })
 }
 
+/// Masks and unmasks accounts in the Broadcaster's ring. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RingMasks {
+    broadcaster: InstrumentedAddr<Broadcaster>,
+}
+
+impl RingMasks {
+    /// See [`Firehose::mask_account`].
+    pub async fn mask(&self, did_hash: u64, through_seq: u64) -> Result<usize, MailboxError> {
+        self.broadcaster
+            .send(MaskAccount {
+                did_hash,
+                through_seq,
+            })
+            .await
+    }
+
+    /// After a reversal unmasked records up to `through_seq` in the log: the ring forgets its
+    /// frames up to there, so sessions read them from the log. Returns the ring's new floor.
+    pub async fn unmask(&self, through_seq: u64) -> Result<u64, MailboxError> {
+        self.broadcaster.send(UnmaskAccount { through_seq }).await
+    }
+}
+
 /// Why a connection was refused before the upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -579,10 +603,24 @@ impl Firehose {
         self.broadcaster.send(GetBroadcasterState).await
     }
 
-    /// After a takedown masked the account in the log: drop its frames from the ring, so
-    /// live sessions do not send them either. Returns how many were removed.
-    pub async fn mask_account(&self, did_hash: u64) -> Result<usize, MailboxError> {
-        self.broadcaster.send(MaskAccount { did_hash }).await
+    /// After a takedown masked the account in the log: drop its frames with `seq <=
+    /// through_seq` from the ring, so live sessions do not send them either. Returns how many
+    /// were removed.
+    pub async fn mask_account(
+        &self,
+        did_hash: u64,
+        through_seq: u64,
+    ) -> Result<usize, MailboxError> {
+        self.ring_masks().mask(did_hash, through_seq).await
+    }
+
+    /// What the takedown path (`account_admin`) keeps to mask and unmask the ring: the
+    /// firehose starts after the ingest pipeline, so the pipeline's account admin is given
+    /// this once it exists.
+    pub fn ring_masks(&self) -> RingMasks {
+        RingMasks {
+            broadcaster: self.broadcaster.clone(),
+        }
     }
 
     /// Refuses new consumers from now on (the route answers 503); open sessions go on

@@ -159,6 +159,9 @@ pub struct NewHost {
     pub hostname: String,
     pub no_ssl: bool,
     pub admin_added: bool,
+    /// Public-address checks were skipped for this host (an operator added `localhost:PORT`
+    /// or a plain-http host); admission decides, the row records it.
+    pub ssrf_exempt: bool,
     pub account_limit: Option<i64>,
 }
 
@@ -1272,11 +1275,17 @@ impl HostStore for PostgresHostStore {
                 .query_one(
                     &format!(
                         "INSERT INTO hosts (hostname, no_ssl, admin_added, ssrf_exempt, account_limit) \
-                         VALUES ($1, $2, $3, $3, $4) \
+                         VALUES ($1, $2, $3, $4, $5) \
                          ON CONFLICT (hostname) DO UPDATE SET updated_at = now() \
                          RETURNING {HOST_COLUMNS}"
                     ),
-                    &[&host.hostname, &host.no_ssl, &host.admin_added, &limit],
+                    &[
+                        &host.hostname,
+                        &host.no_ssl,
+                        &host.admin_added,
+                        &host.ssrf_exempt,
+                        &limit,
+                    ],
                 )
                 .await?;
             host_row(&row)

@@ -21,6 +21,9 @@
 //!   [`shard_router::UpstreamFrame`] and [`sequencer::IngestBatch`] are what they receive and
 //!   send.
 //! - **HostAuthorityResolver**: its fetchers on arbiters of their own.
+//! - [`account_admin::AccountAdmin`] (a handle, no actor): an operator's takedowns,
+//!   reversals and account-limit promotions, ordered across the owners above (Postgres, the
+//!   account's shard, the durable head, the event log's masking, the firehose's ring).
 //!
 //! [`start_pipeline`] starts all of it around an opened event log and a database.
 //!
@@ -36,6 +39,7 @@
 //! Every actor kind reports through [`obs`] (mailbox depth, handled, handler time, restarts)
 //! and exposes a small observable-state struct that tests and `/metrics` read.
 
+pub mod account_admin;
 pub mod account_store;
 pub mod broadcaster;
 pub mod consumer_session;
@@ -62,6 +66,7 @@ use tokio::sync::watch;
 
 use crate::store::event_log::{EventLog, EventLogReader};
 use crate::store::postgres::Db;
+use account_admin::{AccountAdmin, AccountAdminMetrics, AccountAdminSettings};
 use host_supervisor::{HostSupervisor, HostSupervisorSettings, PostgresHostStore, StopSupervisor};
 use obs::{ActorMetrics, InstrumentedAddr};
 use persister::{Persister, PersisterMetrics};
@@ -223,6 +228,7 @@ pub struct PipelineSettings {
     pub resolver: ResolverSettings,
     pub supervisor: HostSupervisorSettings,
     pub subscriber: SubscriberSettings,
+    pub account_admin: AccountAdminSettings,
 }
 
 impl Default for PipelineSettings {
@@ -235,6 +241,7 @@ impl Default for PipelineSettings {
             resolver: ResolverSettings::default(),
             supervisor: HostSupervisorSettings::default(),
             subscriber: SubscriberSettings::default(),
+            account_admin: AccountAdminSettings::default(),
         }
     }
 }
@@ -260,6 +267,9 @@ pub struct Pipeline {
     pub subscriber_metrics: SubscriberMetrics,
     /// Hosts known and connected, as the supervisor last published them.
     pub host_counts: host_supervisor::HostCounts,
+    /// Takedowns, reversals, the takedown list and account-limit promotions (the admin
+    /// routes); give it the firehose's ring with `attach_firehose` once that runs.
+    pub accounts: AccountAdmin,
 }
 
 /// Brings account state in Postgres up to the event log (the tail after the write-behind's
@@ -283,6 +293,7 @@ pub async fn start_pipeline(
         "account state recovered from the event log tail"
     );
     let sink = Arc::new(write_behind::PostgresSink::new(db.clone()));
+    let log_admin = log.admin();
     let ingest = start_ingest(log, sink, settings.ingest, metrics, registry)?;
     let resolver = Resolver::start(settings.resolver, Some(db.clone()), metrics, registry)?;
     let shard_metrics = ShardMetrics::register(registry)?;
@@ -315,7 +326,7 @@ pub async fn start_pipeline(
     let obs = metrics.actor(HostSupervisor::NAME, HostSupervisor::MAILBOX);
     let supervisor = HostSupervisor::new(
         obs.clone(),
-        Arc::new(PostgresHostStore::new(db)),
+        Arc::new(PostgresHostStore::new(db.clone())),
         Arc::new(connector),
         settings.supervisor,
     )
@@ -323,6 +334,15 @@ pub async fn start_pipeline(
     .with_inversion_warn_only(warn_only)
     .with_counts(host_counts.clone());
     let supervisor = InstrumentedAddr::new(supervisor.start(), obs);
+    let accounts = AccountAdmin::new(
+        db,
+        router.clone(),
+        log_admin,
+        ingest.durable_head.clone(),
+        supervisor.clone(),
+        AccountAdminMetrics::register(registry)?,
+        settings.account_admin,
+    );
     Ok(Pipeline {
         ingest,
         resolver,
@@ -332,6 +352,7 @@ pub async fn start_pipeline(
         shard_metrics,
         subscriber_metrics,
         host_counts,
+        accounts,
     })
 }
 

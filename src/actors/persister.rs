@@ -16,10 +16,10 @@
 //!    `flush` if the log's sync policy left part of it unsynced, so nothing is announced
 //!    before it is on disk (ARCHITECTURE.md property 1);
 //! 3. publish the durable head on the `watch`;
-//! 4. complete each event's upstream cursor mark (the host's cursor moves once every seq
-//!    routed before it is finished too, see `upstream_cursor`) and hand the accounts' new
-//!    state to [`PendingWrites`] for the write-behind flusher;
-//! 5. drop the batch, which releases its byte-budget permits.
+//! 4. complete each upstream event's cursor mark (the host's cursor moves once every seq
+//!    routed before it is finished too, see `upstream_cursor`) and release its byte-budget
+//!    permit (the relay's own events have neither: `sequencer::Origin`), and hand the
+//!    accounts' new state to [`PendingWrites`] for the write-behind flusher.
 //!
 //! A frame that cannot be re-sequenced (the shard validated it, so this is a bug upstream) is
 //! dropped and counted; its seq becomes a gap, which the protocol allows. An I/O error poisons
@@ -261,12 +261,12 @@ impl Persister {
             .set(i64::try_from(head).unwrap_or(i64::MAX));
         let events = batch.len() - dropped;
         for (s, stored) in batch.into_iter().zip(stored) {
-            // A dropped event was dropped deliberately: its upstream seq is covered too.
-            s.event.cursor.complete();
+            // A dropped event was dropped deliberately: its upstream seq is covered too, and
+            // its bytes are free again.
+            s.event.origin.complete();
             if let (true, Some(update)) = (stored, s.event.account) {
                 self.pending.record_account(update);
             }
-            // `s.event.permit` drops here: its bytes are free again.
         }
         self.pending.record_durable(head);
         Ok(BatchDurable {

@@ -1048,9 +1048,10 @@ fn negative_from_marker(document: Option<&str>) -> ResolveError {
     }
 }
 
-/// rustls needs a process-wide crypto provider before awc's first TLS connection.
+/// rustls needs a process-wide crypto provider before awc's first TLS connection (every awc
+/// client of the relay calls this first; idempotent).
 #[allow(deprecated)] // ring is the crate's provider; see `sim::install_crypto_provider`.
-fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     // An error means a provider is already installed, which is all we need.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

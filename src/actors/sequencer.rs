@@ -82,16 +82,43 @@ pub struct IngestEvent {
     /// The account (`repo` of a `#commit`, `did` otherwise).
     pub did: String,
     pub kind: EventKind,
-    /// The frame as received, or as the shard rewrote it (`#account`, `#identity`); its
-    /// upstream seq is replaced by the relay's with `frame::resequence` before storing.
+    /// The frame as received, or as the shard rewrote it (`#account`, `#identity`), or the
+    /// relay's own; its seq is replaced by the relay's with `frame::resequence` before
+    /// storing.
     pub frame: Bytes,
-    /// The host it came from and its seq there: completed once the event is durable, so
-    /// the host's cursor covers it.
-    pub cursor: CursorMark,
     /// Account state to write behind once the event is durable.
     pub account: Option<AccountStateUpdate>,
-    /// This event's share of the byte budget, released when it is durable.
-    pub permit: BytePermit,
+    /// Where it came from, and so what finishes when it is durable.
+    pub origin: Origin,
+}
+
+/// Where an event came from.
+#[derive(Debug)]
+pub enum Origin {
+    /// From a host's firehose.
+    Upstream {
+        /// The host and its seq there: completed once the event is durable, so the host's
+        /// cursor covers it.
+        cursor: CursorMark,
+        /// This event's share of the byte budget, released when it is durable.
+        permit: BytePermit,
+    },
+    /// The relay's own event (an operator's takedown, reversal or promotion: an `#account`
+    /// the shard that owns the account emits). No host's cursor waits for it, and it holds
+    /// no budget bytes: it is a few hundred bytes, at most one per operator action in
+    /// flight, and the shard's bounded outbox already makes it wait behind a busy Sequencer.
+    Relay,
+}
+
+impl Origin {
+    /// The event is durable (or dropped on purpose): the host's cursor may pass it, its
+    /// bytes are free again.
+    pub fn complete(self) {
+        if let Origin::Upstream { cursor, permit } = self {
+            cursor.complete();
+            drop(permit);
+        }
+    }
 }
 
 impl ObservedMessage for IngestEvent {

@@ -14,13 +14,20 @@
 //!
 //! The queues are bounded in slots here and in bytes by the permits the frames carry, so a
 //! shard's backlog can never exceed the byte budget however many hosts feed it.
+//!
+//! The same queues carry operators' changes to accounts ([`AccountCommand`], sent by
+//! `account_admin` through [`ShardRouter::command`]): a takedown, reversal or promotion
+//! reaches the shard that owns the account in order with the account's frames, so every frame
+//! routed before it is decided with the old status and every later one with the new, and the
+//! shard's own `#account` for the change is sequenced after everything it forwarded before.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::sequencer::{BytePermit, EventKind};
+use super::shard_rules::LocalStatus;
 use super::upstream_cursor::CursorMark;
 use crate::store::event_log::did_hash;
 
@@ -45,16 +52,98 @@ pub struct UpstreamFrame {
     pub permit: BytePermit,
 }
 
-/// The sending side: cheap to clone, one per Subscriber.
+/// An operator's change to one account, handled by the shard that owns it between two of the
+/// account's frames. Postgres already has the new local status when it is sent (a record the
+/// shard loads meanwhile reads it there).
+#[derive(Debug)]
+pub struct AccountCommand {
+    pub did: String,
+    /// The account's new local status (`None`: unchanged).
+    pub local_status: Option<LocalStatus>,
+    /// Emit the relay's own `#account` for the account as the shard then knows it (its
+    /// `active`/`status` by `shard_rules::published_status`), after every event the shard
+    /// forwarded before.
+    pub announce: bool,
+    /// Answered once every event the shard forwarded before the command (and the `#account`
+    /// it emitted) is sequenced.
+    pub done: oneshot::Sender<Result<CommandDone, CommandFailed>>,
+}
+
+/// What an [`AccountCommand`] came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandDone {
+    /// The highest seq among the shard's events up to the command: the emitted `#account`'s
+    /// when it announced, else the last event the shard forwarded before it (0: none yet).
+    /// Once the durable head reaches it, every event of the account sequenced before the
+    /// command is on disk.
+    pub seq: u64,
+    /// The `#account` emitted: `(active, status)`.
+    pub announced: Option<(bool, Option<String>)>,
+}
+
+/// Why an [`AccountCommand`] was not carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandFailed {
+    #[error("the account is not in the database")]
+    UnknownAccount,
+    #[error("the account row could not be loaded: {0}")]
+    Store(&'static str),
+    #[error("the #account event could not be encoded")]
+    Encode,
+    #[error("ingest halted: {0}")]
+    Halted(&'static str),
+    #[error("the shard or the sequencer stopped")]
+    Stopped,
+}
+
+impl CommandFailed {
+    /// Stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CommandFailed::UnknownAccount => "unknown-account",
+            CommandFailed::Store(_) => "store",
+            CommandFailed::Encode => "encode",
+            CommandFailed::Halted(_) => "halted",
+            CommandFailed::Stopped => "stopped",
+        }
+    }
+}
+
+/// What a shard's queue carries: frames and account commands, in one order.
+#[derive(Debug)]
+pub enum ShardInput {
+    Frame(UpstreamFrame),
+    Command(AccountCommand),
+}
+
+impl ShardInput {
+    /// The account it is about (it picked the shard).
+    pub fn did(&self) -> &str {
+        match self {
+            ShardInput::Frame(f) => &f.did,
+            ShardInput::Command(c) => &c.did,
+        }
+    }
+
+    /// The frame, if it is one.
+    pub fn into_frame(self) -> Option<UpstreamFrame> {
+        match self {
+            ShardInput::Frame(f) => Some(f),
+            ShardInput::Command(_) => None,
+        }
+    }
+}
+
+/// The sending side: cheap to clone, one per Subscriber (and one for the account admin).
 #[derive(Clone, Debug)]
 pub struct ShardRouter {
-    queues: Arc<[mpsc::Sender<UpstreamFrame>]>,
+    queues: Arc<[mpsc::Sender<ShardInput>]>,
 }
 
 /// The receiving side of one shard.
 #[derive(Debug)]
 pub struct ShardQueue {
-    rx: mpsc::Receiver<UpstreamFrame>,
+    rx: mpsc::Receiver<ShardInput>,
 }
 
 /// The shard's queue is closed (the shard stopped): ingest is shutting down.
@@ -91,11 +180,21 @@ impl ShardRouter {
 
     /// Hands `frame` to the shard that owns its DID, waiting while that queue is full.
     pub async fn route(&self, frame: UpstreamFrame) -> Result<(), ShardStopped> {
-        let shard = shard_of(&frame.did, self.queues.len());
         // A frame that cannot be delivered drops here with its permit and its mark: the
         // mark is abandoned, so the host's cursor stays below it.
+        self.send(ShardInput::Frame(frame)).await
+    }
+
+    /// Hands an operator's change to the shard that owns the account, behind the frames
+    /// already queued there, waiting while that queue is full.
+    pub async fn command(&self, command: AccountCommand) -> Result<(), ShardStopped> {
+        self.send(ShardInput::Command(command)).await
+    }
+
+    async fn send(&self, input: ShardInput) -> Result<(), ShardStopped> {
+        let shard = shard_of(input.did(), self.queues.len());
         self.queues[shard]
-            .send(frame)
+            .send(input)
             .await
             .map_err(|_| ShardStopped(shard))
     }
@@ -110,18 +209,18 @@ impl ShardRouter {
 }
 
 impl ShardQueue {
-    /// The next frame, waiting for one; `None` once every router is dropped and the queue
-    /// is empty. For the shard's own thread (it must not run inside an async runtime).
-    pub fn blocking_recv(&mut self) -> Option<UpstreamFrame> {
+    /// The next frame or command, waiting for one; `None` once every router is dropped and
+    /// the queue is empty. For a thread outside an async runtime.
+    pub fn blocking_recv(&mut self) -> Option<ShardInput> {
         self.rx.blocking_recv()
     }
 
-    /// The next frame, from async code.
-    pub async fn recv(&mut self) -> Option<UpstreamFrame> {
+    /// The next frame or command, from async code.
+    pub async fn recv(&mut self) -> Option<ShardInput> {
         self.rx.recv().await
     }
 
-    /// Frames waiting (the shard's depth gauge).
+    /// Frames and commands waiting (the shard's depth gauge).
     pub fn len(&self) -> usize {
         self.rx.len()
     }
@@ -192,7 +291,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!pending.is_finished(), "a full queue makes the sender wait");
-        let first = queues[shard].recv().await.unwrap();
+        let first = queues[shard].recv().await.unwrap().into_frame().unwrap();
         assert_eq!(first.cursor.seq(), 1);
         pending.await.unwrap().unwrap();
         assert_eq!(
@@ -201,8 +300,8 @@ mod tests {
             "queued and received frames hold their bytes"
         );
         let seqs: Vec<i64> = [
-            queues[shard].recv().await.unwrap(),
-            queues[shard].recv().await.unwrap(),
+            queues[shard].recv().await.unwrap().into_frame().unwrap(),
+            queues[shard].recv().await.unwrap().into_frame().unwrap(),
         ]
         .iter()
         .map(|f| f.cursor.seq())
@@ -210,6 +309,44 @@ mod tests {
         assert_eq!(seqs, [2, 3]);
         drop(first);
         assert_eq!(budget.in_use(), 0, "finished frames release their bytes");
+    }
+
+    #[actix_rt::test]
+    async fn a_command_queues_behind_the_accounts_frames() {
+        let (router, mut queues) = ShardRouter::new(2, 4);
+        let budget = ByteBudget::new(10_000);
+        let cursor = HostCursor::new(1, 0, PendingWrites::default());
+        let did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+        let shard = shard_of(did, 2);
+        router
+            .route(frame(did, 1, &cursor, &budget).await)
+            .await
+            .unwrap();
+        let (done, _answer) = oneshot::channel();
+        router
+            .command(AccountCommand {
+                did: did.to_string(),
+                local_status: Some(LocalStatus::Takendown),
+                announce: false,
+                done,
+            })
+            .await
+            .unwrap();
+        router
+            .route(frame(did, 2, &cursor, &budget).await)
+            .await
+            .unwrap();
+        let order: Vec<Option<i64>> = (0..3)
+            .map(|_| match queues[shard].rx.try_recv().expect("queued") {
+                ShardInput::Frame(f) => Some(f.cursor.seq()),
+                ShardInput::Command(c) => {
+                    assert_eq!(c.local_status, Some(LocalStatus::Takendown));
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(order, [Some(1), None, Some(2)]);
+        assert!(queues[1 - shard].is_empty());
     }
 
     #[actix_rt::test]

@@ -68,9 +68,11 @@ impl Default for SubscriberSettings {
     }
 }
 
-/// Frames a Subscriber did not route, by bounded reason (no per-host labels).
+/// Frames received by type and frames a Subscriber did not route, by bounded reason (no
+/// per-host labels).
 #[derive(Clone, Debug)]
 pub struct SubscriberMetrics {
+    received: IntCounterVec,
     skipped: IntCounterVec,
 }
 
@@ -84,7 +86,21 @@ impl SubscriberMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(skipped.clone()))?;
-        Ok(SubscriberMetrics { skipped })
+        let received = IntCounterVec::new(
+            Opts::new(
+                "rookery_subscriber_frames_received_total",
+                "Upstream websocket messages received, by frame type (commit, sync, identity, \
+                 account, info, error, other, undecodable)",
+            ),
+            &["type"],
+        )?;
+        registry.register(Box::new(received.clone()))?;
+        Ok(SubscriberMetrics { received, skipped })
+    }
+
+    /// Frames received so far of `frame_type`.
+    pub fn received(&self, frame_type: &str) -> u64 {
+        self.received.with_label_values(&[frame_type]).get()
     }
 
     /// Frames skipped so far for `reason`.
@@ -297,7 +313,21 @@ impl Subscriber {
 
     /// One whole websocket message.
     fn on_message(&mut self, msg: Bytes, ctx: &mut Context<Self>) {
-        let (kind, seq, did) = match fr::peek_event(&msg) {
+        let peeked = fr::peek_event(&msg);
+        let frame_type = match &peeked {
+            Err(_) => "undecodable",
+            Ok(p) if p.header.op == -1 => "error",
+            Ok(p) => match p.header.t {
+                Some("#commit") => "commit",
+                Some("#sync") => "sync",
+                Some("#identity") => "identity",
+                Some("#account") => "account",
+                Some("#info") => "info",
+                _ => "other",
+            },
+        };
+        self.metrics.received.with_label_values(&[frame_type]).inc();
+        let (kind, seq, did) = match peeked {
             // Bad framing or CBOR is fatal for the connection (PROTOCOL.md §1).
             Err(_) => return self.fail("bad_frame", ctx),
             Ok(peek) if peek.header.op == -1 => {

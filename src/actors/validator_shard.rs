@@ -30,6 +30,15 @@
 //!    one [`IngestBatch`] and awaits the answer before the next (ordered, one message in
 //!    flight, the round trip paid per batch).
 //!
+//! Operators' changes ([`AccountCommand`]: takedown, reversal, promotion, from
+//! `account_admin`) come through the same queue, so they fall between two of the account's
+//! frames: the cached record takes the new local status (Postgres already has it), frames
+//! already held for the DID are decided with it when they wake, and, when asked, the shard
+//! emits the relay's own `#account` for the account (its published `active`/`status`) into the
+//! outbox. The command is answered from the outbox task once everything before it is
+//! sequenced, with the highest seq among them, which is what lets a takedown wait until the
+//! account's earlier events are durable before it masks them.
+//!
 //! Panics: the loop runs under `catch_unwind`; a panic is counted as a restart of the shard
 //! (`rookery_actor_restarts_total{actor="validator_shard",reason="panic"}`), the frame in hand
 //! is lost with its mark abandoned (the cursor holds below it), and the loop starts again
@@ -51,8 +60,10 @@ use super::account_store::{AccountStore, AccountStoreSettings, AccountStoreState
 use super::host_supervisor::InversionWarnOnly;
 use super::obs::{ActorMetrics, ActorObs, InstrumentedAddr};
 use super::resolver::{ResolveError, ResolvedIdentity, Resolver};
-use super::sequencer::{IngestBatch, IngestEvent, Sequencer, SequencerError};
-use super::shard_router::{ShardQueue, UpstreamFrame};
+use super::sequencer::{EventKind, IngestBatch, IngestEvent, Origin, Sequencer, SequencerError};
+use super::shard_router::{
+    AccountCommand, CommandDone, CommandFailed, ShardInput, ShardQueue, UpstreamFrame,
+};
 use super::shard_rules::{
     self, AccountChange, DropReason, EventFacts, IdentityView, Note, Rewrite, RuleOutcome, Source,
     UPSTREAM_ACTIVE, UPSTREAM_INACTIVE,
@@ -199,6 +210,8 @@ pub struct ShardState {
     pub lookups: u64,
     pub upstream_rechecks: u64,
     pub panics: u64,
+    /// Operators' account commands handled (takedowns, reversals, promotions).
+    pub commands: u64,
     pub accounts: AccountStoreState,
 }
 
@@ -354,6 +367,16 @@ struct Held {
     deadline: Instant,
 }
 
+/// What goes into a shard's outbox, in order.
+enum Outgoing {
+    Event(IngestEvent),
+    /// An account command's answer, sent once every event before it is sequenced.
+    Sequenced {
+        done: oneshot::Sender<Result<CommandDone, CommandFailed>>,
+        announced: Option<(bool, Option<String>)>,
+    },
+}
+
 /// What handling one frame came to.
 enum Handled {
     Done,
@@ -376,7 +399,7 @@ struct Shard {
     /// A DID whose hold reached `hold_per_did`: the queue is not read until it drains.
     blocked_on: Option<String>,
     wakes: mpsc::Sender<Wake>,
-    outbox: mpsc::Sender<IngestEvent>,
+    outbox: mpsc::Sender<Outgoing>,
     http: awc::Client,
     /// Drops seen per reason, for sampled logging.
     drop_counts: HashMap<&'static str, u64>,
@@ -470,12 +493,15 @@ impl Shard {
                     queue.close();
                 }
                 next = queue.recv(), if room => match next {
-                    Some(frame) => {
+                    Some(input) => {
                         self.metrics
                             .queued
                             .with_label_values(&[&shard_label])
                             .set(queue.len() as i64);
-                        self.on_frame(frame).await;
+                        match input {
+                            ShardInput::Frame(frame) => self.on_frame(frame).await,
+                            ShardInput::Command(command) => self.on_command(command).await,
+                        }
                     }
                     None => return,
                 },
@@ -520,6 +546,68 @@ impl Shard {
                 self.hold(did, frames, cause, deadline);
             }
         }
+    }
+
+    /// An operator's change to one account (see the module doc). Frames the DID has held
+    /// are not released early: they are decided with the new status when they wake.
+    async fn on_command(&mut self, command: AccountCommand) {
+        let _guard = self.obs.enter("account_command");
+        self.state.commands += 1;
+        let AccountCommand {
+            did,
+            local_status,
+            announce,
+            done,
+        } = command;
+        match self.store.load(&did).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let _ = done.send(Err(CommandFailed::UnknownAccount));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.index, %did, error = %e, "account command: row not loaded");
+                let _ = done.send(Err(CommandFailed::Store(e.reason())));
+                return;
+            }
+        }
+        if let Some(status) = local_status {
+            self.store.set_local_status(&did, status);
+        }
+        let mut announced = None;
+        if announce {
+            let Some(record) = self.store.cached(&did) else {
+                let _ = done.send(Err(CommandFailed::Store("evicted")));
+                return;
+            };
+            let (active, status) = (
+                record.is_active(),
+                record.published_status().map(str::to_string),
+            );
+            let time = datetime_of_micros((self.clock)());
+            let Ok(bytes) = frame::encode_account(0, &did, &time, active, status.as_deref()) else {
+                let _ = done.send(Err(CommandFailed::Encode));
+                return;
+            };
+            tracing::info!(shard = self.index, %did, active, status = ?status, "relay #account emitted");
+            let event = IngestEvent {
+                did: did.clone(),
+                kind: EventKind::Account,
+                frame: bytes.into(),
+                account: None,
+                origin: Origin::Relay,
+            };
+            if self.outbox.send(Outgoing::Event(event)).await.is_err() {
+                let _ = done.send(Err(CommandFailed::Stopped));
+                return;
+            }
+            announced = Some((active, status));
+        }
+        // A closed outbox drops `done`: the caller learns the shard stopped.
+        let _ = self
+            .outbox
+            .send(Outgoing::Sequenced { done, announced })
+            .await;
     }
 
     fn note_held(&mut self) {
@@ -849,12 +937,14 @@ impl Shard {
             did: f.did,
             kind: f.kind,
             frame: bytes,
-            cursor: f.cursor,
             account: change.as_ref().map(AccountChange::to_write),
-            permit: f.permit,
+            origin: Origin::Upstream {
+                cursor: f.cursor,
+                permit: f.permit,
+            },
         };
         // A full outbox waits (the Sequencer is behind): the queue fills, Subscribers wait.
-        if self.outbox.send(event).await.is_err() {
+        if self.outbox.send(Outgoing::Event(event)).await.is_err() {
             tracing::warn!(
                 shard = self.index,
                 "outbox closed; event not sequenced (its cursor stays below it)"
@@ -981,26 +1071,87 @@ async fn repo_status(http: &awc::Client, host: &str, no_ssl: bool, did: &str) ->
     })
 }
 
+/// An RFC 3339 UTC datetime with milliseconds (`2026-01-01T00:00:00.000Z`) for µs since the
+/// UNIX epoch: the `time` of the relay's own events.
+pub fn datetime_of_micros(micros: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_micros(micros);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// Sends the outbox to the Sequencer: everything ready as one batch, one batch in flight.
+/// Account commands' answers ride along: each is answered after the batch that holds the
+/// events before it, with the seq of the last of them (a batch's events get consecutive seqs
+/// ending at the one the Sequencer answers).
 async fn send_outbox(
     index: usize,
-    mut outbox: mpsc::Receiver<IngestEvent>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     sequencer: InstrumentedAddr<Sequencer>,
 ) {
     const MAX_BATCH: usize = 512;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while outbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match sequencer
-            .send(IngestBatch(std::mem::take(&mut batch)))
-            .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(SequencerError::Halted(reason))) => {
-                tracing::error!(shard = index, reason, "sequencer halted; events not stored");
-            }
-            Err(_) => {
-                tracing::warn!(shard = index, "sequencer gone; events not stored");
+    let mut items = Vec::with_capacity(MAX_BATCH);
+    // The highest seq assigned to this shard's events so far (0: none yet).
+    let mut last_seq = 0u64;
+    while outbox.recv_many(&mut items, MAX_BATCH).await > 0 {
+        let mut batch = Vec::with_capacity(items.len());
+        // Each answer with the number of events before it in this batch.
+        let mut answers = Vec::new();
+        for item in items.drain(..) {
+            match item {
+                Outgoing::Event(event) => batch.push(event),
+                Outgoing::Sequenced { done, announced } => {
+                    answers.push((batch.len() as u64, done, announced));
+                }
             }
         }
+        let events = batch.len() as u64;
+        let outcome = if batch.is_empty() {
+            Ok(last_seq)
+        } else {
+            match sequencer.send(IngestBatch(batch)).await {
+                Ok(Ok(last)) => Ok(last),
+                Ok(Err(SequencerError::Halted(reason))) => {
+                    tracing::error!(shard = index, reason, "sequencer halted; events not stored");
+                    Err(CommandFailed::Halted(reason))
+                }
+                Err(_) => {
+                    tracing::warn!(shard = index, "sequencer gone; events not stored");
+                    Err(CommandFailed::Stopped)
+                }
+            }
+        };
+        match outcome {
+            Ok(last) => {
+                let first = (last + 1).saturating_sub(events);
+                for (before, done, announced) in answers {
+                    let seq = if before == 0 {
+                        last_seq
+                    } else {
+                        first + before - 1
+                    };
+                    let _ = done.send(Ok(CommandDone { seq, announced }));
+                }
+                last_seq = last;
+            }
+            Err(failed) => {
+                for (_, done, _) in answers {
+                    let _ = done.send(Err(failed));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atproto::syntax::parse_datetime_micros;
+
+    #[test]
+    fn the_relays_event_time_is_a_lexicon_datetime_in_milliseconds() {
+        let micros = 1_767_225_600_123_456; // 2026-01-01T00:00:00.123456Z
+        let time = datetime_of_micros(micros);
+        assert_eq!(time, "2026-01-01T00:00:00.123Z");
+        assert_eq!(parse_datetime_micros(&time), Ok(1_767_225_600_123_000));
+        assert_eq!(datetime_of_micros(0), "1970-01-01T00:00:00.000Z");
     }
 }

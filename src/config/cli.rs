@@ -34,6 +34,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
+    /// Copy another relay's host list into a running relay: every host the other relay's
+    /// listHosts names (except those it reports banned) goes through this relay's admin
+    /// requestCrawl, with its usual checks.
+    PullHosts(PullHostsArgs),
 }
 
 /// Options shared by every subcommand that touches storage.
@@ -211,6 +215,52 @@ pub struct ServeArgs {
     /// (`none` for no cap: only --replay-window applies).
     #[arg(long, env = "ROOKERY_EVENT_LOG_MAX_SIZE", default_value = "none")]
     pub event_log_max_size: String,
+    /// Whether public requestCrawl is accepted (true or false). A value an operator stored
+    /// with /admin/subs/setEnabled wins over this default.
+    #[arg(long, env = "ROOKERY_PUBLIC_CRAWL", default_value = "true")]
+    pub public_crawl: String,
+    /// New hosts public requestCrawl may add per 24 hours. A value an operator stored with
+    /// /admin/subs/setPerDayLimit wins over this default.
+    #[arg(
+        long,
+        env = "ROOKERY_NEW_HOSTS_PER_DAY",
+        allow_hyphen_values = true,
+        default_value = "50"
+    )]
+    pub new_hosts_per_day: String,
+}
+
+/// Options of `rookery pull-hosts`. The admin password comes from `--admin-password-file`
+/// or, without it, from the `ROOKERY_ADMIN_PASSWORD` variable (never from the command line,
+/// where other users could read it).
+#[derive(Debug, Clone, Args)]
+pub struct PullHostsArgs {
+    /// Base URL of the relay whose com.atproto.sync.listHosts is read
+    /// (e.g. https://relay1.us-east.bsky.network).
+    #[arg(long, env = "ROOKERY_PULL_FROM")]
+    pub from: String,
+    /// Base URL of the relay that gets the hosts (its public listener, where /admin is).
+    #[arg(long, env = "ROOKERY_PULL_RELAY")]
+    pub relay: String,
+    /// File whose first line is the relay's admin password.
+    #[arg(long, env = "ROOKERY_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// Hosts submitted at once.
+    #[arg(
+        long,
+        env = "ROOKERY_PULL_CONCURRENCY",
+        allow_hyphen_values = true,
+        default_value = "4"
+    )]
+    pub concurrency: String,
+    /// Most listHosts pages read (of 1000 hosts each).
+    #[arg(
+        long,
+        env = "ROOKERY_PULL_MAX_PAGES",
+        allow_hyphen_values = true,
+        default_value = "1000"
+    )]
+    pub max_pages: String,
 }
 
 /// Options of `rookery migrate`.

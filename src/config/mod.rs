@@ -40,13 +40,15 @@ use crate::actors::PipelineSettings;
 use crate::actors::firehose::FirehoseSettings;
 use crate::atproto::validate::ValidationPolicy;
 use crate::http::HttpSettings;
+use crate::http::pull_hosts::{AdminPassword, PullHostsSettings};
+use crate::http::request_crawl::CrawlSettings;
 use crate::service::ServiceSettings;
 use crate::store::event_log::{EventLogConfig, RetentionPolicy, SyncPolicy};
 use crate::store::postgres::DbSettings;
 
 /// Log output format; owned by `service::logging`, which sets up the output.
 pub use crate::service::logging::LogFormat;
-pub use cli::{Cli, Command, MigrateArgs, ServeArgs, StorageArgs};
+pub use cli::{Cli, Command, MigrateArgs, PullHostsArgs, ServeArgs, StorageArgs};
 pub use parse::ConfigError;
 pub use secret::{DatabaseUrl, REDACTED, Secret, redact_database_url};
 
@@ -144,6 +146,8 @@ pub struct Config {
     pub pipeline: PipelineSettings,
     /// The firehose out: slow-consumer policy and consumer limits.
     pub firehose: FirehoseSettings,
+    /// requestCrawl admission: the defaults of the operator's switch and daily limit.
+    pub crawl: CrawlSettings,
     /// Running as a service: the bound on the graceful shutdown.
     pub service: ServiceSettings,
 }
@@ -190,6 +194,7 @@ impl Config {
             event_log,
             pipeline: pipeline_settings(args, &plc_url)?,
             firehose: firehose_settings(args)?,
+            crawl: crawl_settings(args)?,
             service: ServiceSettings {
                 shutdown_timeout: parse_duration("shutdown-timeout", &args.shutdown_timeout)?,
             },
@@ -260,6 +265,11 @@ impl Config {
         out.push((
             "max-consumers-per-ip",
             self.firehose.max_consumers_per_ip.to_string(),
+        ));
+        out.push(("public-crawl", self.crawl.public_crawl.to_string()));
+        out.push((
+            "new-hosts-per-day",
+            self.crawl.new_hosts_per_day.to_string(),
         ));
         out.push(("initial-seq", self.event_log.initial_seq.to_string()));
         out.push(("event-log-sync", self.event_log.sync.to_string()));
@@ -365,6 +375,79 @@ fn firehose_settings(args: &ServeArgs) -> Result<FirehoseSettings, ConfigError> 
     })
 }
 
+/// `http::request_crawl`: `--public-crawl`, `--new-hosts-per-day` (defaults of the settings an
+/// operator can store through the admin API). The other fields keep admission's defaults.
+fn crawl_settings(args: &ServeArgs) -> Result<CrawlSettings, ConfigError> {
+    let public_crawl = match args.public_crawl.trim().to_ascii_lowercase().as_str() {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return Err(ConfigError::new(
+                "public-crawl",
+                args.public_crawl.clone(),
+                "expected true or false",
+            ));
+        }
+    };
+    let new_hosts_per_day =
+        parse_count("new-hosts-per-day", &args.new_hosts_per_day, 0, 1_000_000)? as u32;
+    Ok(CrawlSettings {
+        public_crawl,
+        new_hosts_per_day,
+        ..CrawlSettings::default()
+    })
+}
+
+/// Longest admin password file read.
+const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
+
+/// `rookery pull-hosts`: the two URLs, the password (from `--admin-password-file`, else
+/// `env_password`, the `ROOKERY_ADMIN_PASSWORD` variable the binary read) and the limits.
+/// Reads the password file; touches nothing else.
+pub fn pull_hosts_settings(
+    args: &PullHostsArgs,
+    env_password: Option<String>,
+) -> Result<PullHostsSettings, ConfigError> {
+    let from = parse_http_url("from", &args.from)?;
+    let relay = parse_http_url("relay", &args.relay)?;
+    let password = match (&args.admin_password_file, env_password) {
+        (Some(path), _) => read_password_file(path)?,
+        (None, Some(p)) if !p.is_empty() => p,
+        (None, _) => {
+            return Err(ConfigError::new(
+                "admin-password-file",
+                "",
+                "required (or set ROOKERY_ADMIN_PASSWORD)",
+            ));
+        }
+    };
+    let mut settings = PullHostsSettings::new(from, relay, AdminPassword::new(password));
+    settings.concurrency = parse_count("concurrency", &args.concurrency, 1, 64)?;
+    settings.max_pages = parse_count("max-pages", &args.max_pages, 1, 1_000_000)?;
+    Ok(settings)
+}
+
+fn read_password_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let fail = |reason: String| ConfigError::new("admin-password-file", shown.clone(), reason);
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+    let mut text = String::new();
+    file.take(MAX_PASSWORD_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(format!("cannot be read as text: {e}")))?;
+    if text.len() as u64 > MAX_PASSWORD_FILE_BYTES {
+        return Err(fail(format!(
+            "is longer than {MAX_PASSWORD_FILE_BYTES} bytes"
+        )));
+    }
+    let password = text.lines().next().unwrap_or_default().to_string();
+    if password.is_empty() {
+        return Err(fail("its first line is empty".to_string()));
+    }
+    Ok(password)
+}
+
 /// `store::event_log`: `--initial-seq`, `--event-log-*`, and `--replay-window` as the
 /// retention age. Starts from the log's own defaults, so fields without an option keep them.
 fn event_log_config(
@@ -449,7 +532,7 @@ mod tests {
             Cli::try_parse_from(argv).map_err(|e| ConfigError::new("clap", "", e.to_string()))?;
         match cli.command {
             Command::Serve(args) => Config::from_serve_args(&args),
-            Command::Migrate(_) => unreachable!("parsed serve"),
+            _ => unreachable!("parsed serve"),
         }
     }
 
@@ -621,6 +704,112 @@ mod tests {
             assert_eq!(err.option, option, "{args:?}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn crawl_options_parse_and_default() {
+        let config = serve(&[]).unwrap();
+        assert!(config.crawl.public_crawl);
+        assert_eq!(config.crawl.new_hosts_per_day, 50);
+        let config = serve(&["--public-crawl", "false", "--new-hosts-per-day", "0"]).unwrap();
+        assert!(!config.crawl.public_crawl);
+        assert_eq!(config.crawl.new_hosts_per_day, 0);
+        let shown = config.to_string();
+        assert!(shown.contains("public-crawl=false"), "{shown}");
+        assert!(shown.contains("new-hosts-per-day=0"), "{shown}");
+        for (args, option) in [
+            (&["--public-crawl", "maybe"][..], "public-crawl"),
+            (&["--new-hosts-per-day", "-1"][..], "new-hosts-per-day"),
+            (&["--new-hosts-per-day", "1000001"][..], "new-hosts-per-day"),
+        ] {
+            let err = serve(args).expect_err("rejected");
+            assert_eq!(err.option, option, "{args:?}");
+        }
+    }
+
+    fn pull_args(extra: &[&str]) -> PullHostsArgs {
+        let mut argv = vec![
+            "rookery",
+            "pull-hosts",
+            "--from",
+            "https://relay.example",
+            "--relay",
+            "http://127.0.0.1:2470",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::PullHosts(args) => args,
+            _ => unreachable!("parsed pull-hosts"),
+        }
+    }
+
+    #[test]
+    fn pull_hosts_takes_the_password_from_a_file_or_the_environment() {
+        let temp = tempfile::tempdir().unwrap();
+        let file = temp.path().join("pw");
+        std::fs::write(&file, "s3cret\nignored\n").unwrap();
+        let file_arg = file.to_string_lossy().into_owned();
+        let settings = pull_hosts_settings(
+            &pull_args(&["--admin-password-file", &file_arg]),
+            Some("from-env".into()),
+        )
+        .unwrap();
+        assert_eq!(settings.password.expose(), "s3cret", "the file wins");
+        assert_eq!(settings.concurrency, 4);
+        assert_eq!(settings.page_limit, 1000);
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        let settings = pull_hosts_settings(&pull_args(&[]), Some("from-env".into())).unwrap();
+        assert_eq!(settings.password.expose(), "from-env");
+        assert_eq!(settings.from.as_str(), "https://relay.example/");
+
+        let missing = temp.path().join("missing");
+        let empty = temp.path().join("empty");
+        std::fs::write(&empty, "\nx").unwrap();
+        for (args, env, option) in [
+            (vec![], None, "admin-password-file"),
+            (vec![], Some(String::new()), "admin-password-file"),
+            (
+                vec![
+                    "--admin-password-file".to_string(),
+                    missing.to_string_lossy().into(),
+                ],
+                None,
+                "admin-password-file",
+            ),
+            (
+                vec![
+                    "--admin-password-file".to_string(),
+                    empty.to_string_lossy().into(),
+                ],
+                None,
+                "admin-password-file",
+            ),
+            (
+                vec!["--concurrency".to_string(), "0".to_string()],
+                Some("p".into()),
+                "concurrency",
+            ),
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let err = pull_hosts_settings(&pull_args(&args), env).expect_err("rejected");
+            assert_eq!(err.option, option, "{args:?}");
+        }
+        let bad_from = match Cli::try_parse_from([
+            "rookery",
+            "pull-hosts",
+            "--from",
+            "ftp://x",
+            "--relay",
+            "http://r",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::PullHosts(args) => args,
+            _ => unreachable!("parsed pull-hosts"),
+        };
+        let err = pull_hosts_settings(&bad_from, Some("p".into())).expect_err("rejected");
+        assert_eq!(err.option, "from");
     }
 
     #[test]

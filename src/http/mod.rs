@@ -12,6 +12,8 @@
 pub mod admin;
 pub mod health;
 pub mod metrics;
+pub mod pull_hosts;
+pub mod request_crawl;
 pub mod subscribe_repos;
 pub mod sync;
 pub mod xrpc;

@@ -136,6 +136,19 @@ pub async fn query_only() -> HttpResponse {
     resp
 }
 
+/// 405 for a procedure called with another HTTP method than POST.
+pub async fn procedure_only() -> HttpResponse {
+    let mut resp = XrpcError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "InvalidRequest",
+        "this XRPC method is a procedure: use POST",
+    )
+    .to_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    resp
+}
+
 /// The decoded parameters of one query string, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryParams {

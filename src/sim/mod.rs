@@ -20,6 +20,7 @@
 //! Everything here must be started inside an actix System (`#[actix_rt::test]`,
 //! `#[actix_rt::main]`); see the `pds` module doc for the runtime layout and bounds.
 
+pub mod consumer;
 pub mod pds;
 pub mod plc;
 

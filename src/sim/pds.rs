@@ -67,7 +67,7 @@ use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
 use crate::atproto::validate::RepoState;
 use crate::testkit::repo::{Change, SigningRepo};
 
-/// The `Server` header a host sends on the websocket upgrade when it plays a relay
+/// The `Server` header a host sends (websocket upgrade, describeServer) when it plays a relay
 /// ([`SimPds::set_relay_header`]); relays refuse upstreams that carry `atproto-relay`.
 pub const RELAY_SERVER_HEADER: &str = "rookery-sim (atproto-relay)";
 
@@ -452,8 +452,9 @@ impl SimPds {
             .replace_live_channel(&self.shared.config);
     }
 
-    /// With `on`, the websocket upgrade carries `Server: `[`RELAY_SERVER_HEADER`], so the
-    /// host looks like a relay.
+    /// With `on`, the websocket upgrade and `describeServer` carry
+    /// `Server: `[`RELAY_SERVER_HEADER`], so the host looks like a relay (to a relay's
+    /// subscriber and to its requestCrawl check).
     pub fn set_relay_header(&self, on: bool) {
         self.shared.relay_header.store(on, Ordering::Relaxed);
     }

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_checkpoint_inversion_override",
         sql: include_str!("../../schema/0002_checkpoint_inversion_override.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_account_admin",
+        sql: include_str!("../../schema/0003_account_admin.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations ("rookery" in ASCII).

@@ -419,6 +419,7 @@ async fn a_relay_is_banned_and_never_redialled() {
             hostname: h.to_string(),
             no_ssl: true,
             admin_added: false,
+            ssrf_exempt: false,
             account_limit: None,
         })
     };
@@ -594,6 +595,7 @@ async fn ban_unban_kill_limits_and_list() {
             hostname: "c.example".into(),
             no_ssl: true,
             admin_added: true,
+            ssrf_exempt: true,
             account_limit: None,
         }))
         .await

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod account_admin;
 mod account_store;
 mod host_supervisor;
 mod pipeline;

@@ -112,7 +112,7 @@ impl Rig {
         for (shard, mut q) in self.queues.take().expect("queues").into_iter().enumerate() {
             let got = Arc::clone(&self.got);
             actix_rt::spawn(async move {
-                while let Some(f) = q.recv().await {
+                while let Some(f) = q.recv().await.and_then(|input| input.into_frame()) {
                     got.lock().unwrap().push(Got {
                         shard,
                         did: f.did.clone(),
@@ -570,6 +570,7 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
             hostname: "a.example".into(),
             no_ssl: false,
             admin_added: false,
+            ssrf_exempt: false,
             account_limit: None,
         })
         .await
@@ -579,6 +580,7 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
             hostname: "a.example".into(),
             no_ssl: false,
             admin_added: false,
+            ssrf_exempt: false,
             account_limit: None,
         })
         .await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prometheus::Registry;
 use rookery::actors::obs::ActorMetrics;
-use rookery::actors::sequencer::{ByteBudget, EventKind, IngestEvent};
+use rookery::actors::sequencer::{ByteBudget, EventKind, IngestEvent, Origin};
 use rookery::actors::upstream_cursor::HostCursor;
 use rookery::actors::write_behind::{AccountStateUpdate, PendingWrites, StateSink};
 use rookery::actors::{Ingest, IngestSettings, start_ingest};
@@ -51,10 +51,12 @@ pub async fn event(
         did,
         kind,
         frame,
-        // A tracker of its own: completing the mark records exactly this cursor.
-        cursor: HostCursor::new(host_id, upstream_seq - 1, pending.clone()).begin(upstream_seq),
         account,
-        permit,
+        origin: Origin::Upstream {
+            // A tracker of its own: completing the mark records exactly this cursor.
+            cursor: HostCursor::new(host_id, upstream_seq - 1, pending.clone()).begin(upstream_seq),
+            permit,
+        },
     }
 }
 

@@ -37,7 +37,7 @@ async fn a_taken_down_account_is_not_replayed_from_the_log_nor_from_the_ring() {
     assert_eq!(report.records_matched, 200);
     let removed = h
         .firehose
-        .mask_account(did_hash(BOB))
+        .mask_account(did_hash(BOB), u64::MAX)
         .await
         .expect("mask ring");
     assert!(removed > 0);

@@ -17,10 +17,12 @@ async fn list_hosts_shows_every_host_oldest_first_with_seq_and_status() {
         body,
         serde_json::json!({
             "hosts": [
-                {"hostname": "pds.example.com", "seq": 42, "status": "active"},
-                {"hostname": "old.example.com", "seq": 7, "status": "offline"},
-                {"hostname": "localhost:2583", "seq": 0, "status": "active"},
-                {"hostname": "banned.example.com", "seq": 3, "status": "banned"},
+                // Accounts that are not deleted: pds.example.com's `did:plc:deleted` is not
+                // counted (PROTOCOL.md §7).
+                {"hostname": "pds.example.com", "seq": 42, "accountCount": 5, "status": "active"},
+                {"hostname": "old.example.com", "seq": 7, "accountCount": 3, "status": "offline"},
+                {"hostname": "localhost:2583", "seq": 0, "accountCount": 1, "status": "active"},
+                {"hostname": "banned.example.com", "seq": 3, "accountCount": 0, "status": "banned"},
             ]
         }),
         "one page, so no cursor"
@@ -127,7 +129,7 @@ async fn get_host_status_answers_known_hosts_case_insensitively() {
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.json(),
-        serde_json::json!({"hostname": "pds.example.com", "seq": 42, "status": "active"})
+        serde_json::json!({"hostname": "pds.example.com", "seq": 42, "accountCount": 5, "status": "active"})
     );
     let upper = relay
         .get(&format!("{STATUS}?hostname=PDS.Example.COM"))
@@ -148,6 +150,69 @@ async fn get_host_status_answers_known_hosts_case_insensitively() {
         .get(&format!("{STATUS}?hostname=unknown.example.com"))
         .await
         .assert_error(404, "HostNotFound", "host");
+    relay.stop().await;
+}
+
+/// `accountCount` follows the accounts table as the relay writes it: a new account counts, a
+/// deleted one stops counting (and counts again if its PDS reactivates it), a migrated one
+/// moves to its new host.
+#[actix_rt::test]
+async fn account_count_follows_creation_deletion_and_migration() {
+    let relay = Relay::start(SEED).await;
+    let count = |host: &'static str| {
+        let relay = &relay;
+        async move {
+            relay.get(&format!("{STATUS}?hostname={host}")).await.json()["accountCount"]
+                .as_i64()
+                .expect("accountCount")
+        }
+    };
+    assert_eq!(
+        (
+            count("pds.example.com").await,
+            count("old.example.com").await
+        ),
+        (5, 3)
+    );
+    crate::support::sql(
+        &relay.db,
+        "INSERT INTO accounts (did, host_id) VALUES ('did:plc:new', 1);",
+    )
+    .await;
+    assert_eq!(count("pds.example.com").await, 6);
+    // The write-behind's status statement marks an account deleted (and back).
+    crate::support::sql(
+        &relay.db,
+        "UPDATE accounts SET upstream_status = 'deleted' WHERE did = 'did:plc:active';",
+    )
+    .await;
+    assert_eq!(count("pds.example.com").await, 5);
+    crate::support::sql(
+        &relay.db,
+        "UPDATE accounts SET upstream_status = 'active' WHERE did = 'did:plc:deleted';
+         UPDATE accounts SET upstream_status = 'deactivated' WHERE did = 'did:plc:new';",
+    )
+    .await;
+    assert_eq!(
+        count("pds.example.com").await,
+        6,
+        "deactivated still counts"
+    );
+    // Migration: the account store moves the row to its new host.
+    crate::support::sql(
+        &relay.db,
+        "UPDATE accounts SET host_id = 2 WHERE did = 'did:plc:new';
+         UPDATE accounts SET host_id = 2 WHERE did = 'did:plc:active';",
+    )
+    .await;
+    assert_eq!(
+        (
+            count("pds.example.com").await,
+            count("old.example.com").await
+        ),
+        (5, 4),
+        "a deleted account moving counts on neither host"
+    );
     relay.stop().await;
 }
 

@@ -109,6 +109,8 @@ async fn the_schema_has_what_the_relay_needs() {
                 "upstream_status",
                 "created_at",
                 "updated_at",
+                "throttled_before_takedown",
+                "takedown_seq",
             ],
         ),
         (

@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use rookery::atproto::frame;
+use rookery::sim::consumer::{LeanConsumer, Message};
 use rookery::sim::{SimPds, SimPdsConfig, SimPlc, install_crypto_provider};
+use rookery::testkit::repo::Change;
 use serde_json::Value;
 
 use crate::common::process::{HttpResponse, free_port, http_request, read, send_signal, wait_exit};
@@ -31,6 +34,17 @@ const ROUTES: &[(&str, &str, &str)] = &[
         r#"{"host":"nosuch.example.com","repo_limit":5}"#,
     ),
     ("GET", "/admin/consumers/list", ""),
+    (
+        "POST",
+        "/admin/repo/takeDown",
+        r#"{"did":"did:plc:nosuchaccount000000000000"}"#,
+    ),
+    (
+        "POST",
+        "/admin/repo/reverseTakedown",
+        r#"{"did":"did:plc:nosuchaccount000000000000"}"#,
+    ),
+    ("GET", "/admin/repo/takedowns", ""),
 ];
 
 fn basic(password: &str) -> String {
@@ -376,7 +390,20 @@ async fn admin_routes_authenticate_ban_disconnects_and_shapes_match_the_tools() 
         "",
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    until("b reconnected after the kill", || b.live_connections() == 1).await;
+    // The killed connection closes, then the relay redials after its minimal backoff and
+    // shows the new connection as active.
+    until("b's killed connection closed", || b.live_connections() == 0).await;
+    until("b reconnected after the kill", || {
+        b.live_connections() == 1
+            && json(&admin("GET", "/admin/pds/list", ""))
+                .as_array()
+                .is_some_and(|hosts| {
+                    hosts.iter().any(|h| {
+                        h["Host"] == b.hostname().as_str() && h["HasActiveConnection"] == true
+                    })
+                })
+    })
+    .await;
     let r = admin(
         "POST",
         &format!("/admin/subs/killUpstream?host={}&block=true", b.hostname()),
@@ -421,4 +448,209 @@ async fn admin_routes_authenticate_ban_disconnects_and_shapes_match_the_tools() 
         !log.contains("first-secret") && !log.contains("second-secret"),
         "no secret in the log"
     );
+}
+
+/// Reads messages until `pred` matches a binary frame (bounded by `WAIT`); returns every
+/// binary frame read, the match last.
+async fn frames_until(
+    c: &mut LeanConsumer,
+    mut pred: impl FnMut(&frame::Frame) -> bool,
+) -> Vec<frame::Frame> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, c.next())
+            .await
+            .expect("frame within the limit")
+            .expect("stream");
+        match next {
+            Some(Message::Binary(b)) => {
+                let f = frame::decode_frame(&b).expect("valid frame");
+                let done = pred(&f);
+                out.push(f);
+                if done {
+                    return out;
+                }
+            }
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+}
+
+fn did_of(f: &frame::Frame) -> Option<&str> {
+    match f {
+        frame::Frame::Commit(c) => Some(c.repo.as_str()),
+        frame::Frame::Account(a) => Some(a.did.as_str()),
+        frame::Frame::Identity(i) => Some(i.did.as_str()),
+        frame::Frame::Sync(s) => Some(s.did.as_str()),
+        _ => None,
+    }
+}
+
+#[actix_rt::test]
+async fn takedown_routes_go_through_the_firehose_and_page_with_string_cursors() {
+    install_crypto_provider();
+    let plc = SimPlc::start().expect("plc");
+    let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
+    let fixture = RelayFixture::new(&[&pds]).await;
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = fixture.spawn_with(
+        &plc.url(),
+        port,
+        metrics_port,
+        &[("ROOKERY_ADMIN_PASSWORDS", "secret")],
+    );
+    wait_ready(port, &mut child, &fixture.log);
+    until("connected", || pds.live_connections() == 1).await;
+    let auth = basic("secret");
+    let admin = |method: &str, path: &str, body: &str| call(port, method, path, Some(&auth), body);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let subscribe = |query: &'static str| async move {
+        LeanConsumer::connect(
+            addr,
+            &format!("/xrpc/com.atproto.sync.subscribeRepos{query}"),
+            "t",
+        )
+        .await
+        .expect("subscribe")
+    };
+
+    let mut live = subscribe("").await;
+    let target = pds.create_account().expect("account");
+    let other = pds.create_account().expect("account");
+    for did in [&target, &other] {
+        pds.commit(did, &[Change::Create("app.bsky.feed.post/a".into())])
+            .expect("commit");
+    }
+    frames_until(
+        &mut live,
+        |f| matches!(f, frame::Frame::Commit(c) if c.repo == other),
+    )
+    .await;
+
+    // Bad input, unknown account.
+    assert_eq!(
+        admin("POST", "/admin/repo/takeDown", r#"{"did":"not a did"}"#).status,
+        400
+    );
+    assert_eq!(admin("POST", "/admin/repo/takeDown", "{}").status, 400);
+    let r = admin(
+        "POST",
+        "/admin/repo/takeDown",
+        r#"{"did":"did:plc:nosuchaccount000000000000"}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // The takedown: `#account takendown` to the live consumer, next seq.
+    let r = admin(
+        "POST",
+        "/admin/repo/takeDown",
+        &format!(r#"{{"did":"{target}"}}"#),
+    );
+    assert_eq!(
+        (r.status, json(&r)),
+        (200, serde_json::json!({"success": "true"}))
+    );
+    let got = frames_until(
+        &mut live,
+        |f| matches!(f, frame::Frame::Account(a) if a.did == target),
+    )
+    .await;
+    let frame::Frame::Account(a) = got.last().expect("frame") else {
+        unreachable!()
+    };
+    assert!(!a.active);
+    assert_eq!(a.status.as_deref(), Some("takendown"));
+    // A replaying consumer no longer sees the account's earlier events, only the takedown.
+    let mut replay = subscribe("?cursor=0").await;
+    let seen = frames_until(
+        &mut replay,
+        |f| matches!(f, frame::Frame::Account(a) if a.did == target && !a.active),
+    )
+    .await;
+    let of_target: Vec<&frame::Frame> = seen
+        .iter()
+        .filter(|f| did_of(f) == Some(target.as_str()))
+        .collect();
+    assert_eq!(
+        of_target.len(),
+        1,
+        "only the takedown of the account is replayed: {of_target:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, frame::Frame::Commit(c) if c.repo == other)),
+        "other accounts untouched"
+    );
+    // Listed, cursor omitted on the only page.
+    assert_eq!(
+        json(&admin("GET", "/admin/repo/takedowns", "")),
+        serde_json::json!({"dids": [target]})
+    );
+    assert_eq!(
+        admin("GET", "/admin/repo/takedowns?cursor=x", "").status,
+        400
+    );
+
+    // Reversal: `#account` active again, the list is empty.
+    let r = admin(
+        "POST",
+        "/admin/repo/reverseTakedown",
+        &format!(r#"{{"did":"{target}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = frames_until(
+        &mut live,
+        |f| matches!(f, frame::Frame::Account(a) if a.did == target && a.active),
+    )
+    .await;
+    assert!(matches!(got.last(), Some(frame::Frame::Account(a)) if a.status.is_none()));
+    assert_eq!(
+        json(&admin("GET", "/admin/repo/takedowns", "")),
+        serde_json::json!({"dids": []})
+    );
+
+    // Pages of 500 with a string cursor, none on the last page (seeded rows).
+    fixture
+        .db
+        .client()
+        .await
+        .expect("client")
+        .batch_execute(
+            "INSERT INTO accounts (did, host_id, local_status) \
+             SELECT 'did:plc:seeded' || lpad(i::text, 18, '0'), (SELECT min(id) FROM hosts), 'takendown' \
+             FROM generate_series(1, 1100) AS i",
+        )
+        .await
+        .expect("seed");
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0.. {
+        assert!(page < 10, "too many pages");
+        let path = match &cursor {
+            Some(c) => format!("/admin/repo/takedowns?cursor={c}"),
+            None => "/admin/repo/takedowns".to_string(),
+        };
+        let body = json(&admin("GET", &path, ""));
+        let dids = body["dids"].as_array().expect("dids");
+        all.extend(dids.iter().map(|d| d.as_str().expect("string").to_string()));
+        match body.get("cursor") {
+            Some(c) => {
+                assert_eq!(dids.len(), 500);
+                cursor = Some(
+                    c.as_str()
+                        .expect("a string cursor, as goat reads it")
+                        .to_string(),
+                );
+            }
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 1100);
+    let unique: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), 1100, "no repeats");
+
+    send_signal(child.id(), "TERM");
+    assert!(wait_exit(&mut child, WAIT).is_some_and(|s| s.success()));
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod admin_api;
+mod crawl;
 mod event_log;
 mod health_under_load;
 mod ingest_crash;

@@ -204,6 +204,23 @@ async fn a_consumer_receives_what_the_pds_published_resequenced_and_resumes_with
             .lines()
             .any(|l| l == "rookery_hosts_connected 1")
     );
+    // Frames in, by type: 12 commits and the late one; 3 of each of the account-creation
+    // events.
+    let received = |t: &str| {
+        metrics
+            .body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "rookery_subscriber_frames_received_total{{type=\"{t}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(received("commit"), Some(13));
+    assert_eq!(received("sync"), Some(3));
+    assert_eq!(received("identity"), Some(3));
+    assert_eq!(received("account"), Some(3));
     // Postgres batch latency (the write-behind flushed this run's cursors and accounts) and
     // the group commit's fsync latency.
     for family in [

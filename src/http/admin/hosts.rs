@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AdminApi, AdminError, host_param, read_json, success};
 use crate::actors::host_supervisor::{
-    Ban, ChangeLimits, HostView, KillConnection, ListConnections, Phase, Unban,
+    Ban, HostView, KillConnection, ListConnections, Phase, Unban,
 };
 use crate::actors::supervision::HostStatus;
 use crate::http::xrpc::QueryParams;
@@ -186,26 +186,29 @@ async fn change_limits(
             )
             .await?;
     }
+    // The new limit goes through the account admin: it sends `ChangeLimits` (stored, live
+    // rate limits), then promotes throttled accounts within the new headroom.
+    let mut promoted = 0;
     if let Some(limit) = change.repo_limit {
-        let changed = api
-            .supervisor
-            .send(ChangeLimits {
-                hostname: host.clone(),
-                account_limit: limit,
-            })
-            .await
-            .map_err(|e| AdminError::unavailable("the host supervisor", e))?;
-        if !changed {
-            return Err(AdminError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "the new limit could not be stored; retry later",
-            ));
+        match api.accounts.change_account_limit(&host, limit).await {
+            Ok(done) => promoted = done.promoted.len(),
+            Err(e) if e.is_not_found() => {
+                return Err(AdminError::not_found(format!("unknown hostname: {host}")));
+            }
+            Err(e) => {
+                tracing::warn!(%host, error = %e, reason = e.reason(), "changeLimits failed");
+                return Err(AdminError::new(
+                    actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "the new limit could not be applied; retry later",
+                ));
+            }
         }
     }
     tracing::info!(
         %host,
         repo_limit = ?change.repo_limit,
         alerts_silenced = ?change.account_limit_alerts_silenced,
+        promoted,
         "host limits changed by an operator"
     );
     Ok(success())

@@ -11,12 +11,16 @@
 //! status INDIGO-ADMIN.md gives; successful POSTs answer `{"success":"true"}` (a string, as
 //! the reference does).
 //!
-//! Route modules: [`hosts`] (upstream connections, bans, limits, the host list) and
-//! [`consumers`] (the firehose's consumer list).
+//! Route modules: [`hosts`] (upstream connections, bans, limits, the host list),
+//! [`consumers`] (the firehose's consumer list) and [`crawl`] (the operator's requestCrawl,
+//! the public requestCrawl switch, the daily limit, domain bans; mounted through
+//! [`configure`]'s `extra` with requestCrawl admission's state).
 
 pub mod auth;
 pub mod consumers;
+pub mod crawl;
 pub mod hosts;
+pub mod repos;
 
 use std::sync::Arc;
 
@@ -27,6 +31,7 @@ use actix_web::{HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
+use crate::actors::account_admin::AccountAdmin;
 use crate::actors::firehose::Firehose;
 use crate::actors::host_supervisor::HostSupervisor;
 use crate::actors::obs::InstrumentedAddr;
@@ -42,6 +47,8 @@ pub const MAX_BODY: usize = 4 * 1024;
 pub struct AdminApi {
     pub auth: AdminAuth,
     pub supervisor: InstrumentedAddr<HostSupervisor>,
+    /// Takedowns and account-limit changes with their promotions (`Pipeline::accounts`).
+    pub accounts: AccountAdmin,
     pub firehose: Arc<Firehose>,
     /// The API's own pool (reads of `hosts`; a few operator writes).
     pub db: Db,
@@ -62,6 +69,7 @@ where
             .wrap(from_fn(auth::require_admin))
             .configure(hosts::configure)
             .configure(consumers::configure)
+            .configure(repos::configure)
             .configure(extra),
     );
 }

@@ -21,9 +21,9 @@
 //! requestCrawl) can be mounted before or after it.
 //!
 //! Decisions where the references differ (README "Sync XRPC endpoints" lists them all):
-//! - `listHosts` lists every known host, banned ones included, with its status;
-//!   `accountCount` is left out (optional in the lexicon) because `hosts.account_count` is not
-//!   maintained yet, and counting per request is not bounded.
+//! - `listHosts` lists every known host, banned ones included, with its status and its
+//!   `accountCount` (accounts that are not deleted: `hosts.account_count`, which a trigger
+//!   keeps, so no request counts rows); `getHostStatus` gives the same fields.
 //! - `listRepos` lists every account with a known commit, inactive ones with `active: false`
 //!   and their status (the lexicon's shape; indigo lists only active ones).
 //! - `getRepoStatus` gives `rev` only when the account is active (the lexicon's wording).
@@ -118,6 +118,7 @@ fn query(req: &HttpRequest) -> Result<QueryParams, XrpcError> {
 struct HostView {
     hostname: String,
     seq: i64,
+    account_count: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'static str>,
 }
@@ -135,6 +136,7 @@ impl From<HostRow> for HostView {
         HostView {
             hostname: row.hostname,
             seq: row.last_seq,
+            account_count: row.account_count,
             status,
         }
     }

@@ -19,6 +19,8 @@ pub struct HostRow {
     /// The upstream cursor (last persisted upstream seq).
     pub last_seq: i64,
     pub status: String,
+    /// Accounts on the host that are not deleted (`hosts.account_count`, kept by a trigger).
+    pub account_count: i64,
 }
 
 /// One account with a known commit, as `listRepos` shows it.
@@ -46,10 +48,11 @@ pub struct AccountRow {
 }
 
 const LIST_HOSTS_SQL: &str = "\
-SELECT id, hostname, last_seq, status FROM hosts \
+SELECT id, hostname, last_seq, status, account_count FROM hosts \
 WHERE id > $1 ORDER BY id LIMIT $2";
 
-const HOST_SQL: &str = "SELECT id, hostname, last_seq, status FROM hosts WHERE hostname = $1";
+const HOST_SQL: &str =
+    "SELECT id, hostname, last_seq, status, account_count FROM hosts WHERE hostname = $1";
 
 /// The cursor bound is written on both sides of the join: Postgres merges the two primary-key
 /// scans, and without `s.uid > $1` the `account_sync_state` scan starts at its first row, so a
@@ -72,6 +75,7 @@ fn host_row(row: &tokio_postgres::Row) -> Result<HostRow, DbError> {
         hostname: row.try_get(1)?,
         last_seq: row.try_get(2)?,
         status: row.try_get(3)?,
+        account_count: row.try_get(4)?,
     })
 }
 

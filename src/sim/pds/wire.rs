@@ -230,9 +230,14 @@ async fn run_session(
     }
 }
 
-/// `GET /xrpc/com.atproto.server.describeServer`.
+/// `GET /xrpc/com.atproto.server.describeServer` (with the relay `Server` header while the
+/// host plays a relay).
 async fn describe_server(host: web::Data<PdsShared>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
+    let mut response = HttpResponse::Ok();
+    if host.relay_header.load(Ordering::Relaxed) {
+        response.insert_header((SERVER, RELAY_SERVER_HEADER));
+    }
+    response.json(serde_json::json!({
         "did": format!("did:web:localhost%3A{}", host.port),
         "availableUserDomains": [USER_DOMAIN],
     }))
