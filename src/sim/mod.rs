@@ -11,6 +11,12 @@
 //!   status, rotates keys, migrates accounts between hosts, injects raw frames, resets,
 //!   stops and restarts the host.
 //! - [`SimNetwork`]: one PLC plus N hosts.
+//! - [`checker`]: [`checker::Checker`], a consumer of a relay's firehose that knows what the
+//!   hosts published and reports coverage: missing, duplicated, reordered and wrongly
+//!   delivered events, and delivery latency.
+//! - [`probe`]: [`probe::Probe`], asks a health endpoint every 250 ms during a run and reports
+//!   latency and failures.
+//! - [`latency`]: the fixed-size histogram both report from.
 //!
 //! Why a crate module behind the `sim` feature and not test code: the fleet binary and the
 //! benches need the same hosts as the tests, and "one way to do each thing" (STYLE.md) rules
@@ -20,9 +26,12 @@
 //! Everything here must be started inside an actix System (`#[actix_rt::test]`,
 //! `#[actix_rt::main]`); see the `pds` module doc for the runtime layout and bounds.
 
+pub mod checker;
 pub mod consumer;
+pub mod latency;
 pub mod pds;
 pub mod plc;
+pub mod probe;
 
 pub use pds::{AccountStatus, RELAY_SERVER_HEADER, SimError, SimPds, SimPdsConfig};
 pub use plc::{PlcEntry, PlcError, SimPlc};

@@ -8,6 +8,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod checker;
 mod client;
 mod control;
+mod probe;
 mod stream;
