@@ -649,3 +649,50 @@ async fn read_messages(mut consumer: LeanConsumer, tx: mpsc::Sender<Read>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atproto::frame::{IdentityEvent, encode_error, encode_frame};
+
+    fn published(frame: Vec<u8>, valid: bool) -> Published {
+        Published {
+            host: "h".into(),
+            frame: Bytes::from(frame),
+            published_at: Instant::now(),
+            valid,
+        }
+    }
+
+    fn identity(did: &str, time: &str) -> Vec<u8> {
+        encode_frame(&Frame::Identity(IdentityEvent {
+            seq: 1,
+            did: did.into(),
+            time: time.into(),
+            handle: None,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_event_must_be_an_event_and_invalid_garbage_is_only_counted() {
+        let mut e = Expectations::new();
+        assert!(matches!(
+            e.add(published(b"garbage".to_vec(), true)),
+            Err(CheckerError::UndecodableValidEvent(_))
+        ));
+        assert!(matches!(
+            e.add(published(encode_error("X", None).unwrap(), true)),
+            Err(CheckerError::NotAnEvent(_))
+        ));
+        e.add(published(b"garbage".to_vec(), false)).unwrap();
+        e.add(published(identity("did:plc:a", "t1"), true)).unwrap();
+        e.add(published(identity("did:plc:a", "t1"), true)).unwrap();
+        e.add(published(identity("did:plc:a", "t2"), false))
+            .unwrap();
+        assert_eq!((e.valid_published(), e.invalid_published()), (2, 2));
+        // Equal keys share a slot, one copy each; the DID is stored once.
+        assert_eq!(e.slots.len(), 2);
+        assert_eq!(e.positions.len(), 1);
+    }
+}

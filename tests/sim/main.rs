@@ -9,6 +9,7 @@
 mod common;
 
 mod checker;
+mod checker_relay;
 mod client;
 mod control;
 mod probe;
