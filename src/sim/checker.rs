@@ -389,10 +389,12 @@ impl Checker {
 
     /// Drops the connection and connects again with `cursor=` the last seq received (or as
     /// first connected when nothing arrived yet). Events delivered again count as duplicates.
+    /// On an error (the relay is down) the checker stays disconnected; call it again.
     pub async fn reconnect(&mut self) -> Result<(), CheckerError> {
         self.close_reader();
+        self.open(self.last_seq).await?;
         self.reconnects += 1;
-        self.open(self.last_seq).await
+        Ok(())
     }
 
     async fn open(&mut self, cursor: Option<u64>) -> Result<(), CheckerError> {
@@ -425,6 +427,11 @@ impl Checker {
             self.drain_feed();
             if stop == Stop::WhenAllSeen && self.all_seen() {
                 return RunEnd::AllSeen;
+            }
+            // Checked here too: the select below prefers messages, and a busy stream always
+            // has one ready.
+            if Instant::now() >= deadline {
+                return RunEnd::Deadline;
             }
             let Some(reads) = self.reads.as_mut() else {
                 return RunEnd::Closed(None);
@@ -548,7 +555,7 @@ impl Checker {
             return;
         };
         let n = slot.delivered as usize;
-        slot.delivered += 1;
+        slot.delivered = slot.delivered.saturating_add(1);
         if let Some(copy) = slot.valid.get(n) {
             self.delivered += 1;
             self.latency

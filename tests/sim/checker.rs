@@ -181,6 +181,9 @@ async fn a_clean_scripted_run_reports_nothing_wrong() {
     let mut checker = Checker::connect(addr, None, expectations(&host, &frames, &[]))
         .await
         .unwrap();
+    // A passed deadline ends a run even with messages waiting.
+    let end = checker.run_until(Instant::now(), Stop::AtDeadline).await;
+    assert_eq!(end, RunEnd::Deadline);
     let report = run_to_close(&mut checker).await;
     assert_clean(&report, frames.len() as u64);
     assert_eq!(report.last_seq, Some(1000 + frames.len() as u64 - 1));
