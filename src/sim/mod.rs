@@ -11,6 +11,8 @@
 //!   status, rotates keys, migrates accounts between hosts, injects raw frames, resets,
 //!   stops and restarts the host.
 //! - [`SimNetwork`]: one PLC plus N hosts.
+//! - [`fleet`]: thousands of hosts from a host table (shaped like today's network), an event
+//!   driver, and the `ramp`/`memory` benchmarks of the `rookery-fleet` binary.
 //!
 //! Why a crate module behind the `sim` feature and not test code: the fleet binary and the
 //! benches need the same hosts as the tests, and "one way to do each thing" (STYLE.md) rules
@@ -21,6 +23,7 @@
 //! `#[actix_rt::main]`); see the `pds` module doc for the runtime layout and bounds.
 
 pub mod consumer;
+pub mod fleet;
 pub mod pds;
 pub mod plc;
 
