@@ -124,7 +124,9 @@ mod fleet_cli {
 
     fn table(hosts: usize, out: &std::path::Path, seed: u64) -> Result<(), String> {
         let table = HostTable::generate(hosts, seed);
-        table.write(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        table
+            .write(out)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
         for class in HostClass::ALL {
             println!(
                 "{:<5} {:>5} hosts {:>7} accounts",

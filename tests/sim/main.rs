@@ -10,4 +10,5 @@ mod common;
 
 mod client;
 mod control;
+mod fleet;
 mod stream;

@@ -366,8 +366,7 @@ async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
             url,
         ),
         _ => {
-            let cluster =
-                crate::testkit::postgres::try_test_cluster().map_err(|e| db_err(&e))?;
+            let cluster = crate::testkit::postgres::try_test_cluster().map_err(|e| db_err(&e))?;
             let database = cluster.fresh_database().await.map_err(|e| db_err(&e))?;
             (database.pg_config, database.connection_string)
         }
