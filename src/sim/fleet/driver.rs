@@ -132,6 +132,7 @@ impl EventDriver {
         &self.stats
     }
 
+    /// Stops the driver (the same as dropping it): no event is emitted after this returns.
     pub fn stop(self) {}
 }
 
