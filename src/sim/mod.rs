@@ -17,6 +17,8 @@
 //! - [`probe`]: [`probe::Probe`], asks a health endpoint every 250 ms during a run and reports
 //!   latency and failures.
 //! - [`latency`]: the fixed-size histogram both report from.
+//! - [`fleet`]: thousands of hosts from a host table (shaped like today's network), an event
+//!   driver, and the `ramp`/`memory` benchmarks of the `rookery-fleet` binary.
 //!
 //! Why a crate module behind the `sim` feature and not test code: the fleet binary and the
 //! benches need the same hosts as the tests, and "one way to do each thing" (STYLE.md) rules
@@ -28,6 +30,7 @@
 
 pub mod checker;
 pub mod consumer;
+pub mod fleet;
 pub mod latency;
 pub mod pds;
 pub mod plc;

@@ -32,22 +32,24 @@
 //! [`SimPdsConfig::send_timeout`] drops the connection, so a stuck client costs no memory.
 //! Incoming client frames are capped at 64 KiB.
 //!
-//! **Runtime.** Each host is one `actix_web::HttpServer` with one worker, started inside the
-//! caller's actix System (the `Server` future is spawned there). Tests under
-//! `#[actix_rt::test]` and the fleet binary under `#[actix_rt::main]` both provide that
-//! System, and no extra System or thread is made per host beyond actix-server's own acceptor
-//! and worker threads. A host's websocket sessions run on its worker, so hosts never block
-//! one another or the relay under test (whose actors run on the caller's System), and
-//! stopping one host (`ServerHandle::stop`) closes its port and drops exactly its
-//! connections. The cost, measured with 1,000 hosts each holding one idle subscriber: two
-//! threads and about 0.25 MB per host, started and connected in about 2 s; so 3,000 hosts
-//! are some 6,000 mostly idle threads and under 1 GB. Should the fleet need less, only
-//! `serve` has to change (e.g. to one accept loop per host on a shared worker). The state
-//! a handler reads is behind a `std::sync::Mutex` held only for short, non-async sections.
+//! **Runtime.** Every host of the process is served by two shared worker threads (each
+//! its own actix System, started on first use and kept for the process's life): a host is
+//! its own port and accept loop, handed round robin to a worker, which serves the host's
+//! actix-web app on each connection it accepts (`actix_http::HttpService`, what
+//! `HttpServer` does per worker). So a host costs one listening socket and no thread: 3,000
+//! hosts with one subscriber each are about 6,000 file descriptors, where one `HttpServer`
+//! per host took two threads and six descriptors per host and ran out of this machine's
+//! 20,000 open files before 3,000 hosts (measured; BENCHMARKS.md, "rookery-fleet"). The
+//! workers are not the caller's System, so hosts never block the relay under test (whose
+//! actors run on the caller's System in the tests), and a host never blocks another for
+//! longer than one handler's short critical section. Stopping a host ends its accept loop:
+//! the listener is closed before [`SimPds::stop`] returns and exactly its connections are
+//! dropped. Control calls (signing, emitting) run on the caller's thread. The state a
+//! handler reads is behind a `std::sync::Mutex` held only for short, non-async sections.
 //!
 //! **Files.** This file is the control handle; `pds/host_state.rs` holds the accounts, the
 //! outbox and the cursor rules (everything under the host's lock); `pds/wire.rs` is the
-//! actix-web server, the websocket sessions and the two XRPC queries.
+//! shared workers, the accept loops, the websocket sessions and the two XRPC queries.
 
 mod host_state;
 mod wire;
@@ -56,11 +58,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
 use bytes::Bytes;
 
 use self::host_state::{Account, HostState, now_micros};
-use self::wire::{Listen, serve};
+use self::wire::{Listen, Serving, serve};
 use super::plc::{PlcEntry, PlcError, SimPlc};
 use crate::atproto::frame::{FrameError, peek_event};
 use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
@@ -147,7 +148,7 @@ struct PdsShared {
     port: u16,
     relay_header: AtomicBool,
     /// `None` while stopped.
-    server: Mutex<Option<ServerHandle>>,
+    server: Mutex<Option<Serving>>,
 }
 
 impl PdsShared {
@@ -157,7 +158,7 @@ impl PdsShared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn server(&self) -> MutexGuard<'_, Option<ServerHandle>> {
+    fn server(&self) -> MutexGuard<'_, Option<Serving>> {
         self.server.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -461,10 +462,10 @@ impl SimPds {
 
     /// Stops the listener and drops every connection: a dead host (connections are refused).
     pub async fn stop(&self) {
-        let handle = self.shared.server().take();
+        let serving = self.shared.server().take();
         self.drop_connections();
-        if let Some(handle) = handle {
-            handle.stop(false).await;
+        if let Some(serving) = serving {
+            serving.stop().await;
         }
     }
 

@@ -12,5 +12,6 @@ mod checker;
 mod checker_relay;
 mod client;
 mod control;
+mod fleet;
 mod probe;
 mod stream;

@@ -4,17 +4,21 @@
 //! are size-capped and ignored, and every send is bounded in time.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
+use actix_http::HttpService;
+use actix_rt::ArbiterHandle;
+use actix_service::{Service, ServiceFactory, map_config};
+use actix_web::dev::AppConfig;
 use actix_web::http::header::{HeaderValue, SERVER};
-use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot, watch};
 
 use super::host_state::Subscription;
 use super::{PdsShared, RELAY_SERVER_HEADER, USER_DOMAIN};
@@ -30,40 +34,153 @@ pub(super) enum Listen {
     Port(u16),
 }
 
-/// Starts the host's actix-web server (one worker) and spawns it on the current System.
-pub(super) fn serve(shared: &Arc<PdsShared>, listen: Listen) -> std::io::Result<ServerHandle> {
-    let data = web::Data::from(shared.clone());
-    let server = HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(data.clone())
-            .route(
-                "/xrpc/com.atproto.sync.subscribeRepos",
-                web::get().to(subscribe_repos),
-            )
-            .route(
-                "/xrpc/com.atproto.server.describeServer",
-                web::get().to(describe_server),
-            )
-            .route(
-                "/xrpc/com.atproto.sync.getRepoStatus",
-                web::get().to(get_repo_status),
-            )
-            .default_service(web::to(crate::http::not_found))
-    })
-    .workers(1)
-    // Zero: a finished or dropped session closes its socket at once, as a dying PDS's does,
-    // instead of lingering a second for the client to hang up.
-    .client_disconnect_timeout(Duration::ZERO)
-    .shutdown_timeout(1)
-    .disable_signals();
-    let server = match listen {
-        Listen::Listener(listener) => server.listen(listener)?,
-        Listen::Port(port) => server.bind(("127.0.0.1", port))?,
+/// Threads that run every host's accept loop and connections in this process (see the
+/// `pds` module doc, **Runtime**).
+const WORKER_THREADS: usize = 2;
+/// How long [`Serving::stop`] waits for the accept loop to close the port.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shared workers: one actix System per thread, each idle until a host's accept loop is
+/// handed to it. Started on first use and kept for the process's life, independent of the
+/// caller's System (tests make one System per test).
+struct Workers {
+    arbiters: Vec<ArbiterHandle>,
+    next: AtomicUsize,
+}
+
+static WORKERS: OnceLock<Result<Workers, String>> = OnceLock::new();
+
+fn workers() -> std::io::Result<&'static Workers> {
+    WORKERS
+        .get_or_init(start_workers)
+        .as_ref()
+        .map_err(|e| std::io::Error::other(e.clone()))
+}
+
+fn start_workers() -> Result<Workers, String> {
+    let mut arbiters = Vec::with_capacity(WORKER_THREADS);
+    for index in 0..WORKER_THREADS {
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("sim-pds-{index}"))
+            .spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    let _ = handle_tx.send(actix_rt::Arbiter::current());
+                    std::future::pending::<()>().await;
+                });
+            })
+            .map_err(|e| format!("starting a simulator worker thread: {e}"))?;
+        arbiters.push(
+            handle_rx
+                .recv()
+                .map_err(|_| "a simulator worker thread died at start".to_string())?,
+        );
     }
-    .run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    Ok(handle)
+    Ok(Workers {
+        arbiters,
+        next: AtomicUsize::new(0),
+    })
+}
+
+/// A host's running accept loop.
+pub(super) struct Serving {
+    stop: watch::Sender<bool>,
+    closed: oneshot::Receiver<()>,
+}
+
+impl Serving {
+    /// Closes the port and ends every connection of the host; returns once the listener is
+    /// closed (or after [`STOP_TIMEOUT`]).
+    pub(super) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(STOP_TIMEOUT, self.closed).await;
+    }
+}
+
+/// Binds the host's port (on the caller's thread, so a bind error is the caller's) and
+/// hands its accept loop to one of the shared workers, round robin.
+pub(super) fn serve(shared: &Arc<PdsShared>, listen: Listen) -> std::io::Result<Serving> {
+    let listener = match listen {
+        Listen::Listener(listener) => listener,
+        Listen::Port(port) => std::net::TcpListener::bind(("127.0.0.1", port))?,
+    };
+    listener.set_nonblocking(true)?;
+    let workers = workers()?;
+    let index = workers.next.fetch_add(1, Ordering::Relaxed) % workers.arbiters.len();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let shared = shared.clone();
+    let spawned = workers.arbiters[index].spawn_fn(move || {
+        actix_rt::spawn(accept_loop(listener, shared, stop_rx, closed_tx));
+    });
+    if !spawned {
+        return Err(std::io::Error::other("the simulator worker thread is gone"));
+    }
+    Ok(Serving {
+        stop: stop_tx,
+        closed: closed_rx,
+    })
+}
+
+/// Accepts the host's connections and serves each with the host's actix-web app until
+/// the host stops; then drops the listener (the port refuses connections) and every
+/// connection of this loop.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<PdsShared>,
+    mut stop: watch::Receiver<bool>,
+    closed: oneshot::Sender<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let data = web::Data::from(shared);
+    let app = actix_web::App::new()
+        .app_data(data)
+        .route(
+            "/xrpc/com.atproto.sync.subscribeRepos",
+            web::get().to(subscribe_repos),
+        )
+        .route(
+            "/xrpc/com.atproto.server.describeServer",
+            web::get().to(describe_server),
+        )
+        .route(
+            "/xrpc/com.atproto.sync.getRepoStatus",
+            web::get().to(get_repo_status),
+        )
+        .default_service(web::to(crate::http::not_found));
+    let factory = HttpService::build()
+        // Zero: a finished or dropped session closes its socket at once, as a dying PDS's
+        // does, instead of lingering a second for the client to hang up.
+        .client_disconnect_timeout(Duration::ZERO)
+        .finish(map_config(app, |_| AppConfig::default()))
+        .tcp();
+    let Ok(service) = factory.new_service(()).await else {
+        return;
+    };
+    let service = Rc::new(service);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let service = service.clone();
+                    let mut stop = stop.clone();
+                    actix_rt::spawn(async move {
+                        tokio::select! {
+                            _ = service.call(stream) => {}
+                            _ = stop.changed() => {}
+                        }
+                    });
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+    drop(listener);
+    let _ = closed.send(());
 }
 
 fn xrpc_error(status: actix_web::http::StatusCode, error: &str, message: &str) -> HttpResponse {

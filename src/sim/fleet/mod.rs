@@ -1,0 +1,146 @@
+//! The fleet: one PLC directory and one [`SimPds`] per line of a [`HostTable`], all on
+//! 127.0.0.1, their accounts created up front, and an [`EventDriver`] that makes them
+//! publish at an aggregate rate. It is what the `rookery-fleet` binary keeps up (`run`) and
+//! what its benchmarks point a relay at.
+//!
+//! - [`table`]: the host table file (one JSON object per host: class, accounts, share of
+//!   the event rate, faults), its generator shaped like today's network, and its loader.
+//! - [`driver`]: the event driver.
+//! - [`bench`]: the benchmarks (`ramp`, `memory`): the real `rookery serve` started on a
+//!   throwaway database with the fleet's hosts, a `/_health` probe, and a result table.
+//!
+//! **Faults** (from the table): a `dead` host is started, given its accounts (so the PLC
+//! names it) and stopped, so its port refuses connections for the whole run; a `flapping`
+//! host drops its connections every period (the [`EventDriver`] does that on its clock).
+//!
+//! **Cost.** Each host is a `SimPds`: two threads (actix-server's acceptor and one worker)
+//! and a handful of file descriptors; see the `pds` module doc and BENCHMARKS.md
+//! ("rookery-fleet") for what 3,000 hosts take on this machine.
+
+pub mod bench;
+pub mod driver;
+pub mod table;
+
+use std::time::{Duration, Instant};
+
+pub use driver::{DriverStats, EventDriver};
+pub use table::{Fault, HostClass, HostSpec, HostTable, TableError};
+
+use super::{SimError, SimPds, SimPdsConfig, SimPlc};
+
+/// How a fleet is started.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Limits of every host.
+    pub pds: SimPdsConfig,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            pds: SimPdsConfig {
+                // Thousands of hosts: keep each one's replay outbox small.
+                outbox_max_events: 2_000,
+                outbox_max_bytes: 4 * 1024 * 1024,
+                ..SimPdsConfig::default()
+            },
+        }
+    }
+}
+
+/// Why a fleet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("starting host {index}: {source}")]
+    Listen {
+        index: usize,
+        source: std::io::Error,
+    },
+    #[error("starting the PLC directory: {0}")]
+    Plc(std::io::Error),
+    #[error("creating an account on host {index}: {source}")]
+    Account { index: usize, source: SimError },
+}
+
+/// One host of the fleet.
+pub struct FleetHost {
+    pub spec: HostSpec,
+    pub pds: SimPds,
+    /// Its accounts' DIDs, in creation order.
+    pub accounts: Vec<String>,
+}
+
+/// A running fleet.
+pub struct Fleet {
+    pub plc: SimPlc,
+    pub hosts: Vec<FleetHost>,
+    /// How long [`Fleet::start`] took (listeners, accounts, faults).
+    pub started_in: Duration,
+}
+
+impl Fleet {
+    /// Starts the PLC and one host per line of `table`, creates every host's accounts
+    /// (each emits `#identity`, `#account`, `#sync`, kept in the host's outbox) and stops
+    /// the dead hosts. Must be called inside an actix System.
+    pub async fn start(table: &HostTable, options: FleetOptions) -> Result<Fleet, FleetError> {
+        let begun = Instant::now();
+        let plc = SimPlc::start().map_err(FleetError::Plc)?;
+        let mut hosts = Vec::with_capacity(table.hosts.len());
+        for (index, spec) in table.hosts.iter().enumerate() {
+            let pds = SimPds::start(&plc, options.pds.clone())
+                .map_err(|source| FleetError::Listen { index, source })?;
+            let accounts = (0..spec.accounts)
+                .map(|_| pds.create_account())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| FleetError::Account { index, source })?;
+            hosts.push(FleetHost {
+                spec: spec.clone(),
+                pds,
+                accounts,
+            });
+        }
+        for host in &hosts {
+            if host.spec.is_dead() {
+                host.pds.stop().await;
+            }
+        }
+        Ok(Fleet {
+            plc,
+            hosts,
+            started_in: begun.elapsed(),
+        })
+    }
+
+    /// Every host's `localhost:<port>` (dead ones included), in table order: the list a
+    /// relay is given.
+    pub fn hostnames(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.pds.hostname()).collect()
+    }
+
+    /// Hosts that are not dead (the ones a relay can reach).
+    pub fn reachable(&self) -> usize {
+        self.hosts.iter().filter(|h| !h.spec.is_dead()).count()
+    }
+
+    /// Hosts with at least one subscriber past its replay: the fleet's own view of how many
+    /// hosts a relay is connected to.
+    pub fn connected(&self) -> usize {
+        self.hosts
+            .iter()
+            .filter(|h| h.pds.live_connections() > 0)
+            .count()
+    }
+
+    /// Starts the event driver at `rate` events/s over the table's shares.
+    pub fn drive(&self, rate: f64, seed: u64) -> EventDriver {
+        EventDriver::start(self, rate, seed)
+    }
+
+    /// Stops every host and the PLC.
+    pub async fn stop(&self) {
+        for host in &self.hosts {
+            host.pds.stop().await;
+        }
+        self.plc.stop().await;
+    }
+}

@@ -1,0 +1,293 @@
+//! The fleet (`rookery::sim::fleet`): the host table's generator and loader, a small fleet
+//! with dead and flapping hosts and its event driver, and the `rookery-fleet bench ramp`
+//! binary end to end against the real `rookery serve`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use rookery::sim::fleet::table::{MAX_ACCOUNTS_PER_HOST, TableShape};
+use rookery::sim::fleet::{Fault, Fleet, FleetOptions, HostClass, HostTable, TableError};
+
+use crate::client::{Incoming, WAIT, connect};
+
+#[test]
+fn a_generated_table_is_shaped_like_the_network() {
+    let table = HostTable::generate(3000, 7);
+    assert_eq!(table.hosts.len(), 3000);
+    assert_eq!(table.count(HostClass::Large), 100);
+    assert_eq!(table.count(HostClass::Mid), 40);
+    assert_eq!(table.count(HostClass::Tail), 2860);
+    // Large hosts carry most accounts and most events.
+    let accounts = table.total_accounts();
+    assert!(
+        table.accounts(HostClass::Large) * 2 > accounts,
+        "{accounts}"
+    );
+    let share = |class| -> f64 {
+        table
+            .hosts
+            .iter()
+            .filter(|h| h.class == class)
+            .map(|h| h.share)
+            .sum()
+    };
+    assert!((share(HostClass::Large) - 0.85).abs() < 1e-9);
+    assert!((share(HostClass::Mid) - 0.12).abs() < 1e-9);
+    let total: f64 = table.hosts.iter().map(|h| h.share).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+    for host in &table.hosts {
+        let range = match host.class {
+            HostClass::Large => 150..=450,
+            HostClass::Mid => 20..=80,
+            HostClass::Tail => 1..=10,
+        };
+        assert!(range.contains(&host.accounts), "{host:?}");
+        assert!(host.faults.is_empty());
+    }
+    // Half the tail hosts or more hold a single account.
+    let single = table
+        .hosts
+        .iter()
+        .filter(|h| h.class == HostClass::Tail && h.accounts == 1)
+        .count();
+    assert!(single * 2 >= 2860 * 9 / 10, "{single}");
+}
+
+#[test]
+fn small_tables_keep_a_large_host_and_shares_that_sum_to_one() {
+    assert_eq!(
+        TableShape::for_hosts(50),
+        TableShape {
+            large: 2,
+            mid: 0,
+            tail: 48
+        }
+    );
+    assert_eq!(
+        TableShape::for_hosts(1),
+        TableShape {
+            large: 1,
+            mid: 0,
+            tail: 0
+        }
+    );
+    for hosts in [1, 2, 50, 150] {
+        let table = HostTable::generate(hosts, 1);
+        assert_eq!(table.hosts.len(), hosts);
+        let total: f64 = table.hosts.iter().map(|h| h.share).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{hosts}: {total}");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_table_and_the_file_round_trips() {
+    let a = HostTable::generate(500, 42);
+    assert_eq!(a, HostTable::generate(500, 42));
+    assert_ne!(a, HostTable::generate(500, 43));
+    let mut faulty = a.clone();
+    faulty.add_fault(Fault::Dead, 2);
+    faulty.add_fault(Fault::Flapping { period_ms: 500 }, 1);
+    assert_eq!(faulty.hosts.iter().filter(|h| h.is_dead()).count(), 2);
+    assert_eq!(faulty.hosts[497].flap_period_ms(), Some(500));
+    let text = faulty.to_jsonl();
+    assert_eq!(text.lines().count(), 500);
+    same_table(&HostTable::parse(&text).unwrap(), &faulty);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hosts.jsonl");
+    faulty.write(&path).unwrap();
+    same_table(&HostTable::load(&path).unwrap(), &faulty);
+}
+
+/// Equal up to the last bit of a share (serde_json's float parsing is not exact).
+fn same_table(read: &HostTable, written: &HostTable) {
+    assert_eq!(read.hosts.len(), written.hosts.len());
+    for (r, w) in read.hosts.iter().zip(&written.hosts) {
+        assert_eq!(
+            (r.class, r.accounts, &r.faults),
+            (w.class, w.accounts, &w.faults)
+        );
+        assert!((r.share - w.share).abs() <= w.share * 1e-12, "{r:?} {w:?}");
+    }
+}
+
+#[test]
+fn the_loader_refuses_malformed_lines_with_their_number() {
+    let good = r#"{"class":"large","accounts":3,"share":0.5}"#;
+    let cases = [
+        (r#"{"class":"huge","accounts":3,"share":0.5}"#, "not a host"),
+        (
+            r#"{"class":"tail","accounts":-1,"share":0.5}"#,
+            "not a host",
+        ),
+        (
+            r#"{"class":"tail","accounts":1,"share":0.5,"colour":1}"#,
+            "not a host",
+        ),
+        (r#"{"class":"tail","accounts":1}"#, "not a host"),
+        (
+            r#"{"class":"tail","accounts":1,"share":0.1,"faults":[{"fault":"slow"}]}"#,
+            "not a host",
+        ),
+        (
+            r#"{"class":"tail","accounts":1,"share":0.1,"faults":[{"fault":"flapping","period_ms":0}]}"#,
+            "period_ms",
+        ),
+        (
+            r#"{"class":"tail","accounts":1,"share":-0.1}"#,
+            "non-negative",
+        ),
+        (
+            r#"{"class":"tail","accounts":1,"share":1e999}"#,
+            "not a host",
+        ),
+        (
+            r#"{"class":"tail","accounts":100001,"share":0.1}"#,
+            "accounts 100001",
+        ),
+        ("class=tail accounts=1", "not a host"),
+    ];
+    for (line, expected) in cases {
+        let text = format!("# a comment\n{good}\n\n{line}\n{good}\n");
+        let err = HostTable::parse(&text).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, TableError::Line { line: 4, .. }) && message.contains(expected),
+            "{line}: {message}"
+        );
+    }
+    assert!(matches!(
+        HostTable::parse("# nothing\n\n"),
+        Err(TableError::Empty)
+    ));
+    let long = format!("{good}{}", " ".repeat(5000));
+    assert!(
+        HostTable::parse(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("longer than")
+    );
+    assert_eq!(MAX_ACCOUNTS_PER_HOST, 100_000);
+}
+
+proptest! {
+    #[test]
+    fn the_loader_never_panics(text in ".{0,400}", lines in prop::collection::vec(
+        prop_oneof![
+            Just(r#"{"class":"tail","accounts":1,"share":0.1}"#.to_string()),
+            r#"\{"class":"(large|mid|tail|x)","accounts":-?[0-9]{1,7},"share":-?[0-9.e]{1,6}(,"faults":\[\{"fault":"(dead|flapping)"(,"period_ms":[0-9]{1,3})?\}\])?\}"#,
+            ".{0,60}",
+        ],
+        0..8,
+    )) {
+        let _ = HostTable::parse(&text);
+        let joined = lines.join("\n");
+        if let Ok(table) = HostTable::parse(&joined) {
+            prop_assert!(!table.hosts.is_empty());
+            for host in &table.hosts {
+                prop_assert!(host.share.is_finite() && host.share >= 0.0);
+                prop_assert!(host.accounts <= MAX_ACCOUNTS_PER_HOST);
+            }
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_fleet_starts_its_hosts_stops_the_dead_ones_and_drives_events_by_share() {
+    rookery::sim::install_crypto_provider();
+    let mut table = HostTable::generate(6, 3);
+    table.add_fault(Fault::Dead, 1);
+    table.add_fault(Fault::Flapping { period_ms: 200 }, 1);
+    let fleet = Fleet::start(&table, FleetOptions::default()).await.unwrap();
+    assert_eq!(fleet.hosts.len(), 6);
+    assert_eq!(fleet.reachable(), 5);
+    for host in &fleet.hosts {
+        assert_eq!(host.accounts.len(), host.spec.accounts as usize);
+        assert_eq!(host.pds.is_running(), !host.spec.is_dead());
+    }
+    let dead = &fleet.hosts[5];
+    assert!(dead.spec.is_dead());
+    assert!(connect(&dead.pds.subscribe_url()).await.is_err());
+    // A subscriber on the busiest host sees the driver's commits.
+    let busiest = fleet
+        .hosts
+        .iter()
+        .max_by(|a, b| a.spec.share.total_cmp(&b.spec.share))
+        .unwrap();
+    let mut client = connect(&busiest.pds.subscribe_url()).await.unwrap();
+    let heads: Vec<u64> = fleet.hosts.iter().map(|h| h.pds.head_seq()).collect();
+    let driver = fleet.drive(200.0, 9);
+    let begun = Instant::now();
+    let mut commits = 0;
+    while commits < 5 && begun.elapsed() < WAIT {
+        match client.next_within(WAIT).await {
+            Incoming::Binary(_) => commits += 1,
+            other => panic!("expected a commit, got {other:?}"),
+        }
+    }
+    assert_eq!(commits, 5);
+    let deadline = Instant::now() + WAIT;
+    while driver.stats().flaps() < 2 && Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(driver.stats().flaps() >= 2);
+    let events = driver.stats().events();
+    assert!(events >= 5, "{events}");
+    assert_eq!(driver.stats().errors(), 0);
+    drop(driver);
+    // Every event went to a reachable host; the dead one published nothing.
+    let emitted: u64 = fleet
+        .hosts
+        .iter()
+        .zip(&heads)
+        .map(|(h, before)| h.pds.head_seq() - before)
+        .sum();
+    assert_eq!(emitted, events);
+    assert_eq!(dead.pds.head_seq(), heads[5]);
+    fleet.stop().await;
+}
+
+/// `rookery-fleet bench ramp --hosts 50 --json` with the real binaries: every host
+/// connected, no `/_health` failure, and the JSON line carries the issue's fields.
+#[test]
+fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rookery-fleet"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("ROOKERY_") || key == "DATABASE_URL" {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .args([
+            "bench",
+            "ramp",
+            "--hosts",
+            "50",
+            "--json",
+            "--timeout",
+            "90s",
+        ])
+        .env("ROOKERY_STARTUP_SPREAD", "1s")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(last).expect(last);
+    assert_eq!(result["hosts_connected"], 50, "{result}");
+    assert_eq!(result["fleet_connected"], 50, "{result}");
+    assert_eq!(result["health_failures"], 0, "{result}");
+    assert!(result["health_probes"].as_u64().unwrap() > 0, "{result}");
+    for field in [
+        "seconds_to_99pct",
+        "health_p50_ms",
+        "health_p99_ms",
+        "health_max_ms",
+    ] {
+        assert!(result[field].as_f64().is_some(), "{field}: {result}");
+    }
+    assert!(stdout.contains("seconds to 99% connected"), "{stdout}");
+}
