@@ -689,9 +689,17 @@ impl HostSupervisor {
             }
             _ => return,
         };
+        // Events of the last connection that were in flight when it ended may have become
+        // durable since: resume after them (see `PendingWrites::resume_cursor`).
+        let resume = self
+            .cursors
+            .as_ref()
+            .and_then(|(pending, _)| pending.resume_cursor(id));
         let Some(h) = self.hosts.get_mut(&id) else {
             return;
         };
+        h.rec.cursor = h.rec.cursor.max(resume.unwrap_or(0));
+        let cursor = h.rec.cursor;
         h.timer = None;
         h.epoch += 1;
         h.dials += 1;
@@ -709,7 +717,7 @@ impl HostSupervisor {
         let request = DialRequest {
             host_id: id,
             hostname: Arc::from(h.rec.hostname.as_str()),
-            cursor: (h.rec.cursor > 0).then_some(h.rec.cursor),
+            cursor: (cursor > 0).then_some(cursor),
             no_ssl: h.rec.no_ssl,
             relay_allowed: h.rec.relay_allowed,
             epoch,

@@ -79,8 +79,23 @@ struct Pending {
     /// cursor trackers of an older generation (the connection that got `FutureCursor`)
     /// can no longer raise it.
     generations: HashMap<i64, u64>,
+    /// Per host, the highest cursor recorded in its current generation, kept across flushes:
+    /// where its next connection resumes. Marks of a connection that ended complete later
+    /// (their events were in flight); the supervisor redials from here, not from the cursor
+    /// the connection had when it ended, or a fatal frame right after an event in flight
+    /// would be asked for again on every reconnect.
+    resume: HashMap<i64, i64>,
     /// The durable head whose events' account updates are all recorded here (or written).
     durable_seq: u64,
+}
+
+impl Pending {
+    fn raise_cursor(&mut self, host_id: i64, upstream_seq: i64) {
+        for map in [&mut self.cursors, &mut self.resume] {
+            let e = map.entry(host_id).or_insert(upstream_seq);
+            *e = (*e).max(upstream_seq);
+        }
+    }
 }
 
 /// Writes waiting for the next flush: at most one entry per host and per account.
@@ -98,9 +113,13 @@ impl PendingWrites {
     /// when the prefix of finished seqs grows, so a cursor never passes an event of the same
     /// host that is still in flight.
     pub fn record_cursor(&self, host_id: i64, upstream_seq: i64) {
-        let mut p = self.lock();
-        let e = p.cursors.entry(host_id).or_insert(upstream_seq);
-        *e = (*e).max(upstream_seq);
+        self.lock().raise_cursor(host_id, upstream_seq);
+    }
+
+    /// The cursor `host_id`'s next connection resumes from, as far as this process knows
+    /// (`None`: nothing recorded since start or since its last reset).
+    pub fn resume_cursor(&self, host_id: i64) -> Option<i64> {
+        self.lock().resume.get(&host_id).copied()
     }
 
     /// The cursor generation of `host_id` (0 until its cursor is first reset). A cursor
@@ -117,8 +136,7 @@ impl PendingWrites {
         if p.generations.get(&host_id).copied().unwrap_or(0) != generation {
             return;
         }
-        let e = p.cursors.entry(host_id).or_insert(upstream_seq);
-        *e = (*e).max(upstream_seq);
+        p.raise_cursor(host_id, upstream_seq);
     }
 
     /// Forgets `host_id`'s pending cursor and starts a new generation (upstream
@@ -127,6 +145,7 @@ impl PendingWrites {
     pub fn reset_cursor(&self, host_id: i64) {
         let mut p = self.lock();
         p.cursors.remove(&host_id);
+        p.resume.remove(&host_id);
         *p.generations.entry(host_id).or_insert(0) += 1;
     }
 
@@ -843,6 +862,25 @@ pub fn retry_delay(settings: &WriteBehindSettings, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_resume_cursor_outlives_flushes_and_not_a_reset() {
+        let p = PendingWrites::default();
+        assert_eq!(p.resume_cursor(1), None);
+        p.record_cursor_in(1, 0, 10);
+        assert_eq!(p.take_cursors(), vec![(1, 10)]);
+        // Flushed, still where the next connection resumes; a late mark still raises it.
+        assert_eq!(p.resume_cursor(1), Some(10));
+        p.record_cursor_in(1, 0, 12);
+        assert_eq!(p.resume_cursor(1), Some(12));
+        p.reset_cursor(1);
+        assert_eq!(p.resume_cursor(1), None);
+        // The reset connection's late marks cannot bring it back.
+        p.record_cursor_in(1, 0, 14);
+        assert_eq!(p.resume_cursor(1), None);
+        p.record_cursor_in(1, 1, 2);
+        assert_eq!(p.resume_cursor(1), Some(2));
+    }
 
     #[test]
     fn cursors_only_move_forward_and_accounts_merge_field_by_field() {
