@@ -36,7 +36,7 @@ pub mod pds;
 pub mod plc;
 pub mod probe;
 
-pub use pds::{AccountStatus, RELAY_SERVER_HEADER, SimError, SimPds, SimPdsConfig};
+pub use pds::{AccountStatus, Forgery, RELAY_SERVER_HEADER, SimError, SimPds, SimPdsConfig};
 pub use plc::{PlcEntry, PlcError, SimPlc};
 
 /// Installs rustls's ring crypto provider for the process. With only the `ring` feature,

@@ -54,7 +54,7 @@
 mod host_state;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ use bytes::Bytes;
 use self::host_state::{Account, HostState, now_micros};
 use self::wire::{Listen, Serving, serve};
 use super::plc::{PlcEntry, PlcError, SimPlc};
-use crate::atproto::frame::{FrameError, peek_event};
+use crate::atproto::frame::{Frame, FrameError, encode_frame, peek_event, resequence};
 use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
 use crate::atproto::validate::RepoState;
 use crate::testkit::repo::{Change, SigningRepo};
@@ -100,6 +100,17 @@ impl Default for SimPdsConfig {
             key_curve: Curve::K256,
         }
     }
+}
+
+/// How a forged `#commit` ([`SimPds::publish_forged`]) is wrong: a relay must drop each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgery {
+    /// Signed with a key that is not the account's.
+    BadSignature,
+    /// A rev an hour ahead of the clock.
+    FutureRev,
+    /// A record of 2.1 MB: the commit's blocks pass the 2,000,000-byte limit.
+    Oversized,
 }
 
 /// An account status a PDS announces in `#account` (the lexicon's known values).
@@ -147,6 +158,10 @@ struct PdsShared {
     plc: SimPlc,
     port: u16,
     relay_header: AtomicBool,
+    /// Websocket sessions end right after the upgrade ([`SimPds::set_accept_then_drop`]).
+    accept_then_drop: AtomicBool,
+    /// Pause before each frame a session sends, in µs ([`SimPds::set_frame_delay`]).
+    frame_delay_micros: AtomicU64,
     /// `None` while stopped.
     server: Mutex<Option<Serving>>,
 }
@@ -183,6 +198,8 @@ impl SimPds {
             plc: plc.clone(),
             port,
             relay_header: AtomicBool::new(false),
+            accept_then_drop: AtomicBool::new(false),
+            frame_delay_micros: AtomicU64::new(0),
             server: Mutex::new(None),
         });
         let handle = serve(&shared, Listen::Listener(listener))?;
@@ -426,6 +443,38 @@ impl SimPds {
         Ok(())
     }
 
+    /// Publishes a `#commit` of `did` creating `path` that is wrong as `forgery` says; the
+    /// account's repo does not move (its next commit chains from its last valid one).
+    /// Returns the seq.
+    pub fn publish_forged(
+        &self,
+        did: &str,
+        forgery: Forgery,
+        path: String,
+    ) -> Result<u64, SimError> {
+        let mut state = self.shared.state();
+        let event = state.forged_commit(did, Some(forgery), path)?;
+        state.emit_commit_event(&self.shared.config, event)
+    }
+
+    /// A valid `#commit` of `did` (signed with its key, chained to its last commit) that this
+    /// host never publishes, encoded with seq 1: what another host republishes to play one
+    /// without authority over the account ([`SimPds::publish_foreign`]).
+    pub fn unpublished_commit(&self, did: &str, path: String) -> Result<Bytes, SimError> {
+        let event = self.shared.state().forged_commit(did, None, path)?;
+        Ok(Bytes::from(encode_frame(&Frame::Commit(Box::new(event)))?))
+    }
+
+    /// Publishes another host's event frame under this host's next seq (the bytes kept
+    /// apart from the seq): an event this host has no authority for. Returns the seq.
+    pub fn publish_foreign(&self, frame: &[u8]) -> Result<u64, SimError> {
+        let mut state = self.shared.state();
+        let seq = state.head + 1;
+        let frame = resequence(frame, seq as i64)?;
+        state.publish(seq, Bytes::from(frame), &self.shared.config);
+        Ok(seq)
+    }
+
     /// Sends `frame` to every live connection and keeps it for replay, byte for byte as
     /// given. The seq inside is the caller's: it is read (when the frame has one) only to
     /// order replay and to move the head up, never written.
@@ -460,6 +509,20 @@ impl SimPds {
         self.shared.relay_header.store(on, Ordering::Relaxed);
     }
 
+    /// With `on`, every `subscribeRepos` upgrade is accepted and the connection dropped at
+    /// once, before any frame (a host that accepts then drops).
+    pub fn set_accept_then_drop(&self, on: bool) {
+        self.shared.accept_then_drop.store(on, Ordering::Relaxed);
+    }
+
+    /// Every session waits `delay` before each frame it sends (a slow host; zero: none).
+    pub fn set_frame_delay(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.shared
+            .frame_delay_micros
+            .store(micros, Ordering::Relaxed);
+    }
+
     /// Stops the listener and drops every connection: a dead host (connections are refused).
     pub async fn stop(&self) {
         let serving = self.shared.server().take();
@@ -484,6 +547,12 @@ impl SimPds {
     /// for byte (what a relay should re-emit, apart from seq).
     pub fn published(&self) -> Vec<Bytes> {
         self.shared.state().kept_frames()
+    }
+
+    /// The frame published at `seq`, while the outbox still keeps it (a fleet driver hands it
+    /// to the coverage checker right after publishing).
+    pub fn published_frame(&self, seq: u64) -> Option<Bytes> {
+        self.shared.state().frame_at(seq)
     }
 
     /// Open `subscribeRepos` connections past their replay (a relay that will see every event

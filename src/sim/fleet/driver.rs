@@ -1,49 +1,158 @@
 //! The event driver: makes the fleet publish at an aggregate rate, spread over the hosts by
-//! their table shares, and runs the time-based faults (flapping hosts).
+//! their table shares, and runs the faults that happen over time.
 //!
 //! Every tick (10 ms) it owes `rate × elapsed` events (the fraction carries over, so low
 //! rates are exact over time), draws each event's host from the shares (a cumulative table
 //! and a binary search) and an account of that host uniformly, and emits one signed
-//! `#commit` creating a record. Dead hosts get no events. A tick emits at most
-//! [`MAX_EVENTS_PER_TICK`], so a stalled driver catches up in bounded steps instead of a
-//! burst.
+//! `#commit` creating a record. A tick emits at most [`MAX_EVENTS_PER_TICK`], so a stalled
+//! driver catches up in bounded steps instead of a burst. Hosts a relay cannot receive from
+//! (dead, accept-then-drop) get no events; a host that claims to be a relay gets them, and
+//! they are invalid: none may reach the relay's firehose.
+//!
+//! **Event faults** ([`EventFaults`], each a share of the events): instead of a valid commit,
+//! the drawn host publishes a commit with a bad signature, a future rev, or blocks over the
+//! 2 MB limit (on a copy of the account's repo, so the account's chain is untouched); a
+//! valid commit of an account of *another* host (wrong host authority); garbage bytes; or a
+//! copy of one of its recent frames (a seq that goes backwards). With a checker's feed
+//! ([`EventDriver::start_recording`]), every event is handed over as published, valid or not.
+//!
+//! **Host faults over time**: flapping hosts drop their connections every period; at
+//! [`EventFaults::resets_per_min`] a host forgets its events (its seq starts again at 1: a
+//! relay's cursor becomes `FutureCursor`), and at [`EventFaults::restarts_per_min`] a host
+//! goes down for [`RESTART_DOWNTIME`] and comes back having lost its outbox. Both pick a host
+//! that has published nothing for [`QUIET_BEFORE_RESET`], so no event is lost with the
+//! outbox (a checker could not tell that loss from the relay's), and the host gets no events
+//! until a relay is connected to it again (a relay that reconnects without a cursor would
+//! never see those).
 //!
 //! **Cost.** The commits are signed and their MST diffs built when emitted (by the host's
 //! `SigningRepo`), on the caller's actix System thread: [`DriverStats::busy`] is the time
 //! spent doing it, so a run reports what the driver took from the machine the relay shares.
-//! A pre-generated corpus (frames built before the run, re-sequenced at emit time) is the
-//! way to make this cheaper when the ingest benchmark needs rates above a few thousand
-//! events/s.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::Fleet;
-use crate::sim::SimPds;
+use crate::sim::checker::{ExpectationFeed, Published};
+use crate::sim::{Forgery, SimPds};
 use crate::testkit::repo::{Change, record_path};
 
 /// The driver's clock step.
 pub const TICK: Duration = Duration::from_millis(10);
 /// Most events one tick emits.
 pub const MAX_EVENTS_PER_TICK: u64 = 1_000;
+/// How long a host must have published nothing before a reset or restart may pick it.
+pub const QUIET_BEFORE_RESET: Duration = Duration::from_secs(30);
+/// How long a restarting host refuses connections.
+pub const RESTART_DOWNTIME: Duration = Duration::from_secs(2);
+/// Largest garbage frame.
+const MAX_GARBAGE_BYTES: usize = 512;
+
+/// The next record path any driver of this process creates: paths stay unique across the
+/// drivers a bench starts one after another on one fleet, so every create is valid.
+static NEXT_RECORD: AtomicUsize = AtomicUsize::new(0);
+
+/// Faults the driver causes, as shares of the events (0–1; their sum at most 1) and rates
+/// of host events per minute over the whole fleet. All zero by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EventFaults {
+    pub bad_signature: f64,
+    pub wrong_authority: f64,
+    pub future_rev: f64,
+    pub oversized: f64,
+    pub garbage: f64,
+    pub out_of_order: f64,
+    /// Hosts that forget their events (→ `FutureCursor`), per minute.
+    pub resets_per_min: f64,
+    /// Hosts that restart and lose their outbox, per minute.
+    pub restarts_per_min: f64,
+}
+
+impl EventFaults {
+    /// Every fault at once: 1% of events of each kind, a reset and a restart every 20 s.
+    pub fn chaos() -> EventFaults {
+        EventFaults {
+            bad_signature: 0.01,
+            wrong_authority: 0.01,
+            future_rev: 0.01,
+            oversized: 0.002,
+            garbage: 0.005,
+            out_of_order: 0.01,
+            resets_per_min: 3.0,
+            restarts_per_min: 3.0,
+        }
+    }
+
+    fn event_shares(&self) -> [(EventKind, f64); 6] {
+        [
+            (EventKind::BadSignature, self.bad_signature),
+            (EventKind::WrongAuthority, self.wrong_authority),
+            (EventKind::FutureRev, self.future_rev),
+            (EventKind::Oversized, self.oversized),
+            (EventKind::Garbage, self.garbage),
+            (EventKind::OutOfOrder, self.out_of_order),
+        ]
+    }
+
+    /// Refuses shares outside 0–1, a sum above 1 and negative or non-finite rates.
+    pub fn check(&self) -> Result<(), String> {
+        let shares = self.event_shares();
+        if shares
+            .iter()
+            .any(|(_, s)| !s.is_finite() || !(0.0..=1.0).contains(s))
+        {
+            return Err("fault shares must be between 0 and 1".into());
+        }
+        if shares.iter().map(|(_, s)| s).sum::<f64>() > 1.0 {
+            return Err("fault shares must sum to at most 1".into());
+        }
+        for rate in [self.resets_per_min, self.restarts_per_min] {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err("fault rates must be finite and not negative".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one drawn event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    Valid,
+    BadSignature,
+    WrongAuthority,
+    FutureRev,
+    Oversized,
+    Garbage,
+    OutOfOrder,
+}
 
 /// What the driver has done so far.
 #[derive(Debug, Default)]
 pub struct DriverStats {
     events: AtomicU64,
+    invalid: AtomicU64,
     errors: AtomicU64,
     busy_micros: AtomicU64,
     flaps: AtomicU64,
+    resets: AtomicU64,
+    restarts: AtomicU64,
 }
 
 impl DriverStats {
-    /// Events emitted.
+    /// Events emitted, valid or not.
     pub fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    /// Of [`DriverStats::events`], the ones a relay must not deliver.
+    pub fn invalid(&self) -> u64 {
+        self.invalid.load(Ordering::Relaxed)
     }
 
     /// Events the hosts refused (an account that migrated away, …).
@@ -60,11 +169,27 @@ impl DriverStats {
     pub fn flaps(&self) -> u64 {
         self.flaps.load(Ordering::Relaxed)
     }
+
+    /// Hosts that forgot their events.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
+    }
+
+    /// Hosts restarted without their outbox.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
 }
 
 struct Target {
     pds: SimPds,
+    hostname: Arc<str>,
     accounts: Vec<String>,
+    /// Everything it publishes is invalid (it claims to be a relay).
+    invalid_host: bool,
+    last_published: Instant,
+    /// Reset or restarted: no events until a relay is connected again.
+    cooling: bool,
 }
 
 struct Flapper {
@@ -80,9 +205,41 @@ pub struct EventDriver {
 }
 
 impl EventDriver {
-    /// Starts driving `fleet` at `rate` events/s (0: faults only). Must be called inside an
-    /// actix System.
+    /// Starts driving `fleet` at `rate` events/s (0: faults only), valid events only. Must
+    /// be called inside an actix System.
     pub fn start(fleet: &Fleet, rate: f64, seed: u64) -> EventDriver {
+        EventDriver::start_with(fleet, rate, seed, EventFaults::default(), None)
+    }
+
+    /// Like [`EventDriver::start`] with `faults`, handing every event it publishes to a
+    /// coverage checker's `feed` (the driver waits while the checker is a full feed behind).
+    pub fn start_recording(
+        fleet: &Fleet,
+        rate: f64,
+        seed: u64,
+        faults: EventFaults,
+        feed: ExpectationFeed,
+    ) -> EventDriver {
+        EventDriver::start_with(fleet, rate, seed, faults, Some(feed))
+    }
+
+    /// Like [`EventDriver::start`] with `faults`, without a checker.
+    pub fn start_with_faults(
+        fleet: &Fleet,
+        rate: f64,
+        seed: u64,
+        faults: EventFaults,
+    ) -> EventDriver {
+        EventDriver::start_with(fleet, rate, seed, faults, None)
+    }
+
+    fn start_with(
+        fleet: &Fleet,
+        rate: f64,
+        seed: u64,
+        faults: EventFaults,
+        feed: Option<ExpectationFeed>,
+    ) -> EventDriver {
         let mut targets = Vec::new();
         // cumulative[i] = sum of shares of targets 0..=i
         let mut cumulative = Vec::new();
@@ -90,7 +247,7 @@ impl EventDriver {
         let mut flappers = Vec::new();
         let now = Instant::now();
         for host in &fleet.hosts {
-            if host.spec.is_dead() {
+            if host.spec.is_dead() || host.spec.accepts_then_drops() {
                 continue;
             }
             if let Some(period_ms) = host.spec.flap_period_ms() {
@@ -106,7 +263,11 @@ impl EventDriver {
                 cumulative.push(total);
                 targets.push(Target {
                     pds: host.pds.clone(),
+                    hostname: host.pds.hostname().into(),
                     accounts: host.accounts.clone(),
+                    invalid_host: host.spec.claims_relay(),
+                    last_published: now,
+                    cooling: false,
                 });
             }
         }
@@ -116,15 +277,17 @@ impl EventDriver {
             0.0
         };
         let stats = Arc::new(DriverStats::default());
-        let task = actix_rt::spawn(run(
+        let run = Run {
             targets,
             cumulative,
             total,
             flappers,
-            rate,
-            seed,
-            stats.clone(),
-        ));
+            faults,
+            rng: StdRng::seed_from_u64(seed),
+            feed,
+            stats: stats.clone(),
+        };
+        let task = actix_rt::spawn(run.run(rate));
         EventDriver { stats, task }
     }
 
@@ -142,56 +305,205 @@ impl Drop for EventDriver {
     }
 }
 
-async fn run(
+/// The driver's state, owned by its task.
+struct Run {
     targets: Vec<Target>,
     cumulative: Vec<f64>,
     total: f64,
-    mut flappers: Vec<Flapper>,
-    rate: f64,
-    seed: u64,
+    flappers: Vec<Flapper>,
+    faults: EventFaults,
+    rng: StdRng,
+    feed: Option<ExpectationFeed>,
     stats: Arc<DriverStats>,
-) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = Instant::now();
-    let mut owed = 0.0_f64;
-    // Record paths are unique across the fleet, so every create is valid.
-    let mut next_record = 0usize;
-    loop {
-        ticks.tick().await;
-        let now = Instant::now();
-        for flapper in &mut flappers {
-            if now >= flapper.next {
-                flapper.pds.drop_connections();
-                flapper.next = now + flapper.period;
-                stats.flaps.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Run {
+    async fn run(mut self, rate: f64) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Instant::now();
+        let mut owed = 0.0_f64;
+        let (mut resets_owed, mut restarts_owed) = (0.0_f64, 0.0_f64);
+        loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            let elapsed = now.duration_since(last).as_secs_f64();
+            last = now;
+            for flapper in &mut self.flappers {
+                if now >= flapper.next {
+                    flapper.pds.drop_connections();
+                    flapper.next = now + flapper.period;
+                    self.stats.flaps.fetch_add(1, Ordering::Relaxed);
+                }
             }
+            for target in &mut self.targets {
+                if target.cooling && target.pds.live_connections() > 0 {
+                    target.cooling = false;
+                }
+            }
+            resets_owed += self.faults.resets_per_min * elapsed / 60.0;
+            restarts_owed += self.faults.restarts_per_min * elapsed / 60.0;
+            if resets_owed >= 1.0 && self.host_fault(false).await {
+                resets_owed -= 1.0;
+            }
+            if restarts_owed >= 1.0 && self.host_fault(true).await {
+                restarts_owed -= 1.0;
+            }
+            owed += rate * elapsed;
+            let due = (owed.floor() as u64).min(MAX_EVENTS_PER_TICK);
+            owed = (owed - due as f64).min(MAX_EVENTS_PER_TICK as f64);
+            if due == 0 {
+                continue;
+            }
+            let begun = Instant::now();
+            for _ in 0..due {
+                self.emit_one().await;
+            }
+            self.stats
+                .busy_micros
+                .fetch_add(begun.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        owed += rate * now.duration_since(last).as_secs_f64();
-        last = now;
-        let due = (owed.floor() as u64).min(MAX_EVENTS_PER_TICK);
-        owed = (owed - due as f64).min(MAX_EVENTS_PER_TICK as f64);
-        if due == 0 {
-            continue;
+    }
+
+    fn draw_target(&mut self) -> usize {
+        let pick = self.rng.random_range(0.0..self.total);
+        self.cumulative
+            .partition_point(|&c| c <= pick)
+            .min(self.targets.len() - 1)
+    }
+
+    fn draw_kind(&mut self) -> EventKind {
+        let mut u = self.rng.random_range(0.0..1.0);
+        for (kind, share) in self.faults.event_shares() {
+            if u < share {
+                return kind;
+            }
+            u -= share;
         }
-        let begun = Instant::now();
-        for _ in 0..due {
-            let pick = rng.random_range(0.0..total);
-            let index = cumulative
-                .partition_point(|&c| c <= pick)
-                .min(targets.len() - 1);
-            let target = &targets[index];
-            let did = &target.accounts[rng.random_range(0..target.accounts.len())];
-            let change = Change::Create(record_path(next_record));
-            next_record += 1;
-            match target.pds.commit(did, &[change]) {
-                Ok(_) => stats.events.fetch_add(1, Ordering::Relaxed),
-                Err(_) => stats.errors.fetch_add(1, Ordering::Relaxed),
+        EventKind::Valid
+    }
+
+    /// Publishes one drawn event and hands it to the feed.
+    async fn emit_one(&mut self) {
+        let index = self.draw_target();
+        if self.targets[index].cooling {
+            // A reset host gets its share again once a relay is back on it.
+            return;
+        }
+        let kind = self.draw_kind();
+        // Wrong authority: a valid commit of an account of another host.
+        let other = match kind {
+            EventKind::WrongAuthority => match self.draw_target() {
+                other if other == index || self.targets[other].invalid_host => return,
+                other => other,
+            },
+            _ => index,
+        };
+        let target = &self.targets[index];
+        let did = target.accounts[self.rng.random_range(0..target.accounts.len())].clone();
+        let path = record_path(NEXT_RECORD.fetch_add(1, Ordering::Relaxed));
+        let published = match kind {
+            EventKind::Valid => target.pds.commit(&did, &[Change::Create(path)]),
+            EventKind::BadSignature => target.pds.publish_forged(&did, Forgery::BadSignature, path),
+            EventKind::FutureRev => target.pds.publish_forged(&did, Forgery::FutureRev, path),
+            EventKind::Oversized => target.pds.publish_forged(&did, Forgery::Oversized, path),
+            EventKind::WrongAuthority => {
+                let owner = &self.targets[other];
+                let owner_did = &owner.accounts[self.rng.random_range(0..owner.accounts.len())];
+                owner
+                    .pds
+                    .unpublished_commit(owner_did, path)
+                    .and_then(|frame| target.pds.publish_foreign(&frame))
+            }
+            EventKind::Garbage => {
+                let len = self.rng.random_range(1..=MAX_GARBAGE_BYTES);
+                let bytes: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
+                let frame = Bytes::from(bytes);
+                target.pds.push_raw(frame.clone());
+                self.record(index, frame, false).await;
+                return;
+            }
+            EventKind::OutOfOrder => {
+                // A copy of a recent frame: its seq is behind the host's head.
+                let head = target.pds.head_seq();
+                let Some(frame) =
+                    (1..=head.min(3)).find_map(|back| target.pds.published_frame(head + 1 - back))
+                else {
+                    return;
+                };
+                target.pds.push_raw(frame.clone());
+                self.record(index, frame, false).await;
+                return;
+            }
+        };
+        let target = &self.targets[index];
+        let seq = match published {
+            Ok(seq) => seq,
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let Some(frame) = target.pds.published_frame(seq) else {
+            return;
+        };
+        let valid = kind == EventKind::Valid && !target.invalid_host;
+        self.record(index, frame, valid).await;
+    }
+
+    /// Counts one published event and hands it to the feed.
+    async fn record(&mut self, index: usize, frame: Bytes, valid: bool) {
+        let target = &mut self.targets[index];
+        target.last_published = Instant::now();
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        if !valid {
+            self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(feed) = &self.feed {
+            let published = Published {
+                host: target.hostname.clone(),
+                frame,
+                published_at: tokio::time::Instant::now(),
+                valid,
             };
+            // An error means the checker is gone: nobody counts any more.
+            let _ = feed.send(published).await;
         }
-        stats
-            .busy_micros
-            .fetch_add(begun.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Resets (or, with `restart`, restarts without its outbox) one host that has been quiet
+    /// for [`QUIET_BEFORE_RESET`] and has a relay connected; false when none qualifies.
+    async fn host_fault(&mut self, restart: bool) -> bool {
+        let now = Instant::now();
+        let eligible: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| {
+                let t = &self.targets[i];
+                !t.cooling
+                    && !t.invalid_host
+                    && now.duration_since(t.last_published) >= QUIET_BEFORE_RESET
+                    && t.pds.live_connections() > 0
+            })
+            .collect();
+        if eligible.is_empty() {
+            return false;
+        }
+        let index = eligible[self.rng.random_range(0..eligible.len())];
+        let target = &mut self.targets[index];
+        target.cooling = true;
+        if restart {
+            target.pds.stop().await;
+            target.pds.reset();
+            let pds = target.pds.clone();
+            actix_rt::spawn(async move {
+                actix_rt::time::sleep(RESTART_DOWNTIME).await;
+                // The port was ours a moment ago; failing to get it back is a dead host.
+                let _ = pds.restart();
+            });
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            target.pds.reset();
+            self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 }

@@ -11,7 +11,11 @@
 //!
 //! **Faults** (from the table): a `dead` host is started, given its accounts (so the PLC
 //! names it) and stopped, so its port refuses connections for the whole run; a `flapping`
-//! host drops its connections every period (the [`EventDriver`] does that on its clock).
+//! host drops its connections every period (the [`EventDriver`] does that on its clock);
+//! `accept_then_drop`, `slow` and `claims_relay` hosts are set so when the fleet starts.
+//! Faults of events (bad signatures, wrong authority, future revs, oversized and garbage
+//! frames, out-of-order seqs) and of hosts over time (a reset that makes a relay's cursor
+//! `FutureCursor`, a restart that loses the outbox) are the driver's ([`driver`]).
 //!
 //! **Cost.** Each host is a `SimPds`: two threads (actix-server's acceptor and one worker)
 //! and a handful of file descriptors; see the `pds` module doc and BENCHMARKS.md
@@ -23,8 +27,8 @@ pub mod table;
 
 use std::time::{Duration, Instant};
 
-pub use driver::{DriverStats, EventDriver};
-pub use table::{Fault, HostClass, HostSpec, HostTable, TableError};
+pub use driver::{DriverStats, EventDriver, EventFaults};
+pub use table::{Fault, HostClass, HostFaults, HostSpec, HostTable, TableError};
 
 use super::{SimError, SimPds, SimPdsConfig, SimPlc};
 
@@ -103,6 +107,12 @@ impl Fleet {
             if host.spec.is_dead() {
                 host.pds.stop().await;
             }
+            host.pds
+                .set_accept_then_drop(host.spec.accepts_then_drops());
+            host.pds.set_relay_header(host.spec.claims_relay());
+            if let Some(ms) = host.spec.frame_delay_ms() {
+                host.pds.set_frame_delay(Duration::from_millis(ms));
+            }
         }
         Ok(Fleet {
             plc,
@@ -117,9 +127,10 @@ impl Fleet {
         self.hosts.iter().map(|h| h.pds.hostname()).collect()
     }
 
-    /// Hosts that are not dead (the ones a relay can reach).
+    /// Hosts a relay can subscribe to and stay connected with (not dead, not dropping every
+    /// connection, not claiming to be a relay).
     pub fn reachable(&self) -> usize {
-        self.hosts.iter().filter(|h| !h.spec.is_dead()).count()
+        self.hosts.iter().filter(|h| h.spec.delivers()).count()
     }
 
     /// Hosts with at least one subscriber past its replay: the fleet's own view of how many

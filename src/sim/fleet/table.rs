@@ -12,8 +12,12 @@
 //! - `accounts`: accounts the host holds, created when the fleet starts.
 //! - `share`: the host's part of the fleet's aggregate event rate (relative weight; the
 //!   generator makes them sum to 1, the loader only needs them finite and non-negative).
-//! - `faults` (optional): how the host misbehaves. Unknown fields and unknown faults are
-//!   refused, so a typo never silently runs a different benchmark.
+//! - `faults` (optional): how the host misbehaves: `{"fault":"dead"}` (refuses connections),
+//!   `{"fault":"flapping","period_ms":P}` (drops its connections every P ms),
+//!   `{"fault":"accept_then_drop"}` (drops every websocket right after the upgrade),
+//!   `{"fault":"slow","frame_delay_ms":D}` (waits D ms before each frame it sends),
+//!   `{"fault":"claims_relay"}` (its `Server` header says `atproto-relay`). Unknown fields
+//!   and unknown faults are refused, so a typo never silently runs a different benchmark.
 //!
 //! Empty lines and lines starting with `#` are skipped. [`HostTable::generate`] draws a table
 //! shaped like today's network (see its doc), deterministic for a seed.
@@ -30,6 +34,8 @@ pub const MAX_HOSTS: usize = 20_000;
 pub const MAX_ACCOUNTS_PER_HOST: u32 = 100_000;
 /// Longest line the loader reads.
 pub const MAX_LINE_BYTES: usize = 4096;
+/// Longest pause of a slow host before each frame (a longer one is a dead host).
+pub const MAX_FRAME_DELAY_MS: u64 = 10_000;
 
 /// What kind of PDS a host stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,6 +69,13 @@ pub enum Fault {
     Dead,
     /// The host drops every connection every `period_ms` (and keeps listening).
     Flapping { period_ms: u64 },
+    /// The host accepts every websocket and drops it at once, before any frame.
+    AcceptThenDrop,
+    /// The host waits `frame_delay_ms` before each frame it sends.
+    Slow { frame_delay_ms: u64 },
+    /// The host's `Server` header says `atproto-relay`: a relay must not subscribe, and
+    /// nothing it publishes may reach the relay's firehose.
+    ClaimsRelay,
 }
 
 /// One line of the table.
@@ -85,8 +98,94 @@ impl HostSpec {
     pub fn flap_period_ms(&self) -> Option<u64> {
         self.faults.iter().find_map(|f| match f {
             Fault::Flapping { period_ms } => Some(*period_ms),
-            Fault::Dead => None,
+            _ => None,
         })
+    }
+
+    /// The pause before each frame, if the host is slow.
+    pub fn frame_delay_ms(&self) -> Option<u64> {
+        self.faults.iter().find_map(|f| match f {
+            Fault::Slow { frame_delay_ms } => Some(*frame_delay_ms),
+            _ => None,
+        })
+    }
+
+    pub fn accepts_then_drops(&self) -> bool {
+        self.faults.contains(&Fault::AcceptThenDrop)
+    }
+
+    pub fn claims_relay(&self) -> bool {
+        self.faults.contains(&Fault::ClaimsRelay)
+    }
+
+    /// Whether a relay can receive what the host publishes: not dead, not dropping every
+    /// connection, not a relay.
+    pub fn delivers(&self) -> bool {
+        !self.is_dead() && !self.accepts_then_drops() && !self.claims_relay()
+    }
+}
+
+/// Shares (0–1) of a table's hosts given each host fault, taken from the tail end of the
+/// table ([`HostTable::add_fault`]); a share above 0 marks at least one host.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HostFaults {
+    pub dead: f64,
+    pub flapping: f64,
+    pub accept_then_drop: f64,
+    pub slow: f64,
+    pub claims_relay: f64,
+}
+
+/// The period of the flapping hosts [`HostFaults`] marks.
+pub const FLAP_PERIOD_MS: u64 = 20_000;
+/// The pause before each frame of the slow hosts [`HostFaults`] marks.
+pub const SLOW_FRAME_DELAY_MS: u64 = 100;
+
+impl HostFaults {
+    /// Every host fault: 1% dead, flapping and slow hosts, 0.5% that accept then drop and
+    /// 0.5% that claim to be relays.
+    pub fn chaos() -> HostFaults {
+        HostFaults {
+            dead: 0.01,
+            flapping: 0.01,
+            accept_then_drop: 0.005,
+            slow: 0.01,
+            claims_relay: 0.005,
+        }
+    }
+
+    /// Marks `table`'s hosts.
+    pub fn apply(&self, table: &mut HostTable) -> Result<(), String> {
+        let faults = [
+            (Fault::Dead, self.dead),
+            (
+                Fault::Flapping {
+                    period_ms: FLAP_PERIOD_MS,
+                },
+                self.flapping,
+            ),
+            (Fault::AcceptThenDrop, self.accept_then_drop),
+            (
+                Fault::Slow {
+                    frame_delay_ms: SLOW_FRAME_DELAY_MS,
+                },
+                self.slow,
+            ),
+            (Fault::ClaimsRelay, self.claims_relay),
+        ];
+        if faults
+            .iter()
+            .any(|(_, s)| !s.is_finite() || !(0.0..=1.0).contains(s))
+        {
+            return Err("host fault shares must be between 0 and 1".into());
+        }
+        let hosts = table.hosts.len() as f64;
+        for (fault, share) in faults {
+            if share > 0.0 {
+                table.add_fault(fault, (share * hosts).ceil() as usize);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,6 +367,14 @@ impl HostTable {
             }
             if spec.flap_period_ms() == Some(0) {
                 return Err(bad("flapping period_ms must be above 0".to_string()));
+            }
+            if spec
+                .frame_delay_ms()
+                .is_some_and(|d| d > MAX_FRAME_DELAY_MS)
+            {
+                return Err(bad(format!(
+                    "slow frame_delay_ms must be at most {MAX_FRAME_DELAY_MS}"
+                )));
             }
             hosts.push(spec);
         }

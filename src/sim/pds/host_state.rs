@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{AccountStatus, SimError, SimPdsConfig};
-use crate::atproto::frame::{AccountEvent, Frame, IdentityEvent, encode_frame};
+use super::{AccountStatus, Forgery, SimError, SimPdsConfig};
+use crate::atproto::frame::{AccountEvent, CommitEvent, Frame, IdentityEvent, encode_frame};
+use crate::atproto::keys::PrivateKey;
 use crate::testkit::repo::{Change, EVENT_TIME, SigningRepo};
 
 /// One account as this host holds it.
@@ -60,6 +61,16 @@ impl HostState {
     /// The frames still kept for replay, oldest first.
     pub(crate) fn kept_frames(&self) -> Vec<Bytes> {
         self.outbox.frames.iter().map(|(_, f)| f.clone()).collect()
+    }
+
+    /// The kept frame of `seq`; searched from the newest, where a just-published one is.
+    pub(crate) fn frame_at(&self, seq: u64) -> Option<Bytes> {
+        self.outbox
+            .frames
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, f)| f.clone())
     }
 
     /// Open `subscribeRepos` connections that follow the live channel.
@@ -178,6 +189,46 @@ impl HostState {
         })
     }
 
+    /// A `#commit` of `did` creating `path`, built on a copy of its repo (the account's repo
+    /// does not move, so its next real commit chains from the last real one), wrong as
+    /// `forgery` says, or right (signed with the account's key) with `None`.
+    pub(super) fn forged_commit(
+        &mut self,
+        did: &str,
+        forgery: Option<Forgery>,
+        path: String,
+    ) -> Result<CommitEvent, SimError> {
+        let repo = self.repo_mut(did)?;
+        keep_revs_near_now(repo);
+        let key = match forgery {
+            Some(Forgery::BadSignature) => PrivateKey::generate(repo.key.curve()),
+            _ => repo.key.clone(),
+        };
+        let clock = match forgery {
+            Some(Forgery::FutureRev) => repo.clock + FUTURE_REV_AHEAD_MICROS,
+            _ => repo.clock,
+        };
+        let change = match forgery {
+            Some(Forgery::Oversized) => Change::CreateSized(path, OVERSIZED_RECORD_BYTES),
+            _ => Change::Create(path),
+        };
+        let mut copy = SigningRepo::from_tree(&repo.did, key, repo.tree.clone(), clock);
+        copy.state = repo.state;
+        Ok(copy.commit(&[change]))
+    }
+
+    /// Publishes `event` under the next seq.
+    pub(super) fn emit_commit_event(
+        &mut self,
+        config: &SimPdsConfig,
+        mut event: CommitEvent,
+    ) -> Result<u64, SimError> {
+        self.emit(config, move |seq| {
+            event.seq = seq;
+            Frame::Commit(Box::new(event))
+        })
+    }
+
     pub(super) fn emit_sync(&mut self, config: &SimPdsConfig, did: &str) -> Result<u64, SimError> {
         let repo = self.repo_mut(did)?;
         keep_revs_near_now(repo);
@@ -221,6 +272,13 @@ impl HostState {
         self.live = broadcast::channel(config.live_buffer_events.max(1)).0;
     }
 }
+
+/// How far ahead of the clock a [`Forgery::FutureRev`] commit's rev is: an hour, far past a
+/// relay's tolerance (5 minutes).
+const FUTURE_REV_AHEAD_MICROS: u64 = 3_600_000_000;
+/// The record of a [`Forgery::Oversized`] commit: its blocks pass the 2,000,000-byte limit
+/// of `#commit` while the frame stays under the 5 MB message cap.
+const OVERSIZED_RECORD_BYTES: usize = 2_100_000;
 
 pub(super) fn now_micros() -> u64 {
     SystemTime::now()

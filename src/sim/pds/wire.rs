@@ -218,11 +218,15 @@ async fn subscribe_repos(
             .insert(SERVER, HeaderValue::from_static(RELAY_SERVER_HEADER));
     }
     let subscription = host.state().subscribe(cursor);
+    if host.accept_then_drop.load(Ordering::Relaxed) {
+        // The upgrade is answered, the session dropped: the connection ends before a frame.
+        return Ok(response);
+    }
     actix_rt::spawn(run_session(
         session,
         stream,
         subscription,
-        host.config.send_timeout,
+        host.clone().into_inner(),
     ));
     Ok(response)
 }
@@ -280,8 +284,9 @@ async fn run_session(
     mut session: Session,
     stream: MessageStream,
     subscription: Subscription,
-    send_timeout: Duration,
+    host: Arc<PdsShared>,
 ) {
+    let send_timeout = host.config.send_timeout;
     let (outdated, backlog, mut live) = match subscription {
         Subscription::FutureCursor => {
             close_with_error(
@@ -323,6 +328,10 @@ async fn run_session(
         };
         match outgoing {
             Outgoing::Frame(frame) => {
+                let delay = host.frame_delay_micros.load(Ordering::Relaxed);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_micros(delay)).await;
+                }
                 if !matches!(
                     tokio::time::timeout(send_timeout, session.binary(frame)).await,
                     Ok(Ok(()))
