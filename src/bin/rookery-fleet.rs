@@ -4,9 +4,10 @@
 //! - `table --hosts N --out FILE [--seed S]`: write a host table shaped like today's network.
 //! - `run --table FILE [--rate R] [--duration D]`: keep the fleet up, print the host list a
 //!   relay needs, and print progress until interrupted (or for `--duration`).
-//! - `bench ramp|memory [--hosts N] [--table FILE] [--json]`: start the real `rookery serve`
-//!   next to this binary on the fleet and print a result table; with `--json` the last line
-//!   is one JSON object.
+//! - `bench ramp|memory|ingest|fanout|replay [--hosts N] [--table FILE] [--json]`: start
+//!   the real `rookery serve` next to this binary (on the fleet, except `replay`) and print
+//!   a result table; with `--json` the last line is one JSON object. See
+//!   `rookery::sim::fleet::bench` for what each measures and its flags.
 //!
 //! Built with the `sim` feature (the tests build it through the crate's dev-dependency on
 //! itself); without it the binary only says so.
@@ -18,8 +19,12 @@ mod fleet_cli {
     use std::time::{Duration, Instant};
 
     use clap::{Parser, Subcommand};
-    use rookery::sim::fleet::bench::{self, BenchOptions};
-    use rookery::sim::fleet::{Fleet, FleetOptions, HostClass, HostTable};
+    use rookery::sim::fleet::bench::{
+        self, BenchOptions, ChaosOptions, FanoutOptions, IngestOptions, ReplayOptions,
+    };
+    use rookery::sim::fleet::{
+        EventDriver, EventFaults, Fleet, FleetOptions, HostClass, HostFaults, HostTable,
+    };
 
     #[derive(Parser)]
     #[command(
@@ -54,6 +59,8 @@ mod fleet_cli {
             duration: Option<humantime::Duration>,
             #[arg(long, default_value_t = 1)]
             seed: u64,
+            #[command(flatten)]
+            faults: FaultArgs,
         },
         /// Run a benchmark against `rookery serve`.
         Bench {
@@ -75,13 +82,177 @@ mod fleet_cli {
             /// Print one JSON object as the last line.
             #[arg(long)]
             json: bool,
+            /// `ingest`: offered rates (events/s), tried in order until one is not sustained.
+            #[arg(
+                long,
+                value_delimiter = ',',
+                default_value = "1000,2000,4000,8000,16000,32000"
+            )]
+            rates: Vec<f64>,
+            /// `ingest`: how long each rate is offered (humantime).
+            #[arg(long, default_value = "20s")]
+            step: humantime::Duration,
+            /// `ingest`: how long the relay gets after a step to deliver the rest.
+            #[arg(long, default_value = "10s")]
+            drain: humantime::Duration,
+            /// `fanout`: live consumers.
+            #[arg(long, default_value_t = 500)]
+            consumers: usize,
+            /// `fanout` and `chaos`: events/s the fleet publishes (default 1000 for
+            /// `fanout`, 600 for `chaos`).
+            #[arg(long)]
+            rate: Option<f64>,
+            /// `fanout` and `chaos`: how long the fleet publishes (humantime; default 30s
+            /// for `fanout`, 10m for `chaos`).
+            #[arg(long)]
+            duration: Option<humantime::Duration>,
+            /// `chaos`: when the relay gets SIGKILL and is restarted, from the start of
+            /// publishing (humantime; default half the duration; `never` for none).
+            #[arg(long)]
+            restart_at: Option<String>,
+            /// Faults (`chaos` has all of them on unless set here; the others none).
+            #[command(flatten)]
+            faults: FaultArgs,
+            /// `fanout`: processes the consumers run in.
+            #[arg(long, default_value_t = 2)]
+            consumer_procs: usize,
+            /// `replay`: size of the log written (bytes, or with a K, M or G suffix, powers
+            /// of 1000).
+            #[arg(long, default_value = "5G", value_parser = parse_size)]
+            log_size: u64,
         },
+        /// The consumers of `bench fanout`, run in child processes.
+        #[command(hide = true)]
+        BenchConsumers {
+            #[arg(long)]
+            addr: std::net::SocketAddr,
+            #[arg(long)]
+            consumers: usize,
+            #[arg(long, default_value_t = 20)]
+            sample: u64,
+        },
+    }
+
+    fn parse_size(raw: &str) -> Result<u64, String> {
+        let (digits, unit) = match raw.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => raw.split_at(i),
+            None => (raw, ""),
+        };
+        let n: u64 = digits.parse().map_err(|_| format!("not a size: {raw:?}"))?;
+        let scale: u64 = match unit {
+            "" => 1,
+            "K" | "k" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            _ => return Err(format!("unknown unit in {raw:?} (K, M or G)")),
+        };
+        n.checked_mul(scale)
+            .ok_or_else(|| format!("too large: {raw:?}"))
     }
 
     #[derive(Clone, Copy, clap::ValueEnum)]
     enum BenchName {
         Ramp,
         Memory,
+        Ingest,
+        Fanout,
+        Replay,
+        Chaos,
+    }
+
+    /// Fault flags: shares of hosts or events (0–1) and rates per minute.
+    #[derive(clap::Args, Debug, Clone, Default)]
+    struct FaultArgs {
+        /// Share of hosts that refuse connections all run.
+        #[arg(long)]
+        dead_hosts: Option<f64>,
+        /// Share of hosts that drop their connections every 20 s.
+        #[arg(long)]
+        flapping_hosts: Option<f64>,
+        /// Share of hosts that accept a websocket and drop it at once.
+        #[arg(long)]
+        accept_drop_hosts: Option<f64>,
+        /// Share of hosts that wait 100 ms before each frame.
+        #[arg(long)]
+        slow_hosts: Option<f64>,
+        /// Share of hosts whose `Server` header claims a relay.
+        #[arg(long)]
+        relay_hosts: Option<f64>,
+        /// Share of events signed with the wrong key.
+        #[arg(long)]
+        bad_signatures: Option<f64>,
+        /// Share of events that are another host's accounts' commits.
+        #[arg(long)]
+        wrong_authority: Option<f64>,
+        /// Share of events with a rev an hour ahead.
+        #[arg(long)]
+        future_revs: Option<f64>,
+        /// Share of events with blocks over the 2 MB limit.
+        #[arg(long)]
+        oversized: Option<f64>,
+        /// Share of events that are garbage bytes.
+        #[arg(long)]
+        garbage: Option<f64>,
+        /// Share of events that repeat a recent frame (a seq going backwards).
+        #[arg(long)]
+        out_of_order: Option<f64>,
+        /// Hosts per minute that forget their events (a relay's cursor → FutureCursor).
+        #[arg(long)]
+        resets_per_min: Option<f64>,
+        /// Hosts per minute that restart without their outbox.
+        #[arg(long)]
+        restarts_per_min: Option<f64>,
+    }
+
+    impl FaultArgs {
+        fn host_faults(&self, base: HostFaults) -> HostFaults {
+            HostFaults {
+                dead: self.dead_hosts.unwrap_or(base.dead),
+                flapping: self.flapping_hosts.unwrap_or(base.flapping),
+                accept_then_drop: self.accept_drop_hosts.unwrap_or(base.accept_then_drop),
+                slow: self.slow_hosts.unwrap_or(base.slow),
+                claims_relay: self.relay_hosts.unwrap_or(base.claims_relay),
+            }
+        }
+
+        fn event_faults(&self, base: EventFaults) -> EventFaults {
+            EventFaults {
+                bad_signature: self.bad_signatures.unwrap_or(base.bad_signature),
+                wrong_authority: self.wrong_authority.unwrap_or(base.wrong_authority),
+                future_rev: self.future_revs.unwrap_or(base.future_rev),
+                oversized: self.oversized.unwrap_or(base.oversized),
+                garbage: self.garbage.unwrap_or(base.garbage),
+                out_of_order: self.out_of_order.unwrap_or(base.out_of_order),
+                resets_per_min: self.resets_per_min.unwrap_or(base.resets_per_min),
+                restarts_per_min: self.restarts_per_min.unwrap_or(base.restarts_per_min),
+            }
+        }
+    }
+
+    fn chaos_options(
+        rate: Option<f64>,
+        duration: Option<Duration>,
+        restart_at: Option<&str>,
+        faults: &FaultArgs,
+    ) -> Result<ChaosOptions, String> {
+        let defaults = ChaosOptions::default();
+        let duration = duration.unwrap_or(defaults.duration);
+        let restart_at = match restart_at {
+            None => Some(duration / 2),
+            Some("never") => None,
+            Some(at) => {
+                Some(humantime::parse_duration(at).map_err(|e| format!("--restart-at {at}: {e}"))?)
+            }
+        };
+        let faults = faults.event_faults(EventFaults::chaos());
+        faults.check()?;
+        Ok(ChaosOptions {
+            duration,
+            rate: rate.unwrap_or(defaults.rate),
+            faults,
+            restart_at,
+            drain: defaults.drain,
+        })
     }
 
     pub async fn main() -> ExitCode {
@@ -93,7 +264,8 @@ mod fleet_cli {
                 rate,
                 duration,
                 seed,
-            } => run(&table, rate, duration.map(Into::into), seed).await,
+                faults,
+            } => run(&table, rate, duration.map(Into::into), seed, &faults).await,
             Command::Bench {
                 name,
                 hosts,
@@ -102,16 +274,68 @@ mod fleet_cli {
                 timeout,
                 relay_bin,
                 json,
+                rates,
+                step,
+                drain,
+                consumers,
+                rate,
+                duration,
+                restart_at,
+                faults,
+                consumer_procs,
+                log_size,
             } => {
-                let options = BenchOptions {
+                let chaotic = matches!(name, BenchName::Chaos);
+                let mut options = BenchOptions {
                     hosts,
                     table,
                     seed,
                     timeout: timeout.into(),
                     relay_bin,
+                    relay_env: Vec::new(),
+                    host_faults: faults.host_faults(if chaotic {
+                        HostFaults::chaos()
+                    } else {
+                        HostFaults::default()
+                    }),
                 };
-                run_bench(name, &options, json).await
+                if !matches!(name, BenchName::Ramp | BenchName::Memory) {
+                    // What these measure starts after the ramp: do not wait out production's
+                    // 30 s startup spread (ROOKERY_STARTUP_SPREAD in the environment wins).
+                    options.default_relay_env("ROOKERY_STARTUP_SPREAD", "5s");
+                }
+                let settings = Settings {
+                    ingest: IngestOptions {
+                        rates,
+                        step: step.into(),
+                        drain: drain.into(),
+                    },
+                    fanout: FanoutOptions {
+                        consumers,
+                        rate: rate.unwrap_or(1000.0),
+                        duration: duration.map_or(Duration::from_secs(30), Into::into),
+                        procs: consumer_procs,
+                    },
+                    chaos: chaos_options(
+                        rate,
+                        duration.map(Into::into),
+                        restart_at.as_deref(),
+                        &faults,
+                    ),
+                    replay: ReplayOptions {
+                        log_bytes: log_size,
+                    },
+                };
+                match settings.chaos {
+                    Ok(_) => run_bench(name, &options, &settings, json).await,
+                    Err(e) => Err(e),
+                }
             }
+            Command::BenchConsumers {
+                addr,
+                consumers,
+                sample,
+            } => bench::run_consumers(addr, consumers, sample).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -144,16 +368,28 @@ mod fleet_cli {
         rate: f64,
         duration: Option<Duration>,
         seed: u64,
+        faults: &FaultArgs,
     ) -> Result<(), String> {
         rookery::sim::install_crypto_provider();
-        let table = HostTable::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut table = HostTable::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        faults
+            .host_faults(HostFaults::default())
+            .apply(&mut table)?;
+        let event_faults = faults.event_faults(EventFaults::default());
+        event_faults.check()?;
         let fleet = Fleet::start(&table, FleetOptions::default())
             .await
             .map_err(|e| e.to_string())?;
         println!("plc {}", fleet.plc.url());
         for host in &fleet.hosts {
-            let state = if host.spec.is_dead() { " dead" } else { "" };
-            println!("host {}{state}", host.pds.hostname());
+            let faults: Vec<String> = host
+                .spec
+                .faults
+                .iter()
+                .filter_map(|f| serde_json::to_value(f).ok())
+                .filter_map(|v| v["fault"].as_str().map(str::to_string))
+                .collect();
+            println!("host {} {}", host.pds.hostname(), faults.join(" "));
         }
         println!(
             "fleet up: {} hosts, {} accounts, in {:.1} s; {rate} events/s",
@@ -161,7 +397,7 @@ mod fleet_cli {
             table.total_accounts(),
             fleet.started_in.as_secs_f64()
         );
-        let driver = fleet.drive(rate, seed);
+        let driver = EventDriver::start_with_faults(&fleet, rate, seed, event_faults);
         let begun = Instant::now();
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
         ticks.tick().await;
@@ -180,14 +416,18 @@ mod fleet_cli {
             let window = now.duration_since(last).as_secs_f64();
             println!(
                 "{:>7.0} s  hosts connected {}/{}  events {events} ({:.0}/s)  \
-                 driver busy {:.1}%  errors {}  flaps {}",
+                 driver busy {:.1}%  errors {}  invalid {}  flaps {}  resets {}  \
+                 restarts {}",
                 begun.elapsed().as_secs_f64(),
                 fleet.connected(),
                 fleet.reachable(),
                 (events - last_events) as f64 / window,
                 (busy - last_busy).as_secs_f64() * 100.0 / window,
                 stats.errors(),
+                stats.invalid(),
                 stats.flaps(),
+                stats.resets(),
+                stats.restarts(),
             );
             (last_events, last_busy, last) = (events, busy, now);
             if duration.is_some_and(|d| begun.elapsed() >= d) {
@@ -199,22 +439,58 @@ mod fleet_cli {
         Ok(())
     }
 
-    async fn run_bench(name: BenchName, options: &BenchOptions, json: bool) -> Result<(), String> {
-        match name {
+    /// The benchmark-specific flags.
+    struct Settings {
+        chaos: Result<ChaosOptions, String>,
+        ingest: IngestOptions,
+        fanout: FanoutOptions,
+        replay: ReplayOptions,
+    }
+
+    async fn run_bench(
+        name: BenchName,
+        options: &BenchOptions,
+        settings: &Settings,
+        json: bool,
+    ) -> Result<(), String> {
+        let (table, object) = match name {
             BenchName::Ramp => {
-                let result = bench::ramp(options).await.map_err(|e| e.to_string())?;
-                println!("{}", result.table());
-                if json {
-                    println!("{}", result.json());
-                }
+                let r = bench::ramp(options).await.map_err(|e| e.to_string())?;
+                (r.table(), r.json())
             }
             BenchName::Memory => {
-                let result = bench::memory(options).await.map_err(|e| e.to_string())?;
-                println!("{}", result.table());
-                if json {
-                    println!("{}", result.json());
-                }
+                let r = bench::memory(options).await.map_err(|e| e.to_string())?;
+                (r.table(), r.json())
             }
+            BenchName::Ingest => {
+                let r = bench::ingest(options, &settings.ingest)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (r.table(), r.json())
+            }
+            BenchName::Fanout => {
+                let r = bench::fanout(options, &settings.fanout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (r.table(), r.json())
+            }
+            BenchName::Replay => {
+                let r = bench::replay(options, &settings.replay)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (r.table(), r.json())
+            }
+            BenchName::Chaos => {
+                let chaos = settings.chaos.as_ref().map_err(Clone::clone)?;
+                let r = bench::chaos(options, chaos)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (r.table(), r.json())
+            }
+        };
+        println!("{table}");
+        if json {
+            println!("{object}");
         }
         Ok(())
     }

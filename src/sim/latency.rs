@@ -76,6 +76,42 @@ impl LatencyHistogram {
     }
 }
 
+/// A histogram as text can carry it between processes (the fan-out bench's consumer
+/// processes): its non-empty buckets and the maximum.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SparseHistogram {
+    /// `(bucket, count)` of every non-empty bucket.
+    pub buckets: Vec<(u32, u64)>,
+    pub max_micros: u64,
+}
+
+impl LatencyHistogram {
+    pub fn to_sparse(&self) -> SparseHistogram {
+        SparseHistogram {
+            buckets: self
+                .counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (i as u32, *c))
+                .collect(),
+            max_micros: self.max_micros,
+        }
+    }
+
+    /// Adds another process's samples; buckets out of range (a foreign or damaged input) are
+    /// ignored.
+    pub fn merge(&mut self, other: &SparseHistogram) {
+        for &(index, count) in &other.buckets {
+            if let Some(slot) = self.counts.get_mut(index as usize) {
+                *slot += count;
+                self.total += count;
+            }
+        }
+        self.max_micros = self.max_micros.max(other.max_micros.min(MAX_MICROS));
+    }
+}
+
 fn micros_to_ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
@@ -119,6 +155,25 @@ mod tests {
             v = v * 17 / 16 + 1;
         }
         assert_eq!(bucket_of(MAX_MICROS), BUCKETS - 1);
+    }
+
+    #[test]
+    fn a_merged_sparse_copy_has_the_same_figures() {
+        let (mut a, mut b) = (LatencyHistogram::new(), LatencyHistogram::new());
+        for ms in 1..=50u64 {
+            a.record(Duration::from_millis(ms));
+            b.record(Duration::from_millis(ms + 50));
+        }
+        let mut merged = LatencyHistogram::new();
+        merged.merge(&a.to_sparse());
+        merged.merge(&b.to_sparse());
+        merged.merge(&SparseHistogram {
+            buckets: vec![(u32::MAX, 7)],
+            max_micros: 0,
+        });
+        assert_eq!(merged.count(), 100);
+        assert!((99.0..=101.0).contains(&merged.quantile_ms(0.99)));
+        assert_eq!(merged.max_ms(), 100.0);
     }
 
     #[test]

@@ -247,10 +247,10 @@ async fn a_fleet_starts_its_hosts_stops_the_dead_ones_and_drives_events_by_share
     fleet.stop().await;
 }
 
-/// `rookery-fleet bench ramp --hosts 50 --json` with the real binaries: every host
-/// connected, no `/_health` failure, and the JSON line carries the fields.
-#[test]
-fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
+/// Runs `rookery-fleet bench <args>` (the real binaries, a throwaway Postgres, none of this
+/// process's relay settings) with a 1 s startup spread; returns its stdout and last line's
+/// JSON object.
+fn run_bench(args: &[&str]) -> (String, serde_json::Value) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rookery-fleet"));
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
@@ -259,24 +259,33 @@ fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
         }
     }
     let output = command
-        .args([
-            "bench",
-            "ramp",
-            "--hosts",
-            "50",
-            "--json",
-            "--timeout",
-            "90s",
-        ])
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--timeout", "90s"])
         .env("ROOKERY_STARTUP_SPREAD", "1s")
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
-    let result: serde_json::Value = serde_json::from_str(last).expect(last);
+    let result = serde_json::from_str(last).expect(last);
+    (stdout, result)
+}
+
+fn health_is_clean(result: &serde_json::Value) {
+    assert_eq!(result["health_failures"], 0, "{result}");
+    for field in ["health_p99_ms", "health_max_ms"] {
+        assert!(result[field].as_f64().is_some(), "{field}: {result}");
+    }
+}
+
+/// `rookery-fleet bench ramp --hosts 50 --json` with the real binaries: every host
+/// connected, no `/_health` failure, and the JSON line carries the fields.
+#[test]
+fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
+    let (stdout, result) = run_bench(&["ramp", "--hosts", "50"]);
     assert_eq!(result["hosts_connected"], 50, "{result}");
     assert_eq!(result["fleet_connected"], 50, "{result}");
     assert_eq!(result["health_failures"], 0, "{result}");
@@ -290,4 +299,85 @@ fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
         assert!(result[field].as_f64().is_some(), "{field}: {result}");
     }
     assert!(stdout.contains("seconds to 99% connected"), "{stdout}");
+}
+
+/// `bench ingest` at small rates: every event published through the fleet's websockets
+/// delivered once and in order to the checker, and the fields, consistent with the
+/// steps. (Whether a step counts as sustained depends on the machine's load, so the test
+/// checks only that the figure is the best sustained step's.)
+#[test]
+fn bench_ingest_delivers_every_published_event_once() {
+    let (stdout, result) = run_bench(&[
+        "ingest", "--hosts", "20", "--rates", "100,200", "--step", "3s", "--drain", "20s",
+    ]);
+    let steps = result["steps"].as_array().expect("steps");
+    assert!(!steps.is_empty(), "{result}");
+    let mut best = 0.0_f64;
+    for step in steps {
+        assert!(step["published"].as_u64().unwrap() > 100, "{result}");
+        assert!(step["drained_after_s"].as_f64().is_some(), "{result}");
+        assert_eq!(step["missing"], 0, "{result}");
+        if step["sustained"] == true {
+            best = best.max(step["delivered_per_sec"].as_f64().unwrap());
+        }
+    }
+    assert_eq!(result["missing"], 0, "{result}");
+    assert_eq!(result["duplicated"], 0, "{result}");
+    assert_eq!(result["out_of_order"], 0, "{result}");
+    let rate = result["events_per_sec"].as_f64().unwrap();
+    assert!((rate - best).abs() < 0.01, "{result}");
+    let validate_us = result["validate_full_us"].as_f64().unwrap();
+    assert!(validate_us > 1.0, "{result}");
+    let efficiency = result["efficiency"].as_f64().unwrap();
+    assert!(
+        (efficiency - rate * validate_us / 1e6).abs() < 0.01,
+        "{result}"
+    );
+    health_is_clean(&result);
+    assert!(stdout.contains("sustained"), "{stdout}");
+}
+
+/// `bench fanout` with 20 consumers in 2 processes: every consumer received every event
+/// the fleet published, and the latency figures are there.
+#[test]
+fn bench_fanout_delivers_every_event_to_every_consumer() {
+    let (_, result) = run_bench(&[
+        "fanout",
+        "--hosts",
+        "20",
+        "--consumers",
+        "20",
+        "--rate",
+        "200",
+        "--duration",
+        "3s",
+    ]);
+    assert_eq!(result["consumers"], 20, "{result}");
+    let published = result["published"].as_u64().unwrap();
+    assert!(published > 300, "{result}");
+    assert_eq!(result["min_frames_per_consumer"], published, "{result}");
+    assert_eq!(result["frames"], published * 20, "{result}");
+    assert_eq!(result["consumers_ended"], 0, "{result}");
+    let p99 = result["delivery_p99_ms"].as_f64().unwrap();
+    assert!(p99 > 0.0 && p99 < 10_000.0, "{result}");
+    health_is_clean(&result);
+}
+
+/// `bench replay` over a 20 MB log: the consumer received every event, and both rates are
+/// reported.
+#[test]
+fn bench_replay_reads_the_whole_log() {
+    let (_, result) = run_bench(&["replay", "--log-size", "20M"]);
+    let events = result["events"].as_u64().unwrap();
+    assert!(events > 5_000, "{result}");
+    assert!(
+        result["log_bytes"].as_u64().unwrap() >= 20_000_000,
+        "{result}"
+    );
+    assert!(result["events_per_sec"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(
+        result["log_replay_events_per_sec"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    health_is_clean(&result);
 }

@@ -1,8 +1,9 @@
-//! The benchmarks `ramp` and `memory`: the real `rookery serve` (the binary next to the
+//! The benchmarks of `rookery-fleet bench`: the real `rookery serve` (the binary next to the
 //! running one) on a throwaway data dir and database whose host table already names every
 //! host of the fleet, so the relay's start is the cold start of a relay that knows ~3,000
-//! hosts. While it ramps, a probe hits `/_health` every 250 ms (timeout 1 s) and `/_readyz`
-//! every second for `hosts.connected`; progress goes to stderr every few seconds.
+//! hosts. From its first answer a probe ([`Probe`]) hits `/_health` every 250 ms (timeout
+//! 1 s) for the whole run, and `/_readyz` is read every second for `hosts.connected`;
+//! progress goes to stderr every few seconds.
 //!
 //! - `ramp` → seconds from the relay's spawn until 99% of the reachable hosts are
 //!   connected, `/_health` p50/p99/max and failures from its first answer to the end of the
@@ -10,32 +11,49 @@
 //!   end.
 //! - `memory` → the relay's RSS (`VmRSS` of `/proc/<pid>/status`) once every reachable host
 //!   is connected and the fleet has been idle for [`IDLE_BEFORE_RSS`].
+//! - `ingest` ([`ingest`]), `fanout` ([`fanout`]) and `replay` ([`replay`]): see their
+//!   modules.
 //!
 //! The database is the `DATABASE_URL` of the environment if set (it is migrated and its
 //! `hosts` table filled; give an empty database), else a fresh database in the testkit's
 //! throwaway cluster. Other `ROOKERY_*` variables reach the relay unchanged (e.g.
 //! `ROOKERY_STARTUP_SPREAD`, whose production default of 30 s is what `ramp` measures
 //! unless set). Every loop is bounded by the run's deadline.
-//!
-//! The probe here is the benchmarks' own small loop; the shared probe of `sim::probe` will
-//! replace it when it lands.
+
+mod chaos;
+mod fanout;
+mod ingest;
+mod replay;
+
+pub use chaos::{CHECKER_RECONNECTS, ChaosOptions, ChaosResult, chaos};
+pub use fanout::{
+    CHILD_COMMAND, ConsumersReport, FanoutOptions, FanoutResult, fanout, run_consumers,
+};
+pub use ingest::{IngestOptions, IngestResult, IngestStep, ingest, validate_full_micros};
+pub use replay::{ReplayOptions, ReplayResult, replay};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Fleet, FleetOptions, HostTable};
+use super::{Fleet, FleetOptions, HostFaults, HostTable};
+use crate::sim::probe::{DEFAULT_HEALTH_PATH, Probe, ProbeReport, ProbeSettings};
 use crate::store::migrations;
 use crate::store::postgres::{Db, DbSettings};
 
-/// How often `/_health` is probed.
-pub const HEALTH_PERIOD: Duration = Duration::from_millis(250);
-/// A probe slower than this is a failure.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// The account limit of the fleet's hosts in the relay's table (above
+/// [`super::table::MAX_ACCOUNTS_PER_HOST`]).
+const HOST_ACCOUNT_LIMIT: i64 = 1_000_000;
+/// Lines of the relay's log quoted when it exits early.
+const LOG_TAIL_LINES: usize = 15;
+/// How often a starting relay is asked whether it listens yet.
+const LISTEN_POLL: Duration = Duration::from_millis(250);
+/// Timeout of the benches' own requests (`/_readyz`, the first `/_health`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the fleet idles, all hosts connected, before `memory` reads the RSS.
 pub const IDLE_BEFORE_RSS: Duration = Duration::from_secs(5);
 /// How often progress is printed.
-const PROGRESS_PERIOD: Duration = Duration::from_secs(3);
+pub(crate) const PROGRESS_PERIOD: Duration = Duration::from_secs(3);
 
 /// What a benchmark run is given.
 #[derive(Debug, Clone)]
@@ -50,6 +68,32 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// The relay binary (default: `rookery` next to the running executable).
     pub relay_bin: Option<PathBuf>,
+    /// Extra environment of the relay (e.g. `ROOKERY_STARTUP_SPREAD`), after the bench's own.
+    pub relay_env: Vec<(String, String)>,
+    /// Host faults added to the table (generated or loaded).
+    pub host_faults: HostFaults,
+}
+
+impl BenchOptions {
+    /// A generated table of `hosts` hosts, seed 1, a 5 minute timeout, the default relay.
+    pub fn new(hosts: usize) -> BenchOptions {
+        BenchOptions {
+            hosts,
+            table: None,
+            seed: 1,
+            timeout: Duration::from_secs(300),
+            relay_bin: None,
+            relay_env: Vec::new(),
+            host_faults: HostFaults::default(),
+        }
+    }
+
+    /// Sets `key` in the relay's environment unless this process's environment has it.
+    pub fn default_relay_env(&mut self, key: &str, value: &str) {
+        if std::env::var_os(key).is_none() {
+            self.relay_env.push((key.to_string(), value.to_string()));
+        }
+    }
 }
 
 /// Why a benchmark could not run.
@@ -67,41 +111,6 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
 }
 
-/// `/_health` latencies and failures of one run.
-#[derive(Debug, Clone, Default)]
-pub struct HealthStats {
-    latencies_ms: Vec<f64>,
-    pub failures: u64,
-}
-
-impl HealthStats {
-    fn record(&mut self, result: Result<Duration, ()>) {
-        match result {
-            Ok(latency) => self.latencies_ms.push(latency.as_secs_f64() * 1000.0),
-            Err(()) => self.failures += 1,
-        }
-    }
-
-    /// The `q` quantile (0–1) of successful probes' latencies in ms (0 with none).
-    pub fn quantile_ms(&self, q: f64) -> f64 {
-        let mut sorted = self.latencies_ms.clone();
-        sorted.sort_by(f64::total_cmp);
-        if sorted.is_empty() {
-            return 0.0;
-        }
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-        sorted[rank - 1]
-    }
-
-    pub fn max_ms(&self) -> f64 {
-        self.latencies_ms.iter().copied().fold(0.0, f64::max)
-    }
-
-    pub fn probes(&self) -> usize {
-        self.latencies_ms.len() + self.failures as usize
-    }
-}
-
 /// What `ramp` measured.
 #[derive(Debug, Clone)]
 pub struct RampResult {
@@ -115,7 +124,8 @@ pub struct RampResult {
     pub seconds_to_all: Option<f64>,
     pub hosts_connected: u64,
     pub fleet_connected: usize,
-    pub health: HealthStats,
+    /// `/_health` from the relay's first answer to the end of the ramp.
+    pub health: ProbeReport,
     /// The relay's RSS when the ramp ended, in MB.
     pub rss_mb: f64,
 }
@@ -129,11 +139,11 @@ impl RampResult {
             "seconds_to_listen": self.seconds_to_listen,
             "seconds_to_99pct": self.seconds_to_99pct,
             "seconds_to_all": self.seconds_to_all,
-            "health_p50_ms": round2(self.health.quantile_ms(0.5)),
-            "health_p99_ms": round2(self.health.quantile_ms(0.99)),
-            "health_max_ms": round2(self.health.max_ms()),
+            "health_p50_ms": round2(self.health.p50_ms),
+            "health_p99_ms": round2(self.health.p99_ms),
+            "health_max_ms": round2(self.health.max_ms),
             "health_failures": self.health.failures,
-            "health_probes": self.health.probes(),
+            "health_probes": self.health.requests,
             "hosts_connected": self.hosts_connected,
             "fleet_connected": self.fleet_connected,
             "rss_mb": round2(self.rss_mb),
@@ -160,11 +170,11 @@ impl RampResult {
             secs(self.seconds_to_all),
             self.hosts_connected,
             self.fleet_connected,
-            self.health.quantile_ms(0.5),
-            self.health.quantile_ms(0.99),
-            self.health.max_ms(),
+            self.health.p50_ms,
+            self.health.p99_ms,
+            self.health.max_ms,
             self.health.failures,
-            self.health.probes(),
+            self.health.requests,
             self.rss_mb,
         )
     }
@@ -206,7 +216,7 @@ impl MemoryResult {
     }
 }
 
-fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
@@ -240,41 +250,107 @@ pub async fn memory(options: &BenchOptions) -> Result<MemoryResult, BenchError> 
 /// A relay child process and its throwaway data dir; killed and removed when dropped.
 pub struct RelayProcess {
     child: Child,
-    port: u16,
+    launch: Launch,
     dir: PathBuf,
     client: awc::Client,
 }
 
+/// How the relay is started (again, after [`RelayProcess::kill_and_restart`]).
+struct Launch {
+    bin: PathBuf,
+    database_url: String,
+    plc_url: String,
+    env: Vec<(String, String)>,
+    port: u16,
+    metrics_port: u16,
+}
+
 impl RelayProcess {
     /// Starts `rookery serve` on `database_url` with the PLC at `plc_url`.
-    pub fn spawn(bin: &Path, database_url: &str, plc_url: &str) -> Result<Self, BenchError> {
+    pub fn spawn(
+        bin: &Path,
+        database_url: &str,
+        plc_url: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, BenchError> {
+        RelayProcess::spawn_in(RelayProcess::new_dir()?, bin, database_url, plc_url, env)
+    }
+
+    /// A fresh throwaway directory for [`RelayProcess::spawn_in`]; the relay's data dir is
+    /// its `data` subdirectory.
+    pub fn new_dir() -> std::io::Result<PathBuf> {
         let dir = std::env::temp_dir().join(format!(
             "rookery-fleet-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir)?;
-        let port = free_port()?;
-        let metrics_port = free_port()?;
-        let log = std::fs::File::create(dir.join("relay.log"))?;
-        let child = Command::new(bin)
+        Ok(dir)
+    }
+
+    /// Like [`RelayProcess::spawn`], in `dir` (from [`RelayProcess::new_dir`], maybe with a
+    /// prepared data dir); `dir` is removed when the relay is dropped or fails to start.
+    pub fn spawn_in(
+        dir: PathBuf,
+        bin: &Path,
+        database_url: &str,
+        plc_url: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, BenchError> {
+        let launch = (|| {
+            Ok::<_, BenchError>(Launch {
+                bin: bin.to_path_buf(),
+                database_url: database_url.to_string(),
+                plc_url: plc_url.to_string(),
+                env: env.to_vec(),
+                port: free_port()?,
+                metrics_port: free_port()?,
+            })
+        })();
+        match launch.and_then(|launch| Ok((RelayProcess::start_child(&dir, &launch)?, launch))) {
+            Ok((child, launch)) => Ok(RelayProcess {
+                child,
+                launch,
+                dir,
+                client: awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn start_child(dir: &Path, launch: &Launch) -> Result<Child, BenchError> {
+        // Appended: after a restart the log holds both runs.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("relay.log"))?;
+        Command::new(&launch.bin)
             .args(["serve", "--data-dir"])
             .arg(dir.join("data"))
-            .env("DATABASE_URL", database_url)
-            .env("ROOKERY_BIND", format!("127.0.0.1:{port}"))
-            .env("ROOKERY_METRICS_BIND", format!("127.0.0.1:{metrics_port}"))
-            .env("ROOKERY_PLC_URL", plc_url)
+            .env("DATABASE_URL", &launch.database_url)
+            .env("ROOKERY_BIND", format!("127.0.0.1:{}", launch.port))
+            .env(
+                "ROOKERY_METRICS_BIND",
+                format!("127.0.0.1:{}", launch.metrics_port),
+            )
+            .env("ROOKERY_PLC_URL", &launch.plc_url)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| BenchError::Relay(format!("starting {}: {e}", bin.display())))?;
-        Ok(RelayProcess {
-            child,
-            port,
-            dir,
-            client: awc::Client::builder().timeout(HEALTH_TIMEOUT).finish(),
-        })
+            .map_err(|e| BenchError::Relay(format!("starting {}: {e}", launch.bin.display())))
+    }
+
+    /// SIGKILLs the relay and starts it again on the same data dir, database and ports.
+    pub fn kill_and_restart(&mut self) -> Result<(), BenchError> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.child = RelayProcess::start_child(&self.dir, &self.launch)?;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
@@ -286,38 +362,64 @@ impl RelayProcess {
     }
 
     /// Fails if the relay has exited.
-    fn check_alive(&mut self) -> Result<(), BenchError> {
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
         match self.child.try_wait()? {
             None => Ok(()),
-            Some(status) => Err(BenchError::Relay(format!(
-                "exited with {status}; its log: {}",
-                self.log_path().display()
-            ))),
+            Some(status) => {
+                // The log goes with the data dir: quote its end.
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+                Err(BenchError::Relay(format!(
+                    "exited with {status}; the end of its log:\n{tail}"
+                )))
+            }
         }
     }
 
-    /// One `/_health` probe: its latency, or `Err` on a timeout, a refused connection or a
-    /// status other than 200.
-    async fn health(&self) -> Result<Duration, ()> {
-        let begun = Instant::now();
-        let url = format!("http://127.0.0.1:{}/_health", self.port);
-        match self.client.get(url).send().await {
-            Ok(mut response) if response.status().is_success() => {
-                // The body is tiny; reading it is part of the answer.
-                response.body().limit(4096).await.map_err(|_| ())?;
-                Ok(begun.elapsed())
-            }
-            _ => Err(()),
-        }
+    /// The public listener's address (the firehose's).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.launch.port))
+    }
+
+    /// Whether `/_health` answers 200 (the relay listens).
+    pub async fn answers_health(&self) -> bool {
+        let url = format!("http://127.0.0.1:{}{DEFAULT_HEALTH_PATH}", self.launch.port);
+        matches!(self.client.get(url).send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// Starts the shared `/_health` probe on this relay.
+    pub fn probe(&self) -> Probe {
+        Probe::start(ProbeSettings::new(format!(
+            "http://127.0.0.1:{}{DEFAULT_HEALTH_PATH}",
+            self.launch.port
+        )))
     }
 
     /// `hosts.connected` of `/_readyz` (`None` while it does not answer with it).
     pub async fn connected(&self) -> Option<u64> {
-        let url = format!("http://127.0.0.1:{}/_readyz", self.port);
+        let url = format!("http://127.0.0.1:{}/_readyz", self.launch.port);
         let mut response = self.client.get(url).send().await.ok()?;
         let body = response.body().limit(64 * 1024).await.ok()?;
         let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
         value["hosts"]["connected"].as_u64()
+    }
+
+    /// User + system CPU seconds the relay has used (`/proc/<pid>/stat`).
+    pub fn cpu_seconds(&self) -> Result<f64, BenchError> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and
+        // 13th of them, in clock ticks (100 per second on Linux).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        match (ticks(11), ticks(12)) {
+            (Some(user), Some(system)) => Ok((user + system) / 100.0),
+            _ => Err(BenchError::Relay("unreadable /proc/<pid>/stat".into())),
+        }
     }
 
     /// The relay's resident set size in MB.
@@ -355,9 +457,11 @@ pub fn default_relay_bin() -> Result<PathBuf, BenchError> {
     Ok(dir.join("rookery"))
 }
 
-/// A migrated database whose `hosts` table names `hostnames` (admin-added, `ws://`);
-/// returns the URL the relay connects with.
-async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
+/// A migrated database whose `hosts` table names `hostnames` (admin-added, `ws://`, with an
+/// account limit above any table's, as an operator sets for the large PDSes it knows: the
+/// default limit of a new host would throttle the fleet's large hosts); returns the URL the
+/// relay connects with.
+pub(crate) async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
     let db_err = |e: &dyn std::fmt::Display| BenchError::Db(e.to_string());
     let (pg_config, url) = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => (
@@ -376,9 +480,9 @@ async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
     let client = db.client().await.map_err(|e| db_err(&e))?;
     client
         .execute(
-            "INSERT INTO hosts (hostname, no_ssl, admin_added) \
-             SELECT h, true, true FROM unnest($1::text[]) AS h",
-            &[&hostnames],
+            "INSERT INTO hosts (hostname, no_ssl, admin_added, account_limit) \
+             SELECT h, true, true, $2 FROM unnest($1::text[]) AS h",
+            &[&hostnames, &HOST_ACCOUNT_LIMIT],
         )
         .await
         .map_err(|e| db_err(&e))?;
@@ -386,14 +490,18 @@ async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
 }
 
 /// The ramp, returning the relay and the fleet still running (for `memory`).
-async fn ramp_and_keep(
+pub(crate) async fn ramp_and_keep(
     options: &BenchOptions,
 ) -> Result<(RampResult, RelayProcess, Fleet), BenchError> {
     super::super::install_crypto_provider();
-    let table = match &options.table {
+    let mut table = match &options.table {
         Some(path) => HostTable::load(path)?,
         None => HostTable::generate(options.hosts, options.seed),
     };
+    options
+        .host_faults
+        .apply(&mut table)
+        .map_err(BenchError::Relay)?;
     eprintln!(
         "starting a fleet of {} hosts ({} accounts)",
         table.hosts.len(),
@@ -410,56 +518,55 @@ async fn ramp_and_keep(
         Some(bin) => bin.clone(),
         None => default_relay_bin()?,
     };
-    let mut relay = RelayProcess::spawn(&bin, &database_url, &fleet.plc.url())?;
+    let mut relay = RelayProcess::spawn(&bin, &database_url, &fleet.plc.url(), &options.relay_env)?;
     let begun = Instant::now();
     let deadline = begun + options.timeout;
     let target_99 = (reachable as f64 * 0.99).ceil() as u64;
-    let mut health = HealthStats::default();
     let mut connected = 0u64;
     let mut seconds_to_99pct = None;
     let mut seconds_to_all = None;
-    let mut ticks = tokio::time::interval(HEALTH_PERIOD);
+    let mut ticks = tokio::time::interval(LISTEN_POLL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_readyz = begun;
+    // Until its first answer the relay is starting, not failing: the ramp's clock runs from
+    // the spawn, the health figures from the moment it listens.
+    let mut listening_after = None;
+    while listening_after.is_none() && Instant::now() < deadline {
+        ticks.tick().await;
+        relay.check_alive()?;
+        if relay.answers_health().await {
+            listening_after = Some(begun.elapsed().as_secs_f64());
+        }
+    }
+    let probe = relay.probe();
     let mut next_progress = begun + PROGRESS_PERIOD;
     // Probes after everything connected: the ramp's tail is part of what is measured.
     let mut settle_until = None;
-    let mut listening_after = None;
-    while Instant::now() < deadline {
-        ticks.tick().await;
+    let mut readyz = tokio::time::interval(Duration::from_secs(1));
+    readyz.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while listening_after.is_some() && Instant::now() < deadline {
+        readyz.tick().await;
         relay.check_alive()?;
-        let probe = relay.health().await;
-        // Until its first answer the relay is starting, not failing: the ramp's clock runs
-        // from the spawn, the health figures from the moment it listens.
-        if listening_after.is_none() && probe.is_ok() {
-            listening_after = Some(begun.elapsed().as_secs_f64());
-        }
-        if listening_after.is_some() {
-            health.record(probe);
+        if let Some(c) = relay.connected().await {
+            connected = c;
         }
         let now = Instant::now();
-        if now >= next_readyz {
-            next_readyz = now + Duration::from_secs(1);
-            if let Some(c) = relay.connected().await {
-                connected = c;
-            }
-            let elapsed = begun.elapsed().as_secs_f64();
-            if seconds_to_99pct.is_none() && connected >= target_99 {
-                seconds_to_99pct = Some(elapsed);
-            }
-            if seconds_to_all.is_none() && connected >= reachable as u64 {
-                seconds_to_all = Some(elapsed);
-                settle_until = Some(now + Duration::from_secs(2));
-            }
+        let elapsed = begun.elapsed().as_secs_f64();
+        if seconds_to_99pct.is_none() && connected >= target_99 {
+            seconds_to_99pct = Some(elapsed);
+        }
+        if seconds_to_all.is_none() && connected >= reachable as u64 {
+            seconds_to_all = Some(elapsed);
+            settle_until = Some(now + Duration::from_secs(2));
         }
         if now >= next_progress {
             next_progress = now + PROGRESS_PERIOD;
+            let health = probe.snapshot();
             eprintln!(
                 "{:>6.1} s  hosts connected {connected}/{reachable} (fleet view {})  \
                  /_health p99 {:.1} ms, {} failures",
                 begun.elapsed().as_secs_f64(),
                 fleet.connected(),
-                health.quantile_ms(0.99),
+                health.p99_ms,
                 health.failures,
             );
         }
@@ -476,7 +583,7 @@ async fn ramp_and_keep(
         seconds_to_all,
         hosts_connected: connected,
         fleet_connected: fleet.connected(),
-        health,
+        health: probe.stop().await,
         rss_mb: relay.rss_mb()?,
     };
     Ok((result, relay, fleet))
