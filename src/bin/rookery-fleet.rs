@@ -4,9 +4,10 @@
 //! - `table --hosts N --out FILE [--seed S]`: write a host table shaped like today's network.
 //! - `run --table FILE [--rate R] [--duration D]`: keep the fleet up, print the host list a
 //!   relay needs, and print progress until interrupted (or for `--duration`).
-//! - `bench ramp|memory [--hosts N] [--table FILE] [--json]`: start the real `rookery serve`
-//!   next to this binary on the fleet and print a result table; with `--json` the last line
-//!   is one JSON object.
+//! - `bench ramp|memory [--hosts N] [--table FILE] [--transport ws|wss] [--json]`: start the
+//!   real `rookery serve` next to this binary on the fleet and print a result table; with
+//!   `--json` the last line is one JSON object. Over `wss` (the default) the hosts serve TLS
+//!   with the fleet's CA, which the relay is told to trust.
 //!
 //! Built with the `sim` feature (the tests build it through the crate's dev-dependency on
 //! itself); without it the binary only says so.
@@ -18,7 +19,7 @@ mod fleet_cli {
     use std::time::{Duration, Instant};
 
     use clap::{Parser, Subcommand};
-    use rookery::sim::fleet::bench::{self, BenchOptions};
+    use rookery::sim::fleet::bench::{self, BenchOptions, Transport};
     use rookery::sim::fleet::{Fleet, FleetOptions, HostClass, HostTable};
 
     #[derive(Parser)]
@@ -75,6 +76,9 @@ mod fleet_cli {
             /// Print one JSON object as the last line.
             #[arg(long)]
             json: bool,
+            /// How the relay reaches the hosts: wss (TLS with the fleet's CA) or ws.
+            #[arg(long, value_enum, default_value = "wss")]
+            transport: Transport,
         },
     }
 
@@ -102,6 +106,7 @@ mod fleet_cli {
                 timeout,
                 relay_bin,
                 json,
+                transport,
             } => {
                 let options = BenchOptions {
                     hosts,
@@ -109,6 +114,7 @@ mod fleet_cli {
                     seed,
                     timeout: timeout.into(),
                     relay_bin,
+                    transport,
                 };
                 run_bench(name, &options, json).await
             }

@@ -1,15 +1,17 @@
 //! The fleet (`rookery::sim::fleet`): the host table's generator and loader, a small fleet
-//! with dead and flapping hosts and its event driver, and the `rookery-fleet bench ramp`
-//! binary end to end against the real `rookery serve`.
+//! with dead and flapping hosts and its event driver, a fleet serving TLS, and the
+//! `rookery-fleet bench ramp` binary end to end against the real `rookery serve`, over wss://
+//! and ws://.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use rookery::actors::upstream_tls::UpstreamTls;
 use rookery::sim::fleet::table::{MAX_ACCOUNTS_PER_HOST, TableShape};
 use rookery::sim::fleet::{Fault, Fleet, FleetOptions, HostClass, HostTable, TableError};
 
-use crate::client::{Incoming, WAIT, connect};
+use crate::client::{Incoming, WAIT, connect, connect_with, tls_client};
 
 #[test]
 fn a_generated_table_is_shaped_like_the_network() {
@@ -247,10 +249,37 @@ async fn a_fleet_starts_its_hosts_stops_the_dead_ones_and_drives_events_by_share
     fleet.stop().await;
 }
 
-/// `rookery-fleet bench ramp --hosts 50 --json` with the real binaries: every host
-/// connected, no `/_health` failure, and the JSON line carries the fields.
-#[test]
-fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
+#[actix_rt::test]
+async fn a_tls_fleet_serves_wss_and_writes_its_ca_file_until_dropped() {
+    rookery::sim::install_crypto_provider();
+    let table = HostTable::generate(3, 5);
+    let options = FleetOptions {
+        tls: true,
+        ..FleetOptions::default()
+    };
+    let fleet = Fleet::start(&table, options).await.unwrap();
+    let ca_file = fleet.ca_file().expect("a CA file").to_path_buf();
+    let trusted = UpstreamTls::load(&ca_file).expect("the relay loads it");
+    assert_eq!(trusted.extra_roots(), 1);
+    let host = &fleet.hosts[0].pds;
+    assert!(host.subscribe_url().starts_with("wss://"));
+    let client = tls_client(trusted.websocket_config());
+    let mut firehose = connect_with(&client, &host.subscribe_url()).await.unwrap();
+    host.create_account().unwrap();
+    assert_eq!(firehose.take(3).await.len(), 3);
+    fleet.stop().await;
+    drop(fleet);
+    assert!(!ca_file.exists(), "the CA file goes with the fleet");
+    // The default fleet is plain.
+    let fleet = Fleet::start(&table, FleetOptions::default()).await.unwrap();
+    assert!(fleet.ca_file().is_none());
+    assert!(fleet.hosts[0].pds.subscribe_url().starts_with("ws://"));
+    fleet.stop().await;
+}
+
+/// `rookery-fleet bench ramp --hosts 50 --json [extra]` with the real binaries; the JSON
+/// line, after checking that every host connected without a `/_health` failure.
+fn bench_ramp_fifty(extra: &[&str]) -> serde_json::Value {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rookery-fleet"));
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
@@ -268,6 +297,7 @@ fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
             "--timeout",
             "90s",
         ])
+        .args(extra)
         .env("ROOKERY_STARTUP_SPREAD", "1s")
         .stdin(Stdio::null())
         .output()
@@ -290,4 +320,18 @@ fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
         assert!(result[field].as_f64().is_some(), "{field}: {result}");
     }
     assert!(stdout.contains("seconds to 99% connected"), "{stdout}");
+    result
+}
+
+/// The default transport is wss://: the relay trusts the fleet's CA and connects every host.
+#[test]
+fn bench_ramp_connects_fifty_hosts_over_wss_without_a_health_failure() {
+    let result = bench_ramp_fifty(&[]);
+    assert_eq!(result["transport"], "wss", "{result}");
+}
+
+#[test]
+fn bench_ramp_connects_fifty_hosts_over_ws_without_a_health_failure() {
+    let result = bench_ramp_fifty(&["--transport", "ws"]);
+    assert_eq!(result["transport"], "ws", "{result}");
 }

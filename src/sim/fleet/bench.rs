@@ -17,6 +17,11 @@
 //! `ROOKERY_STARTUP_SPREAD`, whose production default of 30 s is what `ramp` measures
 //! unless set). Every loop is bounded by the run's deadline.
 //!
+//! **Transport** ([`Transport`]): over `wss` (the default of the binary, as on the network)
+//! the fleet serves TLS with its own CA, the hosts are stored with `no_ssl = false`, and the
+//! relay is started with `ROOKERY_UPSTREAM_CA_FILE` naming the fleet's CA file; over `ws`
+//! everything is plain.
+//!
 //! The probe here is the benchmarks' own small loop; the shared probe of `sim::probe` will
 //! replace it when it lands.
 
@@ -50,6 +55,34 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// The relay binary (default: `rookery` next to the running executable).
     pub relay_bin: Option<PathBuf>,
+    /// How the relay reaches the hosts.
+    pub transport: Transport,
+}
+
+/// How the relay reaches the fleet's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Plain `ws://` (and `http://`).
+    Ws,
+    /// `wss://` (and `https://`) with the fleet's CA.
+    Wss,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    /// The fleet's options for this transport.
+    pub fn fleet_options(self) -> FleetOptions {
+        FleetOptions {
+            tls: self == Transport::Wss,
+            ..FleetOptions::default()
+        }
+    }
 }
 
 /// Why a benchmark could not run.
@@ -105,6 +138,7 @@ impl HealthStats {
 /// What `ramp` measured.
 #[derive(Debug, Clone)]
 pub struct RampResult {
+    pub transport: Transport,
     pub hosts: usize,
     pub reachable: usize,
     pub fleet_start_s: f64,
@@ -124,6 +158,7 @@ impl RampResult {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "bench": "ramp",
+            "transport": self.transport.as_str(),
             "hosts": self.hosts,
             "reachable": self.reachable,
             "seconds_to_listen": self.seconds_to_listen,
@@ -143,7 +178,7 @@ impl RampResult {
     pub fn table(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.1} s"));
         format!(
-            "ramp: {} hosts ({} reachable), fleet started in {:.1} s\n\
+            "ramp: {} hosts ({} reachable) over {}, fleet started in {:.1} s\n\
              seconds to first /_health  {}\n\
              seconds to 99% connected   {}\n\
              seconds to all connected   {}\n\
@@ -154,6 +189,7 @@ impl RampResult {
              relay RSS at the end       {:.1} MB",
             self.hosts,
             self.reachable,
+            self.transport.as_str(),
             self.fleet_start_s,
             secs(self.seconds_to_listen),
             secs(self.seconds_to_99pct),
@@ -182,6 +218,7 @@ impl MemoryResult {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "bench": "memory",
+            "transport": self.ramp.transport.as_str(),
             "rss_mb": round2(self.rss_mb),
             "hosts": self.hosts,
             "table_hosts": self.ramp.hosts,
@@ -246,8 +283,14 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts `rookery serve` on `database_url` with the PLC at `plc_url`.
-    pub fn spawn(bin: &Path, database_url: &str, plc_url: &str) -> Result<Self, BenchError> {
+    /// Starts `rookery serve` on `database_url` with the PLC at `plc_url`, trusting the CA in
+    /// `upstream_ca` (a fleet's, [`Fleet::ca_file`]) when given.
+    pub fn spawn(
+        bin: &Path,
+        database_url: &str,
+        plc_url: &str,
+        upstream_ca: Option<&Path>,
+    ) -> Result<Self, BenchError> {
         let dir = std::env::temp_dir().join(format!(
             "rookery-fleet-{}-{:08x}",
             std::process::id(),
@@ -264,6 +307,7 @@ impl RelayProcess {
             .env("ROOKERY_BIND", format!("127.0.0.1:{port}"))
             .env("ROOKERY_METRICS_BIND", format!("127.0.0.1:{metrics_port}"))
             .env("ROOKERY_PLC_URL", plc_url)
+            .envs(upstream_ca.map(|ca| ("ROOKERY_UPSTREAM_CA_FILE", ca)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -355,9 +399,9 @@ pub fn default_relay_bin() -> Result<PathBuf, BenchError> {
     Ok(dir.join("rookery"))
 }
 
-/// A migrated database whose `hosts` table names `hostnames` (admin-added, `ws://`);
-/// returns the URL the relay connects with.
-async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
+/// A migrated database whose `hosts` table names `hostnames` (admin-added, plain `ws://`
+/// when `no_ssl`, else `wss://`); returns the URL the relay connects with.
+async fn prepare_database(hostnames: &[String], no_ssl: bool) -> Result<String, BenchError> {
     let db_err = |e: &dyn std::fmt::Display| BenchError::Db(e.to_string());
     let (pg_config, url) = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => (
@@ -377,8 +421,8 @@ async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
     client
         .execute(
             "INSERT INTO hosts (hostname, no_ssl, admin_added) \
-             SELECT h, true, true FROM unnest($1::text[]) AS h",
-            &[&hostnames],
+             SELECT h, $2, true FROM unnest($1::text[]) AS h",
+            &[&hostnames, &no_ssl],
         )
         .await
         .map_err(|e| db_err(&e))?;
@@ -399,18 +443,18 @@ async fn ramp_and_keep(
         table.hosts.len(),
         table.total_accounts()
     );
-    let fleet = Fleet::start(&table, FleetOptions::default()).await?;
+    let fleet = Fleet::start(&table, options.transport.fleet_options()).await?;
     let reachable = fleet.reachable();
     eprintln!(
         "fleet up in {:.1} s; preparing the relay's database",
         fleet.started_in.as_secs_f64()
     );
-    let database_url = prepare_database(&fleet.hostnames()).await?;
+    let database_url = prepare_database(&fleet.hostnames(), fleet.ca_file().is_none()).await?;
     let bin = match &options.relay_bin {
         Some(bin) => bin.clone(),
         None => default_relay_bin()?,
     };
-    let mut relay = RelayProcess::spawn(&bin, &database_url, &fleet.plc.url())?;
+    let mut relay = RelayProcess::spawn(&bin, &database_url, &fleet.plc.url(), fleet.ca_file())?;
     let begun = Instant::now();
     let deadline = begun + options.timeout;
     let target_99 = (reachable as f64 * 0.99).ceil() as u64;
@@ -468,6 +512,7 @@ async fn ramp_and_keep(
         }
     }
     let result = RampResult {
+        transport: options.transport,
         hosts: table.hosts.len(),
         reachable,
         fleet_start_s: fleet.started_in.as_secs_f64(),
