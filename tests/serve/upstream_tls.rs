@@ -1,7 +1,8 @@
 //! `rookery serve --upstream-ca-file` against a simulated host serving `wss://` with a
 //! certificate of the simulator's CA: trusting the CA, the relay ingests the host's events
-//! and a firehose consumer receives them; without it, the relay never connects and counts
-//! the failed dials.
+//! and a firehose consumer receives them, and an admin requestCrawl of another such host
+//! passes the describeServer probe over https; without it, the relay never connects, counts
+//! the failed dials and refuses the requestCrawl.
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -12,18 +13,36 @@ use rookery::atproto::frame::{self, Frame};
 use rookery::sim::{SimPds, SimPdsConfig, SimPlc, SimTls, install_crypto_provider};
 use rookery::testkit::repo::Change;
 
-use crate::common::process::{free_port, http_get, read, send_signal, wait_exit};
+use crate::common::process::{
+    HttpResponse, free_port, http_get, http_request, read, send_signal, wait_exit,
+};
 use crate::relay_fixture::RelayFixture;
 
 const WAIT: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "tls-admin";
 
-fn tls_host(plc: &SimPlc) -> (SimPds, SimTls) {
-    let tls = SimTls::generate().expect("certificates");
+fn tls_host(plc: &SimPlc, tls: &SimTls) -> SimPds {
     let config = SimPdsConfig {
         tls: Some(tls.clone()),
         ..SimPdsConfig::default()
     };
-    (SimPds::start(plc, config).expect("pds"), tls)
+    SimPds::start(plc, config).expect("pds")
+}
+
+/// `POST /admin/pds/requestCrawl` for `https://<host>`.
+fn admin_request_crawl(port: u16, host: &SimPds) -> HttpResponse {
+    let body = format!(r#"{{"hostname":"https://{}"}}"#, host.hostname());
+    http_request(
+        port,
+        "POST",
+        "/admin/pds/requestCrawl",
+        &[
+            ("Authorization", &format!("Bearer {PASSWORD}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .expect("requestCrawl")
 }
 
 fn stop(mut child: Child, log: &std::path::Path) {
@@ -36,7 +55,8 @@ fn stop(mut child: Child, log: &std::path::Path) {
 async fn a_relay_trusting_the_ca_ingests_a_wss_host_and_its_consumer_gets_the_events() {
     install_crypto_provider();
     let plc = SimPlc::start().expect("plc");
-    let (pds, tls) = tls_host(&plc);
+    let tls = SimTls::generate().expect("certificates");
+    let pds = tls_host(&plc, &tls);
     let fixture = RelayFixture::new(&[&pds]).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("fleet-ca.pem");
@@ -46,7 +66,10 @@ async fn a_relay_trusting_the_ca_ingests_a_wss_host_and_its_consumer_gets_the_ev
         &plc.url(),
         port,
         free_port(),
-        &[("ROOKERY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())],
+        &[
+            ("ROOKERY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap()),
+            ("ROOKERY_ADMIN_PASSWORDS", PASSWORD),
+        ],
     );
     let deadline = Instant::now() + WAIT;
     while pds.live_connections() == 0
@@ -95,7 +118,22 @@ async fn a_relay_trusting_the_ca_ingests_a_wss_host_and_its_consumer_gets_the_ev
         }
     }
     assert_eq!(kinds, ["identity", "account", "sync", "commit"]);
+
+    // An operator adds another TLS host: describeServer over https passes, and it is dialled.
+    let added = tls_host(&plc, &tls);
+    let response = admin_request_crawl(port, &added);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let deadline = Instant::now() + WAIT;
+    while added.live_connections() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not dialled: {}",
+            read(&fixture.log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop(child, &fixture.log);
+    added.stop().await;
     pds.stop().await;
     plc.stop().await;
 }
@@ -104,10 +142,16 @@ async fn a_relay_trusting_the_ca_ingests_a_wss_host_and_its_consumer_gets_the_ev
 async fn a_relay_without_the_ca_does_not_connect_to_a_wss_host_and_counts_the_failures() {
     install_crypto_provider();
     let plc = SimPlc::start().expect("plc");
-    let (pds, _tls) = tls_host(&plc);
+    let tls = SimTls::generate().expect("certificates");
+    let pds = tls_host(&plc, &tls);
     let fixture = RelayFixture::new(&[&pds]).await;
     let port = free_port();
-    let child = fixture.spawn(&plc.url(), port, free_port());
+    let child = fixture.spawn_with(
+        &plc.url(),
+        port,
+        free_port(),
+        &[("ROOKERY_ADMIN_PASSWORDS", PASSWORD)],
+    );
     // The first dial fails on the certificate; the supervisor records the failure (and
     // backs off), which the write-behind stores.
     let deadline = Instant::now() + WAIT;
@@ -139,6 +183,17 @@ async fn a_relay_without_the_ca_does_not_connect_to_a_wss_host_and_counts_the_fa
     let ready = http_get(port, "/_readyz").expect("readyz");
     let body: serde_json::Value = serde_json::from_str(&ready.body).expect("json");
     assert_eq!(body["hosts"]["connected"], 0, "{}", ready.body);
+    // An admin requestCrawl of another such host fails its describeServer probe.
+    let other = tls_host(&plc, &tls);
+    let response = admin_request_crawl(port, &other);
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert!(
+        response.body.contains("HostNotFound") && response.body.contains("UnknownIssuer"),
+        "{}",
+        response.body
+    );
+    assert_eq!(other.live_connections(), 0);
+    other.stop().await;
     stop(child, &fixture.log);
     pds.stop().await;
     plc.stop().await;
