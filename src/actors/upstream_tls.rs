@@ -144,20 +144,18 @@ mod tests {
 
     #[test]
     fn a_missing_or_oversized_file_is_refused() {
-        let dir = std::env::temp_dir().join(format!("upstream-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = dir.join("missing.pem");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
         assert!(matches!(
             UpstreamTls::load(&missing),
             Err(UpstreamTlsError::Read(_))
         ));
-        let big = dir.join("big.pem");
+        let big = dir.path().join("big.pem");
         std::fs::write(&big, vec![b'a'; MAX_CA_FILE_BYTES as usize + 1]).unwrap();
         assert!(matches!(
             UpstreamTls::load(&big),
             Err(UpstreamTlsError::TooLarge)
         ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
