@@ -54,6 +54,7 @@ pub mod shard_rules;
 pub mod subscriber;
 pub mod supervision;
 pub mod upstream_cursor;
+pub mod upstream_tls;
 pub mod validator_shard;
 pub mod write_behind;
 
@@ -74,6 +75,7 @@ use resolver::{Resolver, ResolverSettings, ResolverStartError};
 use sequencer::{ByteBudget, Drain, Sequencer};
 use shard_router::ShardRouter;
 use subscriber::{AwcConnector, SubscriberDeps, SubscriberMetrics, SubscriberSettings};
+use upstream_tls::UpstreamTls;
 use validator_shard::{
     ShardDeps, ShardMetrics, ValidatorShardSettings, ValidatorShards, WallClock,
 };
@@ -229,6 +231,8 @@ pub struct PipelineSettings {
     pub supervisor: HostSupervisorSettings,
     pub subscriber: SubscriberSettings,
     pub account_admin: AccountAdminSettings,
+    /// The roots trusted on TLS connections to hosts (`--upstream-ca-file`).
+    pub upstream_tls: UpstreamTls,
 }
 
 impl Default for PipelineSettings {
@@ -242,6 +246,7 @@ impl Default for PipelineSettings {
             supervisor: HostSupervisorSettings::default(),
             subscriber: SubscriberSettings::default(),
             account_admin: AccountAdminSettings::default(),
+            upstream_tls: UpstreamTls::default(),
         }
     }
 }
@@ -311,6 +316,7 @@ pub async fn start_pipeline(
             metrics: shard_metrics.clone(),
             clock,
             warn_only: warn_only.clone(),
+            tls: settings.upstream_tls.http_config(),
         },
         settings.shard,
     );
@@ -322,6 +328,7 @@ pub async fn start_pipeline(
         actor_metrics: metrics.clone(),
         metrics: subscriber_metrics.clone(),
         probes: None,
+        tls: settings.upstream_tls.websocket_config(),
     });
     let obs = metrics.actor(HostSupervisor::NAME, HostSupervisor::MAILBOX);
     let supervisor = HostSupervisor::new(

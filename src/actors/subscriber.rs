@@ -136,6 +136,8 @@ pub struct SubscriberDeps {
     pub metrics: SubscriberMetrics,
     /// When set, each new connection's state is published here by hostname (tests).
     pub probes: Option<Arc<std::sync::Mutex<std::collections::HashMap<String, SubscriberProbe>>>>,
+    /// TLS of `wss://` dials (`upstream_tls::UpstreamTls::websocket_config`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// The production [`Connector`]: dials with awc and starts a [`Subscriber`] on the current
@@ -183,6 +185,7 @@ async fn dial(deps: SubscriberDeps, request: DialRequest) {
     } = request;
     let url = subscribe_url(&hostname, no_ssl, cursor);
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(Arc::clone(&deps.tls)))
         .timeout(deps.settings.handshake_timeout)
         .finish();
     let connect = client

@@ -243,6 +243,8 @@ pub struct ShardDeps {
     pub clock: WallClock,
     /// Hosts whose inversion failures only warn (the supervisor keeps the set).
     pub warn_only: InversionWarnOnly,
+    /// TLS of `getRepoStatus` calls to hosts (`upstream_tls::UpstreamTls::http_config`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -432,6 +434,7 @@ async fn run_shard(
         clock: Arc::clone(&deps.clock),
         warn_only: deps.warn_only.clone(),
         http: awc::Client::builder()
+            .connector(awc::Connector::new().rustls_0_23(Arc::clone(&deps.tls)))
             .timeout(settings.recheck_timeout)
             .disable_redirects()
             .finish(),

@@ -4,10 +4,11 @@
 //! - `table --hosts N --out FILE [--seed S]`: write a host table shaped like today's network.
 //! - `run --table FILE [--rate R] [--duration D]`: keep the fleet up, print the host list a
 //!   relay needs, and print progress until interrupted (or for `--duration`).
-//! - `bench ramp|memory|ingest|fanout|replay [--hosts N] [--table FILE] [--json]`: start
-//!   the real `rookery serve` next to this binary (on the fleet, except `replay`) and print
-//!   a result table; with `--json` the last line is one JSON object. See
-//!   `rookery::sim::fleet::bench` for what each measures and its flags.
+//! - `bench ramp|memory|ingest|fanout|replay|chaos [--hosts N] [--table FILE]
+//!   [--transport ws|wss] [--json]`: start the real `rookery serve` next to this binary (on
+//!   the fleet, except `replay`) and print a result table; with `--json` the last line is one
+//!   JSON object. Over `wss` (the default) the hosts serve TLS with the fleet's CA, which the
+//!   relay is told to trust. See `rookery::sim::fleet::bench` for what each measures.
 //!
 //! Built with the `sim` feature (the tests build it through the crate's dev-dependency on
 //! itself); without it the binary only says so.
@@ -20,7 +21,7 @@ mod fleet_cli {
 
     use clap::{Parser, Subcommand};
     use rookery::sim::fleet::bench::{
-        self, BenchOptions, ChaosOptions, FanoutOptions, IngestOptions, ReplayOptions,
+        self, BenchOptions, ChaosOptions, FanoutOptions, IngestOptions, ReplayOptions, Transport,
     };
     use rookery::sim::fleet::{
         EventDriver, EventFaults, Fleet, FleetOptions, HostClass, HostFaults, HostTable,
@@ -82,6 +83,9 @@ mod fleet_cli {
             /// Print one JSON object as the last line.
             #[arg(long)]
             json: bool,
+            /// How the relay reaches the hosts: wss (TLS with the fleet's CA) or ws.
+            #[arg(long, value_enum, default_value = "wss")]
+            transport: Transport,
             /// `ingest`: offered rates (events/s), tried in order until one is not sustained.
             #[arg(
                 long,
@@ -274,6 +278,7 @@ mod fleet_cli {
                 timeout,
                 relay_bin,
                 json,
+                transport,
                 rates,
                 step,
                 drain,
@@ -298,6 +303,7 @@ mod fleet_cli {
                     } else {
                         HostFaults::default()
                     }),
+                    transport,
                 };
                 if !matches!(name, BenchName::Ramp | BenchName::Memory) {
                     // What these measure starts after the ramp: do not wait out production's

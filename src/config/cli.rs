@@ -228,6 +228,11 @@ pub struct ServeArgs {
         default_value = "50"
     )]
     pub new_hosts_per_day: String,
+    /// PEM file of extra root certificates trusted, besides the webpki roots, on TLS
+    /// connections to hosts (wss:// subscriptions, getRepoStatus, requestCrawl's
+    /// describeServer), e.g. a private CA or rookery-fleet's.
+    #[arg(long, env = "ROOKERY_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 /// Options of `rookery pull-hosts`. The admin password comes from `--admin-password-file`

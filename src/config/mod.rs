@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use crate::actors::PipelineSettings;
 use crate::actors::firehose::FirehoseSettings;
+use crate::actors::upstream_tls::UpstreamTls;
 use crate::atproto::validate::ValidationPolicy;
 use crate::http::HttpSettings;
 use crate::http::pull_hosts::{AdminPassword, PullHostsSettings};
@@ -185,6 +186,11 @@ impl Config {
         let replay_window = parse_duration("replay-window", &args.replay_window)?;
         let storage = StorageConfig::from_args(&args.storage)?;
         let event_log = event_log_config(args, &storage.data_dir, replay_window)?;
+        let upstream_tls = upstream_tls(args)?;
+        let mut pipeline = pipeline_settings(args, &plc_url)?;
+        pipeline.upstream_tls = upstream_tls.clone();
+        let mut crawl = crawl_settings(args)?;
+        crawl.upstream_tls = upstream_tls;
         Ok(Config {
             storage,
             http,
@@ -192,9 +198,9 @@ impl Config {
             plc_url: plc_url.clone(),
             replay_window,
             event_log,
-            pipeline: pipeline_settings(args, &plc_url)?,
+            pipeline,
             firehose: firehose_settings(args)?,
-            crawl: crawl_settings(args)?,
+            crawl,
             service: ServiceSettings {
                 shutdown_timeout: parse_duration("shutdown-timeout", &args.shutdown_timeout)?,
             },
@@ -270,6 +276,14 @@ impl Config {
         out.push((
             "new-hosts-per-day",
             self.crawl.new_hosts_per_day.to_string(),
+        ));
+        let tls = &self.pipeline.upstream_tls;
+        out.push((
+            "upstream-ca-file",
+            match tls.ca_file() {
+                Some(path) => format!("{} ({} certificates)", path.display(), tls.extra_roots()),
+                None => "(none: webpki roots only)".to_string(),
+            },
         ));
         out.push(("initial-seq", self.event_log.initial_seq.to_string()));
         out.push(("event-log-sync", self.event_log.sync.to_string()));
@@ -373,6 +387,21 @@ fn firehose_settings(args: &ServeArgs) -> Result<FirehoseSettings, ConfigError> 
         )?,
         ..FirehoseSettings::default()
     })
+}
+
+/// `--upstream-ca-file`: the webpki roots plus the file's certificates, for every TLS
+/// connection to a host (the Subscribers, the shards, requestCrawl's probe).
+fn upstream_tls(args: &ServeArgs) -> Result<UpstreamTls, ConfigError> {
+    match &args.upstream_ca_file {
+        None => Ok(UpstreamTls::default()),
+        Some(path) => UpstreamTls::load(path).map_err(|e| {
+            ConfigError::new(
+                "upstream-ca-file",
+                path.display().to_string(),
+                e.to_string(),
+            )
+        }),
+    }
 }
 
 /// `http::request_crawl`: `--public-crawl`, `--new-hosts-per-day` (defaults of the settings an

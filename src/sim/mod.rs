@@ -17,6 +17,7 @@
 //! - [`probe`]: [`probe::Probe`], asks a health endpoint every 250 ms during a run and reports
 //!   latency and failures.
 //! - [`latency`]: the fixed-size histogram both report from.
+//! - [`tls`]: [`SimTls`], a throwaway CA and the certificate hosts serve `https`/`wss` with.
 //! - [`fleet`]: thousands of hosts from a host table (shaped like today's network), an event
 //!   driver, and the `ramp`/`memory` benchmarks of the `rookery-fleet` binary.
 //!
@@ -35,9 +36,11 @@ pub mod latency;
 pub mod pds;
 pub mod plc;
 pub mod probe;
+pub mod tls;
 
 pub use pds::{AccountStatus, Forgery, RELAY_SERVER_HEADER, SimError, SimPds, SimPdsConfig};
 pub use plc::{PlcEntry, PlcError, SimPlc};
+pub use tls::SimTls;
 
 /// Installs rustls's ring crypto provider for the process. With only the `ring` feature,
 /// every awc connection (even to `ws://`) panics until a provider is installed. Idempotent.

@@ -4,7 +4,10 @@
 //! **Hostname.** The relay knows a host as `localhost:<port>` and the DID documents name it
 //! `http://localhost:<port>`. `PdsEndpoint::parse` accepts that origin (plain http, explicit
 //! port), a relay dials it as `ws://localhost:<port>`, and `localhost:PORT` is the one form
-//! with a port that an admin `requestCrawl` may add (PROTOCOL.md §7). Hosts differ only by
+//! with a port that an admin `requestCrawl` may add (PROTOCOL.md §7). With
+//! [`SimPdsConfig::tls`] the host serves TLS only, and the same names become
+//! `https://localhost:<port>` and `wss://localhost:<port>` (a relay stores it with
+//! `no_ssl = false`, or an admin adds `https://localhost:<port>`). Hosts differ only by
 //! port, so a relay's host-authority check must compare `PdsEndpoint::host` (host and port),
 //! not `PdsEndpoint::hostname()` (which drops the port and would make every simulated host
 //! "localhost"). The listener binds 127.0.0.1 only; `localhost` resolves there on the test
@@ -63,6 +66,7 @@ use bytes::Bytes;
 use self::host_state::{Account, HostState, now_micros};
 use self::wire::{Listen, Serving, serve};
 use super::plc::{PlcEntry, PlcError, SimPlc};
+use super::tls::SimTls;
 use crate::atproto::frame::{Frame, FrameError, encode_frame, peek_event, resequence};
 use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
 use crate::atproto::validate::RepoState;
@@ -88,6 +92,8 @@ pub struct SimPdsConfig {
     pub send_timeout: Duration,
     /// Curve of new account keys.
     pub key_curve: Curve,
+    /// Serve `https`/`wss` with this certificate instead of plain `http`/`ws`.
+    pub tls: Option<SimTls>,
 }
 
 impl Default for SimPdsConfig {
@@ -98,6 +104,7 @@ impl Default for SimPdsConfig {
             live_buffer_events: 1024,
             send_timeout: Duration::from_secs(10),
             key_curve: Curve::K256,
+            tls: None,
         }
     }
 }
@@ -216,15 +223,23 @@ impl SimPds {
         format!("localhost:{}", self.shared.port)
     }
 
-    /// `http://localhost:<port>`: the `#atproto_pds` endpoint in this host's DID documents.
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.hostname())
+    /// Whether the host serves TLS ([`SimPdsConfig::tls`]).
+    pub fn is_tls(&self) -> bool {
+        self.shared.config.tls.is_some()
     }
 
-    /// `ws://localhost:<port>/xrpc/com.atproto.sync.subscribeRepos`.
+    /// `http://localhost:<port>` (`https://` with TLS): the `#atproto_pds` endpoint in this
+    /// host's DID documents.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.hostname())
+    }
+
+    /// `ws://localhost:<port>/xrpc/com.atproto.sync.subscribeRepos` (`wss://` with TLS).
     pub fn subscribe_url(&self) -> String {
+        let scheme = if self.is_tls() { "wss" } else { "ws" };
         format!(
-            "ws://{}/xrpc/com.atproto.sync.subscribeRepos",
+            "{scheme}://{}/xrpc/com.atproto.sync.subscribeRepos",
             self.hostname()
         )
     }

@@ -21,6 +21,7 @@ use rookery::actors::subscriber::{
     AwcConnector, SubscriberDeps, SubscriberMetrics, SubscriberProbe, SubscriberSettings,
 };
 use rookery::actors::supervision::HostStatus;
+use rookery::actors::upstream_tls::UpstreamTls;
 use rookery::actors::write_behind::{
     FlushNow, PendingWrites, PostgresSink, WriteBehind, WriteBehindMetrics, WriteBehindSettings,
 };
@@ -73,6 +74,7 @@ fn rig(depth: usize) -> Rig {
         actor_metrics: metrics.clone(),
         metrics: SubscriberMetrics::register(&registry).expect("subscriber metrics"),
         probes: Some(Arc::clone(&probes)),
+        tls: UpstreamTls::default().websocket_config(),
     };
     Rig {
         deps,

@@ -268,6 +268,28 @@ fn bad_configuration_is_one_sentence_naming_the_option() {
         assert!(!stderr.contains("hidden-pw"), "{stderr}");
     }
 
+    // An upstream CA file that is missing, or holds no certificate, is named.
+    let missing = temp.path().join("no-such-ca.pem");
+    let stderr = expect_config_error(
+        &["serve", "--upstream-ca-file", missing.to_str().unwrap()],
+        &data,
+    );
+    assert!(stderr.contains("invalid --upstream-ca-file"), "{stderr}");
+    assert!(
+        stderr.contains("no-such-ca.pem") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    let empty = temp.path().join("empty-ca.pem");
+    std::fs::write(&empty, b"not a certificate\n").unwrap();
+    let stderr = expect_config_error(
+        &["serve", "--upstream-ca-file", empty.to_str().unwrap()],
+        &data,
+    );
+    assert!(
+        stderr.contains("empty-ca.pem") && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+
     // An unusable data dir: a path under a regular file.
     let file = temp.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();

@@ -14,3 +14,4 @@ mod relay_end_to_end;
 mod relay_fixture;
 mod service;
 mod shutdown;
+mod upstream_tls;

@@ -25,7 +25,8 @@ pub struct RelayFixture {
 }
 
 impl RelayFixture {
-    /// A fresh, migrated database whose host table holds `hosts` (admin-added, `ws://`).
+    /// A fresh, migrated database whose host table holds `hosts` (admin-added; `wss://` for
+    /// a host that serves TLS, else `ws://`).
     pub async fn new(hosts: &[&SimPds]) -> RelayFixture {
         let database = test_cluster().fresh_database().await.expect("db");
         let db = Db::new(database.pg_config.clone(), DbSettings::default()).expect("pool");
@@ -34,8 +35,8 @@ impl RelayFixture {
         for host in hosts {
             client
                 .execute(
-                    "INSERT INTO hosts (hostname, no_ssl, admin_added) VALUES ($1, true, true)",
-                    &[&host.hostname()],
+                    "INSERT INTO hosts (hostname, no_ssl, admin_added) VALUES ($1, $2, true)",
+                    &[&host.hostname(), &!host.is_tls()],
                 )
                 .await
                 .expect("host");

@@ -19,6 +19,15 @@ pub fn http_client() -> awc::Client {
     awc::Client::builder().timeout(WAIT).finish()
 }
 
+/// A client whose TLS connections use `tls` (its roots, its ALPN).
+pub fn tls_client(tls: std::sync::Arc<rustls::ClientConfig>) -> awc::Client {
+    rookery::sim::install_crypto_provider();
+    awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(tls))
+        .timeout(WAIT)
+        .finish()
+}
+
 /// What the next read from a firehose gave.
 #[derive(Debug)]
 pub enum Incoming {
@@ -43,7 +52,15 @@ pub struct Firehose {
 
 /// Connects to `url` with the 5 MB frame limit a relay uses.
 pub async fn connect(url: &str) -> Result<Firehose, awc::error::WsClientError> {
-    let (response, framed) = http_client()
+    connect_with(&http_client(), url).await
+}
+
+/// [`connect`] with `client`.
+pub async fn connect_with(
+    client: &awc::Client,
+    url: &str,
+) -> Result<Firehose, awc::error::WsClientError> {
+    let (response, framed) = client
         .ws(url)
         .max_frame_size(MAX_FRAME_BYTES)
         .connect()

@@ -1,15 +1,17 @@
 //! The fleet (`rookery::sim::fleet`): the host table's generator and loader, a small fleet
-//! with dead and flapping hosts and its event driver, and the `rookery-fleet bench ramp`
-//! binary end to end against the real `rookery serve`.
+//! with dead and flapping hosts and its event driver, a fleet serving TLS, and the
+//! `rookery-fleet bench` binary end to end against the real `rookery serve`: `ramp` over
+//! wss:// and ws://, and small `ingest`, `fanout`, `replay` and `chaos` runs.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use rookery::actors::upstream_tls::UpstreamTls;
 use rookery::sim::fleet::table::{MAX_ACCOUNTS_PER_HOST, TableShape};
 use rookery::sim::fleet::{Fault, Fleet, FleetOptions, HostClass, HostTable, TableError};
 
-use crate::client::{Incoming, WAIT, connect};
+use crate::client::{Incoming, WAIT, connect, connect_with, tls_client};
 
 #[test]
 fn a_generated_table_is_shaped_like_the_network() {
@@ -247,6 +249,34 @@ async fn a_fleet_starts_its_hosts_stops_the_dead_ones_and_drives_events_by_share
     fleet.stop().await;
 }
 
+#[actix_rt::test]
+async fn a_tls_fleet_serves_wss_and_writes_its_ca_file_until_dropped() {
+    rookery::sim::install_crypto_provider();
+    let table = HostTable::generate(3, 5);
+    let options = FleetOptions {
+        tls: true,
+        ..FleetOptions::default()
+    };
+    let fleet = Fleet::start(&table, options).await.unwrap();
+    let ca_file = fleet.ca_file().expect("a CA file").to_path_buf();
+    let trusted = UpstreamTls::load(&ca_file).expect("the relay loads it");
+    assert_eq!(trusted.extra_roots(), 1);
+    let host = &fleet.hosts[0].pds;
+    assert!(host.subscribe_url().starts_with("wss://"));
+    let client = tls_client(trusted.websocket_config());
+    let mut firehose = connect_with(&client, &host.subscribe_url()).await.unwrap();
+    host.create_account().unwrap();
+    assert_eq!(firehose.take(3).await.len(), 3);
+    fleet.stop().await;
+    drop(fleet);
+    assert!(!ca_file.exists(), "the CA file goes with the fleet");
+    // The default fleet is plain.
+    let fleet = Fleet::start(&table, FleetOptions::default()).await.unwrap();
+    assert!(fleet.ca_file().is_none());
+    assert!(fleet.hosts[0].pds.subscribe_url().starts_with("ws://"));
+    fleet.stop().await;
+}
+
 /// Runs `rookery-fleet bench <args>` (the real binaries, a throwaway Postgres, none of this
 /// process's relay settings) with a 1 s startup spread; returns its stdout and last line's
 /// JSON object.
@@ -281,11 +311,12 @@ fn health_is_clean(result: &serde_json::Value) {
     }
 }
 
-/// `rookery-fleet bench ramp --hosts 50 --json` with the real binaries: every host
+/// `rookery-fleet bench ramp --hosts 50 --json [extra]` with the real binaries: every host
 /// connected, no `/_health` failure, and the JSON line carries the fields.
-#[test]
-fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
-    let (stdout, result) = run_bench(&["ramp", "--hosts", "50"]);
+fn bench_ramp_fifty(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["ramp", "--hosts", "50"];
+    args.extend_from_slice(extra);
+    let (stdout, result) = run_bench(&args);
     assert_eq!(result["hosts_connected"], 50, "{result}");
     assert_eq!(result["fleet_connected"], 50, "{result}");
     assert_eq!(result["health_failures"], 0, "{result}");
@@ -299,6 +330,20 @@ fn bench_ramp_connects_fifty_hosts_without_a_health_failure() {
         assert!(result[field].as_f64().is_some(), "{field}: {result}");
     }
     assert!(stdout.contains("seconds to 99% connected"), "{stdout}");
+    result
+}
+
+/// The default transport is wss://: the relay trusts the fleet's CA and connects every host.
+#[test]
+fn bench_ramp_connects_fifty_hosts_over_wss_without_a_health_failure() {
+    let result = bench_ramp_fifty(&[]);
+    assert_eq!(result["transport"], "wss", "{result}");
+}
+
+#[test]
+fn bench_ramp_connects_fifty_hosts_over_ws_without_a_health_failure() {
+    let result = bench_ramp_fifty(&["--transport", "ws"]);
+    assert_eq!(result["transport"], "ws", "{result}");
 }
 
 /// `bench ingest` at small rates: every event published through the fleet's websockets
@@ -380,4 +425,31 @@ fn bench_replay_reads_the_whole_log() {
         "{result}"
     );
     health_is_clean(&result);
+}
+
+/// `bench chaos` for 60 s on 50 hosts with every fault on and one SIGKILL and restart of the
+/// relay at 30 s: every valid event delivered exactly once and in order, nothing invalid
+/// delivered.
+#[test]
+fn bench_chaos_sixty_seconds_with_a_relay_restart_loses_nothing() {
+    let (stdout, result) = run_bench(&[
+        "chaos",
+        "--hosts",
+        "50",
+        "--duration",
+        "60s",
+        "--rate",
+        "100",
+        "--restart-at",
+        "30s",
+    ]);
+    assert_eq!(result["relay_restarts"], 1, "{result}");
+    assert!(result["invalid_published"].as_u64().unwrap() > 50, "{result}");
+    assert!(result["valid_published"].as_u64().unwrap() > 4_000, "{result}");
+    assert!(result["checker_reconnects"].as_u64().unwrap() >= 4, "{result}");
+    for field in ["missing", "duplicated", "out_of_order", "invalid_delivered"] {
+        assert_eq!(result[field], 0, "{field}: {stdout}");
+    }
+    assert_eq!(result["delivered"], result["valid_published"], "{result}");
+    assert_eq!(result["passed"], true, "{result}");
 }

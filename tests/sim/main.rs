@@ -15,3 +15,4 @@ mod control;
 mod fleet;
 mod probe;
 mod stream;
+mod tls;

@@ -47,6 +47,7 @@ use self::probe::{ProbeRefusal, ProbeSettings, probe_describe_server};
 use self::ssrf::{DnsResolver, SsrfRefusal, resolve_public};
 use crate::actors::host_supervisor::{AddHost, AddHostError, HostSupervisor, HostView, NewHost};
 use crate::actors::obs::InstrumentedAddr;
+use crate::actors::upstream_tls::UpstreamTls;
 use crate::http::xrpc::{XrpcError, procedure_only};
 use crate::store::crawl_policy;
 use crate::store::postgres::{Db, DbError};
@@ -62,7 +63,7 @@ pub const PUBLIC_METHODS: [&str; 2] = [
 ];
 
 /// Admission settings; `config` fills them from the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrawlSettings {
     /// `--public-crawl`: whether public requestCrawl is accepted, until an operator stores
     /// another value with `setEnabled`.
@@ -75,6 +76,8 @@ pub struct CrawlSettings {
     pub dns_timeout: Duration,
     /// New hosts checked (DNS and describeServer) at once; more get 503 `Busy`.
     pub max_concurrent_probes: usize,
+    /// The roots the describeServer probe trusts (`--upstream-ca-file`).
+    pub upstream_tls: UpstreamTls,
 }
 
 impl Default for CrawlSettings {
@@ -85,6 +88,7 @@ impl Default for CrawlSettings {
             probe: ProbeSettings::default(),
             dns_timeout: Duration::from_secs(5),
             max_concurrent_probes: 16,
+            upstream_tls: UpstreamTls::default(),
         }
     }
 }
@@ -512,18 +516,23 @@ impl AdmissionState {
                 })?,
             )
         };
-        probe_describe_server(&target, pinned, inner.settings.probe)
-            .await
-            .map_err(|refusal| match refusal {
-                ProbeRefusal::Relay => Refusal::bad_request(
-                    Outcome::Relay,
-                    "HostIsRelay",
-                    "the host identifies itself as a relay (Server: ...atproto-relay)",
-                ),
-                ProbeRefusal::Failed(why) => {
-                    Refusal::bad_request(Outcome::DescribeFailed, "HostNotFound", why)
-                }
-            })?;
+        probe_describe_server(
+            &target,
+            pinned,
+            inner.settings.probe,
+            &inner.settings.upstream_tls,
+        )
+        .await
+        .map_err(|refusal| match refusal {
+            ProbeRefusal::Relay => Refusal::bad_request(
+                Outcome::Relay,
+                "HostIsRelay",
+                "the host identifies itself as a relay (Server: ...atproto-relay)",
+            ),
+            ProbeRefusal::Failed(why) => {
+                Refusal::bad_request(Outcome::DescribeFailed, "HostNotFound", why)
+            }
+        })?;
         self.add(&target, path).await.map(Admitted::Added)
     }
 

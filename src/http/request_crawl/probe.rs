@@ -18,6 +18,7 @@ use actix_web::http::header;
 use futures_util::future::LocalBoxFuture;
 
 use super::hostname::CrawlTarget;
+use crate::actors::upstream_tls::UpstreamTls;
 use crate::atproto::syntax::validate_did;
 use crate::http::SERVER_HEADER;
 
@@ -78,9 +79,15 @@ pub fn describe_server_url(target: &CrawlTarget) -> String {
     )
 }
 
-fn client(pinned: Option<Vec<SocketAddr>>, settings: ProbeSettings) -> awc::Client {
+fn client(
+    pinned: Option<Vec<SocketAddr>>,
+    settings: ProbeSettings,
+    tls: &UpstreamTls,
+) -> awc::Client {
     crate::actors::resolver::install_crypto_provider();
-    let connector = awc::Connector::new().timeout(settings.timeout);
+    let connector = awc::Connector::new()
+        .rustls_0_23(tls.http_config())
+        .timeout(settings.timeout);
     // The two connectors are different types; each branch finishes its own client.
     match pinned {
         Some(addrs) => {
@@ -106,8 +113,9 @@ pub async fn probe_describe_server(
     target: &CrawlTarget,
     pinned: Option<Vec<SocketAddr>>,
     settings: ProbeSettings,
+    tls: &UpstreamTls,
 ) -> Result<String, ProbeRefusal> {
-    let client = client(pinned, settings);
+    let client = client(pinned, settings, tls);
     let url = describe_server_url(target);
     let exchange = async {
         let mut response = client

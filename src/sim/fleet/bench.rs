@@ -19,6 +19,11 @@
 //! throwaway cluster. Other `ROOKERY_*` variables reach the relay unchanged (e.g.
 //! `ROOKERY_STARTUP_SPREAD`, whose production default of 30 s is what `ramp` measures
 //! unless set). Every loop is bounded by the run's deadline.
+//!
+//! **Transport** ([`Transport`]): over `wss` (the default of the binary, as on the network)
+//! the fleet serves TLS with its own CA, the hosts are stored with `no_ssl = false`, and the
+//! relay is started with `ROOKERY_UPSTREAM_CA_FILE` naming the fleet's CA file; over `ws`
+//! everything is plain.
 
 mod chaos;
 mod fanout;
@@ -72,6 +77,8 @@ pub struct BenchOptions {
     pub relay_env: Vec<(String, String)>,
     /// Host faults added to the table (generated or loaded).
     pub host_faults: HostFaults,
+    /// How the relay reaches the hosts.
+    pub transport: Transport,
 }
 
 impl BenchOptions {
@@ -85,6 +92,7 @@ impl BenchOptions {
             relay_bin: None,
             relay_env: Vec::new(),
             host_faults: HostFaults::default(),
+            transport: Transport::Wss,
         }
     }
 
@@ -92,6 +100,32 @@ impl BenchOptions {
     pub fn default_relay_env(&mut self, key: &str, value: &str) {
         if std::env::var_os(key).is_none() {
             self.relay_env.push((key.to_string(), value.to_string()));
+        }
+    }
+}
+
+/// How the relay reaches the fleet's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Plain `ws://` (and `http://`).
+    Ws,
+    /// `wss://` (and `https://`) with the fleet's CA.
+    Wss,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    /// The fleet's options for this transport.
+    pub fn fleet_options(self) -> FleetOptions {
+        FleetOptions {
+            tls: self == Transport::Wss,
+            ..FleetOptions::default()
         }
     }
 }
@@ -114,6 +148,7 @@ pub enum BenchError {
 /// What `ramp` measured.
 #[derive(Debug, Clone)]
 pub struct RampResult {
+    pub transport: Transport,
     pub hosts: usize,
     pub reachable: usize,
     pub fleet_start_s: f64,
@@ -134,6 +169,7 @@ impl RampResult {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "bench": "ramp",
+            "transport": self.transport.as_str(),
             "hosts": self.hosts,
             "reachable": self.reachable,
             "seconds_to_listen": self.seconds_to_listen,
@@ -153,7 +189,7 @@ impl RampResult {
     pub fn table(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.1} s"));
         format!(
-            "ramp: {} hosts ({} reachable), fleet started in {:.1} s\n\
+            "ramp: {} hosts ({} reachable) over {}, fleet started in {:.1} s\n\
              seconds to first /_health  {}\n\
              seconds to 99% connected   {}\n\
              seconds to all connected   {}\n\
@@ -164,6 +200,7 @@ impl RampResult {
              relay RSS at the end       {:.1} MB",
             self.hosts,
             self.reachable,
+            self.transport.as_str(),
             self.fleet_start_s,
             secs(self.seconds_to_listen),
             secs(self.seconds_to_99pct),
@@ -192,6 +229,7 @@ impl MemoryResult {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "bench": "memory",
+            "transport": self.ramp.transport.as_str(),
             "rss_mb": round2(self.rss_mb),
             "hosts": self.hosts,
             "table_hosts": self.ramp.hosts,
@@ -457,11 +495,15 @@ pub fn default_relay_bin() -> Result<PathBuf, BenchError> {
     Ok(dir.join("rookery"))
 }
 
-/// A migrated database whose `hosts` table names `hostnames` (admin-added, `ws://`, with an
+/// A migrated database whose `hosts` table names `hostnames` (admin-added, plain `ws://` when `no_ssl`, else
+/// `wss://`, with an
 /// account limit above any table's, as an operator sets for the large PDSes it knows: the
 /// default limit of a new host would throttle the fleet's large hosts); returns the URL the
 /// relay connects with.
-pub(crate) async fn prepare_database(hostnames: &[String]) -> Result<String, BenchError> {
+pub(crate) async fn prepare_database(
+    hostnames: &[String],
+    no_ssl: bool,
+) -> Result<String, BenchError> {
     let db_err = |e: &dyn std::fmt::Display| BenchError::Db(e.to_string());
     let (pg_config, url) = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => (
@@ -481,8 +523,8 @@ pub(crate) async fn prepare_database(hostnames: &[String]) -> Result<String, Ben
     client
         .execute(
             "INSERT INTO hosts (hostname, no_ssl, admin_added, account_limit) \
-             SELECT h, true, true, $2 FROM unnest($1::text[]) AS h",
-            &[&hostnames, &HOST_ACCOUNT_LIMIT],
+             SELECT h, $2, true, $3 FROM unnest($1::text[]) AS h",
+            &[&hostnames, &no_ssl, &HOST_ACCOUNT_LIMIT],
         )
         .await
         .map_err(|e| db_err(&e))?;
@@ -507,18 +549,25 @@ pub(crate) async fn ramp_and_keep(
         table.hosts.len(),
         table.total_accounts()
     );
-    let fleet = Fleet::start(&table, FleetOptions::default()).await?;
+    let fleet = Fleet::start(&table, options.transport.fleet_options()).await?;
     let reachable = fleet.reachable();
     eprintln!(
         "fleet up in {:.1} s; preparing the relay's database",
         fleet.started_in.as_secs_f64()
     );
-    let database_url = prepare_database(&fleet.hostnames()).await?;
+    let database_url = prepare_database(&fleet.hostnames(), fleet.ca_file().is_none()).await?;
     let bin = match &options.relay_bin {
         Some(bin) => bin.clone(),
         None => default_relay_bin()?,
     };
-    let mut relay = RelayProcess::spawn(&bin, &database_url, &fleet.plc.url(), &options.relay_env)?;
+    let mut env = options.relay_env.clone();
+    if let Some(ca) = fleet.ca_file() {
+        env.push((
+            "ROOKERY_UPSTREAM_CA_FILE".to_string(),
+            ca.display().to_string(),
+        ));
+    }
+    let mut relay = RelayProcess::spawn(&bin, &database_url, &fleet.plc.url(), &env)?;
     let begun = Instant::now();
     let deadline = begun + options.timeout;
     let target_99 = (reachable as f64 * 0.99).ceil() as u64;
@@ -575,6 +624,7 @@ pub(crate) async fn ramp_and_keep(
         }
     }
     let result = RampResult {
+        transport: options.transport,
         hosts: table.hosts.len(),
         reachable,
         fleet_start_s: fleet.started_in.as_secs_f64(),

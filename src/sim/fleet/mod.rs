@@ -9,6 +9,11 @@
 //! - [`bench`]: the benchmarks (`ramp`, `memory`): the real `rookery serve` started on a
 //!   throwaway database with the fleet's hosts, a `/_health` probe, and a result table.
 //!
+//! **TLS** ([`FleetOptions::tls`]): the fleet makes one [`SimTls`] (a CA and a `localhost`
+//! certificate), every host serves `https`/`wss` with it, and the CA is written to a PEM file
+//! ([`Fleet::ca_file`], removed with the fleet) that a relay is given as
+//! `--upstream-ca-file`.
+//!
 //! **Faults** (from the table): a `dead` host is started, given its accounts (so the PLC
 //! names it) and stopped, so its port refuses connections for the whole run; a `flapping`
 //! host drops its connections every period (the [`EventDriver`] does that on its clock);
@@ -25,18 +30,22 @@ pub mod bench;
 pub mod driver;
 pub mod table;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use driver::{DriverStats, EventDriver, EventFaults};
 pub use table::{Fault, HostClass, HostFaults, HostSpec, HostTable, TableError};
 
-use super::{SimError, SimPds, SimPdsConfig, SimPlc};
+use super::tls::SimTlsError;
+use super::{SimError, SimPds, SimPdsConfig, SimPlc, SimTls};
 
 /// How a fleet is started.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
     /// Limits of every host.
     pub pds: SimPdsConfig,
+    /// Hosts serve `https`/`wss` with a certificate of the fleet's own CA.
+    pub tls: bool,
 }
 
 impl Default for FleetOptions {
@@ -48,6 +57,7 @@ impl Default for FleetOptions {
                 outbox_max_bytes: 4 * 1024 * 1024,
                 ..SimPdsConfig::default()
             },
+            tls: false,
         }
     }
 }
@@ -64,6 +74,31 @@ pub enum FleetError {
     Plc(std::io::Error),
     #[error("creating an account on host {index}: {source}")]
     Account { index: usize, source: SimError },
+    #[error("making the fleet's certificates: {0}")]
+    Tls(#[from] SimTlsError),
+    #[error("writing the fleet's CA file: {0}")]
+    CaFile(std::io::Error),
+}
+
+/// The CA's PEM file; removed when dropped.
+struct CaFile(PathBuf);
+
+impl CaFile {
+    fn write(tls: &SimTls) -> Result<CaFile, FleetError> {
+        let path = std::env::temp_dir().join(format!(
+            "rookery-fleet-ca-{}-{:08x}.pem",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        tls.write_ca_pem(&path).map_err(FleetError::CaFile)?;
+        Ok(CaFile(path))
+    }
+}
+
+impl Drop for CaFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// One host of the fleet.
@@ -80,14 +115,24 @@ pub struct Fleet {
     pub hosts: Vec<FleetHost>,
     /// How long [`Fleet::start`] took (listeners, accounts, faults).
     pub started_in: Duration,
+    /// The hosts' certificates, with [`FleetOptions::tls`].
+    pub tls: Option<SimTls>,
+    ca_file: Option<CaFile>,
 }
 
 impl Fleet {
     /// Starts the PLC and one host per line of `table`, creates every host's accounts
     /// (each emits `#identity`, `#account`, `#sync`, kept in the host's outbox) and stops
     /// the dead hosts. Must be called inside an actix System.
-    pub async fn start(table: &HostTable, options: FleetOptions) -> Result<Fleet, FleetError> {
+    pub async fn start(table: &HostTable, mut options: FleetOptions) -> Result<Fleet, FleetError> {
         let begun = Instant::now();
+        let tls = if options.tls {
+            Some(SimTls::generate()?)
+        } else {
+            None
+        };
+        let ca_file = tls.as_ref().map(CaFile::write).transpose()?;
+        options.pds.tls = tls.clone();
         let plc = SimPlc::start().map_err(FleetError::Plc)?;
         let mut hosts = Vec::with_capacity(table.hosts.len());
         for (index, spec) in table.hosts.iter().enumerate() {
@@ -118,7 +163,14 @@ impl Fleet {
             plc,
             hosts,
             started_in: begun.elapsed(),
+            tls,
+            ca_file,
         })
+    }
+
+    /// The CA's PEM file (with [`FleetOptions::tls`]), for a relay's `--upstream-ca-file`.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_ref().map(|f| f.0.as_path())
     }
 
     /// Every host's `localhost:<port>` (dead ones included), in table order: the list a

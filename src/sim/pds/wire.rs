@@ -2,6 +2,11 @@
 //! pings, slow clients, dropped connections), `describeServer` and `getRepoStatus`. Nothing a
 //! client sends can make these panic: bad query parameters get XRPC errors, client frames
 //! are size-capped and ignored, and every send is bounded in time.
+//!
+//! With TLS, each accepted connection goes through actix-http's rustls acceptor first (what
+//! `HttpServer` does for `bind_rustls`): the handshake runs in the connection's task, bounded
+//! by the acceptor's timeout (3 s), so a client that never finishes it holds up no one. The
+//! acceptor offers `h2` and `http/1.1` by ALPN, as a real PDS's TLS front end does.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -11,8 +16,10 @@ use std::time::Duration;
 
 use actix_http::HttpService;
 use actix_rt::ArbiterHandle;
+use actix_rt::net::TcpStream;
 use actix_service::{Service, ServiceFactory, map_config};
-use actix_web::dev::AppConfig;
+use actix_web::body::BoxBody;
+use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderValue, SERVER};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
@@ -37,6 +44,9 @@ pub(super) enum Listen {
 /// Threads that run every host's accept loop and connections in this process (see the
 /// `pds` module doc, **Runtime**).
 const WORKER_THREADS: usize = 2;
+/// Zero: a finished or dropped session closes its socket at once, as a dying PDS's does,
+/// instead of lingering a second for the client to hang up.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::ZERO;
 /// How long [`Serving::stop`] waits for the accept loop to close the port.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -122,21 +132,20 @@ pub(super) fn serve(shared: &Arc<PdsShared>, listen: Listen) -> std::io::Result<
     })
 }
 
-/// Accepts the host's connections and serves each with the host's actix-web app until
-/// the host stops; then drops the listener (the port refuses connections) and every
-/// connection of this loop.
-async fn accept_loop(
-    listener: std::net::TcpListener,
+/// The host's routes.
+fn host_app(
     shared: Arc<PdsShared>,
-    mut stop: watch::Receiver<bool>,
-    closed: oneshot::Sender<()>,
-) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-        return;
-    };
-    let data = web::Data::from(shared);
-    let app = actix_web::App::new()
-        .app_data(data)
+) -> actix_web::App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .app_data(web::Data::from(shared))
         .route(
             "/xrpc/com.atproto.sync.subscribeRepos",
             web::get().to(subscribe_repos),
@@ -149,13 +158,52 @@ async fn accept_loop(
             "/xrpc/com.atproto.sync.getRepoStatus",
             web::get().to(get_repo_status),
         )
-        .default_service(web::to(crate::http::not_found));
-    let factory = HttpService::build()
-        // Zero: a finished or dropped session closes its socket at once, as a dying PDS's
-        // does, instead of lingering a second for the client to hang up.
-        .client_disconnect_timeout(Duration::ZERO)
-        .finish(map_config(app, |_| AppConfig::default()))
-        .tcp();
+        .default_service(web::to(crate::http::not_found))
+}
+
+/// Serves the host's app on its connections, over TLS when the host has a certificate.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<PdsShared>,
+    stop: watch::Receiver<bool>,
+    closed: oneshot::Sender<()>,
+) {
+    let tls = shared.config.tls.as_ref().map(|tls| tls.server_config());
+    let app = map_config(host_app(shared), |_| AppConfig::default());
+    // The builder's stream type differs (TCP or TLS), hence one builder per arm.
+    match tls {
+        None => {
+            let http = HttpService::build()
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .finish(app)
+                .tcp();
+            serve_connections(listener, http, stop, closed).await
+        }
+        Some(config) => {
+            let https = HttpService::build()
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .finish(app)
+                .rustls_0_23(config);
+            serve_connections(listener, https, stop, closed).await
+        }
+    }
+}
+
+/// Accepts the host's connections and serves each with `factory`'s service until the host
+/// stops; then drops the listener (the port refuses connections) and every connection of
+/// this loop.
+async fn serve_connections<F>(
+    listener: std::net::TcpListener,
+    factory: F,
+    mut stop: watch::Receiver<bool>,
+    closed: oneshot::Sender<()>,
+) where
+    F: ServiceFactory<TcpStream, Config = (), Response = ()>,
+    F::Service: 'static,
+{
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
     let Ok(service) = factory.new_service(()).await else {
         return;
     };

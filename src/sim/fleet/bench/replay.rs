@@ -142,7 +142,7 @@ pub async fn replay(
     );
 
     let plc = SimPlc::start()?;
-    let database_url = super::prepare_database(&[]).await?;
+    let database_url = super::prepare_database(&[], true).await?;
     let bin = match &options.relay_bin {
         Some(bin) => bin.clone(),
         None => super::default_relay_bin()?,
