@@ -141,6 +141,8 @@ struct ValidCopy {
 struct Slot {
     valid: Vec<ValidCopy>,
     invalid: u32,
+    /// The host of the first invalid copy (for the report's samples).
+    invalid_host: Option<Arc<str>>,
     /// Deliveries seen so far.
     delivered: u32,
 }
@@ -214,7 +216,9 @@ impl Expectations {
             });
         } else {
             self.invalid += 1;
-            self.slots.entry(key).or_default().invalid += 1;
+            let slot = self.slots.entry(key).or_default();
+            slot.invalid += 1;
+            slot.invalid_host.get_or_insert(host);
         }
     }
 
@@ -263,6 +267,8 @@ pub struct CoverageReport {
     pub last_seq: Option<u64>,
     /// Up to ten missing events, as `host kind did discriminator`.
     pub missing_sample: Vec<String>,
+    /// Up to ten invalid events delivered, as `host kind did discriminator`.
+    pub invalid_sample: Vec<String>,
 }
 
 /// Why [`Checker::run_until`] returned.
@@ -321,6 +327,8 @@ pub struct Checker {
     delivered: u64,
     duplicated: u64,
     invalid_delivered: u64,
+    /// Up to ten invalid events delivered, as `host kind did discriminator`.
+    invalid_sample: Vec<String>,
     seq_regressions: u64,
     account_order_violations: u64,
     unexpected: u64,
@@ -354,6 +362,7 @@ impl Checker {
             delivered: 0,
             duplicated: 0,
             invalid_delivered: 0,
+            invalid_sample: Vec::new(),
             seq_regressions: 0,
             account_order_violations: 0,
             unexpected: 0,
@@ -569,6 +578,13 @@ impl Checker {
             }
         } else if slot.valid.is_empty() && n < slot.invalid as usize {
             self.invalid_delivered += 1;
+            if self.invalid_sample.len() < MISSING_SAMPLES {
+                let host = slot.invalid_host.as_deref().unwrap_or("?");
+                self.invalid_sample.push(format!(
+                    "{host} {:?} {} {}",
+                    key.kind, key.did, key.discriminator
+                ));
+            }
         } else {
             self.duplicated += 1;
         }
@@ -623,6 +639,7 @@ impl Checker {
             reconnects: self.reconnects,
             last_seq: self.last_seq,
             missing_sample,
+            invalid_sample: self.invalid_sample.clone(),
         }
     }
 }

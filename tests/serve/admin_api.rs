@@ -3,6 +3,7 @@
 //! password, is off (503) when none is configured; a block disconnects the host and an unblock
 //! dials it again; responses have the shapes `goat relay admin` parses, field by field.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -523,10 +524,16 @@ async fn takedown_routes_go_through_the_firehose_and_page_with_string_cursors() 
         pds.commit(did, &[Change::Create("app.bsky.feed.post/a".into())])
             .expect("commit");
     }
-    frames_until(
-        &mut live,
-        |f| matches!(f, frame::Frame::Commit(c) if c.repo == other),
-    )
+    // Both accounts' commits, so every earlier event of `target` (its creation's `#account`
+    // among them, which could pass for the takedown below) is behind us: accounts are
+    // sequenced by different shards, so one account's commit says nothing of the other's.
+    let mut committed = HashSet::new();
+    frames_until(&mut live, |f| {
+        if let frame::Frame::Commit(c) = f {
+            committed.insert(c.repo.clone());
+        }
+        committed.contains(&target) && committed.contains(&other)
+    })
     .await;
 
     // Bad input, unknown account.

@@ -444,9 +444,18 @@ fn bench_chaos_sixty_seconds_with_a_relay_restart_loses_nothing() {
         "30s",
     ]);
     assert_eq!(result["relay_restarts"], 1, "{result}");
-    assert!(result["invalid_published"].as_u64().unwrap() > 50, "{result}");
-    assert!(result["valid_published"].as_u64().unwrap() > 4_000, "{result}");
-    assert!(result["checker_reconnects"].as_u64().unwrap() >= 4, "{result}");
+    assert!(
+        result["invalid_published"].as_u64().unwrap() > 50,
+        "{result}"
+    );
+    assert!(
+        result["valid_published"].as_u64().unwrap() > 4_000,
+        "{result}"
+    );
+    assert!(
+        result["checker_reconnects"].as_u64().unwrap() >= 4,
+        "{result}"
+    );
     for field in ["missing", "duplicated", "out_of_order", "invalid_delivered"] {
         assert_eq!(result[field], 0, "{field}: {stdout}");
     }

@@ -13,7 +13,8 @@
 //! the drawn host publishes a commit with a bad signature, a future rev, or blocks over the
 //! 2 MB limit (on a copy of the account's repo, so the account's chain is untouched); a
 //! valid commit of an account of *another* host (wrong host authority); garbage bytes; or a
-//! copy of one of its recent frames (a seq that goes backwards). With a checker's feed
+//! copy of the last frame the driver published on it (a seq that does not go up; a copy of
+//! an older frame, from before the relay connected, would be news to the relay). With a checker's feed
 //! ([`EventDriver::start_recording`]), every event is handed over as published, valid or not.
 //!
 //! **Host faults over time**: flapping hosts drop their connections every period; at
@@ -191,6 +192,9 @@ struct Target {
     /// Everything it publishes is invalid (it claims to be a relay).
     invalid_host: bool,
     last_published: Instant,
+    /// The seq of the last event this driver published on the host (what an out-of-order
+    /// frame repeats: a relay connected since has seen it, unlike the host's older frames).
+    last_seq: Option<u64>,
     /// Reset or restarted: no events until a relay is connected again.
     cooling: bool,
 }
@@ -270,6 +274,7 @@ impl EventDriver {
                     accounts: host.accounts.clone(),
                     invalid_host: host.spec.claims_relay(),
                     last_published: now,
+                    last_seq: None,
                     cooling: false,
                 });
             }
@@ -427,10 +432,11 @@ impl Run {
                 return;
             }
             EventKind::OutOfOrder => {
-                // A copy of a recent frame: its seq is behind the host's head.
-                let head = target.pds.head_seq();
-                let Some(frame) =
-                    (1..=head.min(3)).find_map(|back| target.pds.published_frame(head + 1 - back))
+                // A copy of the driver's last frame on this host: its seq is not above the
+                // one the relay saw last.
+                let Some(frame) = target
+                    .last_seq
+                    .and_then(|seq| target.pds.published_frame(seq))
                 else {
                     return;
                 };
@@ -451,6 +457,7 @@ impl Run {
             return;
         };
         let valid = kind == EventKind::Valid && !target.invalid_host;
+        self.targets[index].last_seq = Some(seq);
         self.record(index, frame, valid).await;
     }
 
@@ -493,6 +500,7 @@ impl Run {
         let index = eligible[self.rng.random_range(0..eligible.len())];
         let target = &mut self.targets[index];
         target.cooling = true;
+        target.last_seq = None;
         if restart {
             target.pds.stop().await;
             target.pds.reset();

@@ -95,6 +95,7 @@ impl ChaosResult {
             "checker_reconnects": c.reconnects,
             "drained_after_s": self.drained_after_s.map(round2),
             "missing_sample": c.missing_sample,
+            "invalid_sample": c.invalid_sample,
             "latency_p50_ms": c.latency_p50_ms,
             "latency_p99_ms": c.latency_p99_ms,
             "hosts": self.ramp.hosts,
