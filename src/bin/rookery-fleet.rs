@@ -307,7 +307,7 @@ mod fleet_cli {
                 };
                 if !matches!(name, BenchName::Ramp | BenchName::Memory) {
                     // What these measure starts after the ramp: do not wait out production's
-                    // 30 s startup spread (ROOKERY_STARTUP_SPREAD in the environment wins).
+                    // 20 s startup spread (ROOKERY_STARTUP_SPREAD in the environment wins).
                     options.default_relay_env("ROOKERY_STARTUP_SPREAD", "5s");
                 }
                 let settings = Settings {

@@ -137,7 +137,7 @@ pub struct ServeArgs {
         long,
         env = "ROOKERY_STARTUP_SPREAD",
         allow_hyphen_values = true,
-        default_value = "30s"
+        default_value = "20s"
     )]
     pub startup_spread: String,
     /// ValidatorShards, one thread each (`0`: one per core).

@@ -651,7 +651,7 @@ mod tests {
         assert_eq!(config.pipeline.supervisor.max_concurrent_handshakes, 64);
         assert_eq!(
             config.pipeline.supervisor.startup_spread,
-            Duration::from_secs(30)
+            Duration::from_secs(20)
         );
         let config =
             serve(&["--max-concurrent-handshakes", "8", "--startup-spread", "2m"]).unwrap();

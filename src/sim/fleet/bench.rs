@@ -17,7 +17,7 @@
 //! The database is the `DATABASE_URL` of the environment if set (it is migrated and its
 //! `hosts` table filled; give an empty database), else a fresh database in the testkit's
 //! throwaway cluster. Other `ROOKERY_*` variables reach the relay unchanged (e.g.
-//! `ROOKERY_STARTUP_SPREAD`, whose production default of 30 s is what `ramp` measures
+//! `ROOKERY_STARTUP_SPREAD`, whose production default of 20 s is what `ramp` measures
 //! unless set). Every loop is bounded by the run's deadline.
 //!
 //! **Transport** ([`Transport`]): over `wss` (the default of the binary, as on the network)
