@@ -299,13 +299,56 @@ enum Read {
 /// A sender of expectations to a running [`Checker`] (a fleet registers each event as it
 /// publishes it).
 #[derive(Debug, Clone)]
-pub struct ExpectationFeed(mpsc::Sender<Published>);
+pub struct ExpectationFeed {
+    tx: mpsc::Sender<Published>,
+    awaited: Arc<Awaited>,
+}
 
 impl ExpectationFeed {
     /// Waits while the checker is [`FEED_CAPACITY`] expectations behind; fails only when the
     /// checker is gone.
     pub async fn send(&self, published: Published) -> Result<(), Published> {
-        self.0.send(published).await.map_err(|e| e.0)
+        if published.valid {
+            // Counted before it is on the feed, so a host never looks caught up too early.
+            self.awaited.add(&published.host);
+        }
+        self.tx.send(published).await.map_err(|e| e.0)
+    }
+
+    /// Valid events `host` published through this feed that the checker has not received
+    /// yet. A fleet forgets a host's events (a reset) only at 0, so no event is lost with the
+    /// host's outbox before the relay delivered it.
+    pub fn awaited(&self, host: &str) -> u64 {
+        self.awaited.of(host)
+    }
+}
+
+/// Per host, valid events sent on the feed and not yet delivered (one entry per host that
+/// has any).
+#[derive(Debug, Default)]
+struct Awaited(std::sync::Mutex<HashMap<Arc<str>, u64>>);
+
+impl Awaited {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, host: &Arc<str>) {
+        *self.lock().entry(host.clone()).or_insert(0) += 1;
+    }
+
+    fn done(&self, host: &str) {
+        let mut map = self.lock();
+        if let Some(n) = map.get_mut(host) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(host);
+            }
+        }
+    }
+
+    fn of(&self, host: &str) -> u64 {
+        self.lock().get(host).copied().unwrap_or(0)
     }
 }
 
@@ -314,6 +357,7 @@ pub struct Checker {
     addr: SocketAddr,
     expected: Expectations,
     feed: Option<mpsc::Receiver<Published>>,
+    awaited: Arc<Awaited>,
     /// Invalid frames and bad valid events that arrived on the feed.
     feed_errors: u64,
     reads: Option<mpsc::Receiver<Read>>,
@@ -352,6 +396,7 @@ impl Checker {
             addr,
             expected,
             feed: None,
+            awaited: Arc::default(),
             feed_errors: 0,
             reads: None,
             reader: None,
@@ -382,7 +427,11 @@ impl Checker {
     pub fn feed(&mut self) -> ExpectationFeed {
         let (tx, rx) = mpsc::channel(FEED_CAPACITY);
         self.feed = Some(rx);
-        ExpectationFeed(tx)
+        self.awaited = Arc::default();
+        ExpectationFeed {
+            tx,
+            awaited: self.awaited.clone(),
+        }
     }
 
     /// Adds an expectation directly (between runs).
@@ -567,6 +616,7 @@ impl Checker {
         slot.delivered = slot.delivered.saturating_add(1);
         if let Some(copy) = slot.valid.get(n) {
             self.delivered += 1;
+            self.awaited.done(&copy.host);
             self.latency
                 .record(at.saturating_duration_since(copy.published_at));
             match self.last_position.get_mut(&key.did) {

@@ -21,10 +21,11 @@
 //! [`EventFaults::resets_per_min`] a host forgets its events (its seq starts again at 1: a
 //! relay's cursor becomes `FutureCursor`), and at [`EventFaults::restarts_per_min`] a host
 //! goes down for [`RESTART_DOWNTIME`] and comes back having lost its outbox. Both pick a host
-//! that has published nothing for [`QUIET_BEFORE_RESET`], so no event is lost with the
-//! outbox (a checker could not tell that loss from the relay's), and the host gets no events
-//! until a relay is connected to it again (a relay that reconnects without a cursor would
-//! never see those).
+//! that has published nothing for [`QUIET_BEFORE_RESET`] and, with a checker's feed, whose
+//! every valid event the checker has received, so no event is lost with the outbox (a
+//! checker could not tell that loss from the relay's); the host gets no events until a
+//! relay is connected to it again (a relay that reconnects without a cursor would never see
+//! those).
 //!
 //! **Cost.** The commits are signed and their MST diffs built when emitted (by the host's
 //! `SigningRepo`), on the caller's actix System thread: [`DriverStats::busy`] is the time
@@ -492,6 +493,10 @@ impl Run {
                     && !t.invalid_host
                     && now.duration_since(t.last_published) >= QUIET_BEFORE_RESET
                     && t.pds.live_connections() > 0
+                    && self
+                        .feed
+                        .as_ref()
+                        .is_none_or(|feed| feed.awaited(&t.hostname) == 0)
             })
             .collect();
         if eligible.is_empty() {
