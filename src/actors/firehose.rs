@@ -41,8 +41,9 @@ use super::broadcaster::{
 };
 use super::consumer_session::ConsumerSession;
 use super::obs::{ActorMetrics, InstrumentedAddr};
+use crate::http::websocket;
 use crate::store::event_log::{EventLogError, EventLogReader};
-use actix_ws::{MessageStream, Session};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 /// Settings of the firehose out. The first four come from the command line
 /// (`--consumer-stall-timeout`, `--max-consumer-lag`, `--max-consumers`,
@@ -448,9 +449,16 @@ impl ConsumerSessions for Route {
             .table
             .admit(&self.0.settings, remote, user_agent, cursor)?;
         let shared = Arc::clone(&self.0);
-        Ok(Box::new(move |socket, incoming| {
+        Ok(Box::new(move |req, payload| {
+            let (response, socket, incoming) = websocket::upgrade(
+                req,
+                payload,
+                shared.settings.session_buffer_bytes,
+                ConsumerSession::MAX_CLIENT_FRAME_BYTES,
+            )?;
             // On the worker that accepted the upgrade.
             ConsumerSession::new(shared, slot, socket, incoming, cursor).start();
+            Ok(response)
         }))
     }
 }
@@ -552,8 +560,11 @@ impl Refusal {
     }
 }
 
-/// Starts the session of an admitted consumer on its upgraded socket (on this worker).
-pub type SessionStart = Box<dyn FnOnce(Session, MessageStream)>;
+/// Upgrades an admitted consumer's request to a websocket and starts its session on it (on
+/// this worker); returns the 101 response. A failed handshake (no key, wrong version) is
+/// answered with an error and frees the consumer's place, as does dropping it unused.
+pub type SessionStart =
+    Box<dyn FnOnce(&HttpRequest, web::Payload) -> Result<HttpResponse, actix_web::Error>>;
 
 /// What the route needs from the firehose.
 pub trait ConsumerSessions: Send + Sync + 'static {
