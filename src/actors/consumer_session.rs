@@ -4,7 +4,8 @@
 //! while it is behind the ring, its own event-log `Replay`. It serves the cursor rules of
 //! PROTOCOL.md §1 ([`plan_start`]) and then loops: take the frames after its cursor from the
 //! Broadcaster's ring, or from the log when the ring no longer holds them (a read of at most
-//! `replay_batch_bytes` on the blocking pool), hand them to the socket, move the cursor.
+//! `replay_batch_bytes` on the blocking pool; the next one is read while a batch is sent),
+//! hand them to the socket, move the cursor.
 //! When it is at the head it waits for the Broadcaster's next published head.
 //!
 //! What it never does: wait for, or be waited on by, another session; let anyone else close
@@ -228,6 +229,7 @@ impl Actor for ConsumerSession {
             obs: self.obs.clone(),
             cursor: 0,
             replay: None,
+            reading: None,
             live: false,
             pinged_at: None,
         };
@@ -309,6 +311,9 @@ impl StreamHandler<Result<ClientMessage, ProtocolError>> for ConsumerSession {
 // ------------------------------------------------------------------------------------------
 // The send loop
 
+/// A log read on the blocking pool: the replay and the batch it read.
+type LogRead = tokio::task::JoinHandle<(Replay, Result<Vec<LogRecord>, EventLogError>)>;
+
 /// Where the next frames came from.
 enum Next {
     /// Frames to send, and the cursor once they are sent (at least the last frame's seq).
@@ -360,6 +365,8 @@ struct Pump {
     cursor: u64,
     /// Set while the session reads the log (behind the ring's floor).
     replay: Option<Replay>,
+    /// The next log batch, read while the previous one is sent (the replay moved with it).
+    reading: Option<LogRead>,
     live: bool,
     pinged_at: Option<Instant>,
 }
@@ -405,7 +412,7 @@ impl Pump {
             if *self.shutdown.borrow() {
                 return self.close_away().await;
             }
-            let next = if self.replay.is_some() {
+            let next = if self.replay.is_some() || self.reading.is_some() {
                 self.next_from_log().await
             } else {
                 self.next_from_ring().await
@@ -501,18 +508,23 @@ impl Pump {
         Next::Again
     }
 
-    /// The next batch from the session's log replay, read on the blocking pool.
-    async fn next_from_log(&mut self) -> Next {
-        let Some(mut replay) = self.replay.take() else {
-            return Next::Again;
-        };
+    /// Reads the replay's next batch on the blocking pool.
+    fn start_read(&self, mut replay: Replay) -> LogRead {
         let bytes = self.shared.settings.replay_batch_bytes;
-        let joined = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let batch = replay.next_batch(LOG_BATCH_RECORDS, bytes);
             (replay, batch)
         })
-        .await;
-        let (mut replay, batch) = match joined {
+    }
+
+    /// The next batch from the session's log replay (read ahead, or read now).
+    async fn next_from_log(&mut self) -> Next {
+        let read = match (self.reading.take(), self.replay.take()) {
+            (Some(read), _) => read,
+            (None, Some(replay)) => self.start_read(replay),
+            (None, None) => return Next::Again,
+        };
+        let (mut replay, batch) = match read.await {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!(error = %e, "consumer log read failed");
@@ -524,17 +536,21 @@ impl Pump {
                 let frames = self.fresh(records);
                 let passed = self.cursor.max(replay.cursor());
                 // Back to the ring as soon as it holds everything after the replay.
-                if passed < self.shared.ring.read().floor() {
-                    self.replay = Some(replay);
-                }
+                let behind_ring = passed < self.shared.ring.read().floor();
                 if frames.is_empty() {
                     self.cursor = passed;
-                    if self.replay.is_some() {
+                    if behind_ring {
                         // The log has nothing newer yet and the ring does not cover us:
                         // wait for the next head instead of spinning.
+                        self.replay = Some(replay);
                         return Next::AtHead;
                     }
                     return Next::Again;
+                }
+                if behind_ring {
+                    // The next read runs while this batch is sent, so the socket never
+                    // waits for the disk nor for the hop to the blocking pool and back.
+                    self.reading = Some(self.start_read(replay));
                 }
                 Next::Frames(frames, passed)
             }
@@ -587,16 +603,17 @@ impl Pump {
         // Never a seq at or below the cursor: no duplicate.
         let first = frames.partition_point(|(seq, _)| *seq <= self.cursor);
         let mut rest = &frames[first..];
-        let budget = self.socket.budget_bytes();
+        // A quarter of the budget per entry: room frees while the socket drains, so the next
+        // batch can be queued before the previous one is all gone.
+        let entry_bytes = (self.socket.budget_bytes() / 4).max(1);
         let (mut sent, mut bytes) = (0u64, 0u64);
         let mut outcome = Sent::Ok;
         while !rest.is_empty() {
-            // One queue entry per group of at most the socket's budget (or one bigger frame),
-            // so a client that stops reading holds no more than that.
+            // One queue entry per group of at most `entry_bytes` (or one bigger frame).
             let mut n = 0;
             let mut group_bytes = 0;
             while let Some((_, frame)) = rest.get(n) {
-                if n > 0 && group_bytes + frame.len() > budget {
+                if n > 0 && group_bytes + frame.len() > entry_bytes {
                     break;
                 }
                 group_bytes += frame.len();

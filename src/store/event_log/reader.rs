@@ -1,9 +1,11 @@
 //! Readers: find a position by segment name and sparse index, then stream records
 //! across segment boundaries with positional reads.
 //!
-//! A [`Replay`] reads one block (about `max_bytes`, at least 64 KiB) per `pread`, and
-//! hands out record bodies as zero-copy `Bytes` slices of that block, so memory per
-//! batch is bounded by the block plus at most one record. Every record's checksum is
+//! A [`Replay`] reads one block (about `max_bytes`, 64 KiB to 256 KiB) per `pread`, and
+//! hands out record bodies as zero-copy `Bytes` slices of its blocks, so memory per batch
+//! is bounded by `max_bytes` plus one block and at most one record. Blocks stay small so a
+//! block is still in the CPU cache when its checksums are verified: with 4 MiB blocks the
+//! same read ran at a quarter of the rate (BENCHMARKS.md, firehose replay). Every record's checksum is
 //! verified. Nothing past the durable head or a segment's committed length is read, so
 //! a reader never sees a record that is not yet durable. Readers take a lock only to look
 //! up a segment in the list; they never wait for the writer's I/O.
@@ -22,7 +24,7 @@ use super::segment::{SEGMENT_HEADER_LEN, Segment};
 use super::state::{Shared, oldest_seq};
 
 const MIN_BLOCK: usize = 64 * 1024;
-const MAX_BLOCK: usize = 16 * 1024 * 1024;
+const MAX_BLOCK: usize = 256 * 1024;
 
 /// A read-only handle: replays from a cursor, the durable head, and the oldest retained
 /// seq for the cursor rules (cheap to clone, `Send + Sync`).
