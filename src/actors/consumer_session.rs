@@ -13,7 +13,7 @@
 //! order, or `ConsumerTooSlow` and a close).
 //!
 //! Back-pressure and memory: a batch of frames goes to the socket as one entry of its queue,
-//! framed for the wire but not copied (`http::websocket`), holding permits of the socket's
+//! framed for the wire but not copied ([`super::consumer_socket`]), holding permits of the socket's
 //! byte budget (`session_buffer_bytes`) until the connection takes it, so a consumer that
 //! stops reading holds at most that many bytes here (batches are cut to the budget; ring
 //! frames and log blocks are shared `Bytes`). Waiting for permits *is* the "socket stops
@@ -46,13 +46,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::broadcaster::RingRead;
+use super::consumer_socket::{
+    ClientMessage, CloseCode, CloseReason, Framed, ProtocolError, TrySend, WsIn, WsOut,
+};
 use super::firehose::{ConsumerEntry, ConsumerSlot, FirehoseShared};
 use super::obs::{ActorObs, LogSample};
 use crate::atproto::frame::{
     CONSUMER_TOO_SLOW, FUTURE_CURSOR, OUTDATED_CURSOR, encode_error, encode_info,
-};
-use crate::http::websocket::{
-    ClientMessage, CloseCode, CloseReason, Framed, ProtocolError, TrySend, WsIn, WsOut,
 };
 use crate::store::event_log::{EventLogError, LogRecord, Replay};
 

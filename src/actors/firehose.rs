@@ -40,8 +40,8 @@ use super::broadcaster::{
     Broadcaster, BroadcasterState, GetBroadcasterState, MaskAccount, SharedRing, UnmaskAccount,
 };
 use super::consumer_session::ConsumerSession;
+use super::consumer_socket;
 use super::obs::{ActorMetrics, InstrumentedAddr};
-use crate::http::websocket;
 use crate::store::event_log::{EventLogError, EventLogReader};
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -450,7 +450,7 @@ impl ConsumerSessions for Route {
             .admit(&self.0.settings, remote, user_agent, cursor)?;
         let shared = Arc::clone(&self.0);
         Ok(Box::new(move |req, payload| {
-            let (response, socket, incoming) = websocket::upgrade(
+            let (response, socket, incoming) = consumer_socket::upgrade(
                 req,
                 payload,
                 shared.settings.session_buffer_bytes,

@@ -16,7 +16,6 @@ pub mod pull_hosts;
 pub mod request_crawl;
 pub mod subscribe_repos;
 pub mod sync;
-pub mod websocket;
 pub mod xrpc;
 
 use std::net::SocketAddr;

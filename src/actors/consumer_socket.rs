@@ -1,11 +1,13 @@
-//! The server side of a websocket whose outgoing messages are queued already framed.
+//! A ConsumerSession's websocket: the upgrade, an outgoing queue of messages already framed
+//! for the wire, and the client's messages. Not an actor: the session owns both halves (only
+//! it writes to its socket), the 101 response's body drains the queue.
 //!
-//! Why not actix-ws for the firehose out: its `Session` takes one message per channel send,
-//! and its body encodes (copies) every message into a fresh buffer, which actix-http then
-//! copies again into the connection's write buffer. A consumer replaying the log moves
-//! gigabytes; here a batch of events is one queue entry, each event a few-byte frame header
-//! plus the body `Bytes` it already was (a slice of a log block or a ring frame), so the only
-//! copy before the kernel's is actix-http's into its write buffer.
+//! Why not actix-ws: its `Session` takes one message per channel send, and its body encodes
+//! (copies) every message into a fresh buffer, which actix-http then copies again into the
+//! connection's write buffer. A consumer replaying the log moves gigabytes; here a batch of
+//! events is one queue entry, each event a few-byte frame header plus the body `Bytes` it
+//! already was (a slice of a log block or a ring frame), so the only copy before the
+//! kernel's is actix-http's into its write buffer.
 //!
 //! [`upgrade`] answers the handshake (actix-http's checks) and returns the 101 response, the
 //! outgoing half [`WsOut`] and the client's messages [`WsIn`].
