@@ -11,7 +11,9 @@
 //! HTTP worker that accepted their upgrade ([`Firehose::routes`] mounts
 //! `subscribeRepos`). Nothing here queues per consumer: each session keeps its own cursor
 //! and reads shared frames, so memory per consumer is its in-flight byte budget
-//! ([`FirehoseSettings::session_buffer_bytes`]) and a log position.
+//! ([`FirehoseSettings::session_buffer_bytes`]) and a log position; while it replays the log,
+//! also the batch it sends, the one it reads ahead and the blocks its `Replay` keeps for
+//! reuse (at most 8 × 256 KiB, mostly those same batches): about 2.5 MiB at the defaults.
 //!
 //! The [`ConsumerTable`] admits connections (`--max-consumers`, `--max-consumers-per-ip`)
 //! and is the list the admin API serves; sessions update their entry with atomics, so the
