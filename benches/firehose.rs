@@ -12,7 +12,10 @@
 //!   are the server's; latency is wall clock to wall clock on the one machine.
 //!
 //! Run: `cargo bench --bench firehose` (a plain timed binary, no criterion). Environment:
-//! `FIREHOSE_BENCH_EVENTS` (replay, default 200,000), `FIREHOSE_BENCH_CONSUMERS` (default
+//! `FIREHOSE_BENCH_EVENTS` (replay, default 200,000), `FIREHOSE_BENCH_REPLAY_BATCH` and
+//! `FIREHOSE_BENCH_SESSION_BUFFER` (replay: `replay_batch_bytes` and `session_buffer_bytes`,
+//! default the firehose's; the bare log read uses the same batch size),
+//! `FIREHOSE_BENCH_CONSUMERS` (default
 //! 100), `FIREHOSE_BENCH_RATE` (events/s, default 1,000), `FIREHOSE_BENCH_SECONDS`
 //! (default 10), `FIREHOSE_BENCH_CLIENT_PROCS` (default 2). Without `--bench` (nextest, `cargo test --all-targets`) it lists no tests
 //! and smoke-runs a tiny workload. Files live under `target/bench-tmp/`.
@@ -134,14 +137,14 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn replay(events: usize) {
+fn replay(events: usize, settings: FirehoseSettings) {
     let system = actix::System::new();
     system.block_on(async move {
         let templates = commit_templates(2_000.min(events));
         let mut bytes = 0usize;
         // The log is filled before the firehose starts (a relay restarted on a full log):
         // the Broadcaster starts at the head, the consumer replays the whole log.
-        let s = setup(FirehoseSettings::default(), |log| {
+        let s = setup(settings, |log| {
             let mut batch = Vec::with_capacity(1_000);
             for i in 0..events {
                 let seq = i as u64 + 1;
@@ -174,7 +177,9 @@ fn replay(events: usize) {
             let mut replay = reader.read_from_oldest();
             let mut n = 0usize;
             loop {
-                let batch = replay.next_batch(2048, 256 * 1024).expect("read");
+                let batch = replay
+                    .next_batch(2048, settings.replay_batch_bytes)
+                    .expect("read");
                 if batch.is_empty() {
                     break;
                 }
@@ -465,7 +470,19 @@ fn main() {
             .unwrap_or(default)
     };
     if bench {
-        replay(env("FIREHOSE_BENCH_EVENTS", 200_000) as usize);
+        let defaults = FirehoseSettings::default();
+        let settings = FirehoseSettings {
+            replay_batch_bytes: env(
+                "FIREHOSE_BENCH_REPLAY_BATCH",
+                defaults.replay_batch_bytes as u64,
+            ) as usize,
+            session_buffer_bytes: env(
+                "FIREHOSE_BENCH_SESSION_BUFFER",
+                defaults.session_buffer_bytes as u64,
+            ) as usize,
+            ..defaults
+        };
+        replay(env("FIREHOSE_BENCH_EVENTS", 200_000) as usize, settings);
         fanout(
             env("FIREHOSE_BENCH_CONSUMERS", 100) as usize,
             env("FIREHOSE_BENCH_RATE", 1_000),
@@ -473,7 +490,7 @@ fn main() {
             env("FIREHOSE_BENCH_CLIENT_PROCS", 2) as usize,
         );
     } else {
-        replay(500);
+        replay(500, FirehoseSettings::default());
         fanout(3, 200, 1, 2);
     }
 }

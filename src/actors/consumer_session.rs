@@ -1,20 +1,22 @@
 //! ConsumerSession: one actor per `subscribeRepos` websocket.
 //!
-//! Owns its socket (the actix-ws `Session` and the client's message stream), its cursor and,
+//! Owns its socket (the outgoing queue [`WsOut`] and the client's messages), its cursor and,
 //! while it is behind the ring, its own event-log `Replay`. It serves the cursor rules of
 //! PROTOCOL.md §1 ([`plan_start`]) and then loops: take the frames after its cursor from the
 //! Broadcaster's ring, or from the log when the ring no longer holds them (a read of at most
-//! `replay_batch_bytes` on the blocking pool), hand them to the socket, move the cursor.
+//! `replay_batch_bytes` on the blocking pool; the next one is read while a batch is sent),
+//! hand them to the socket, move the cursor.
 //! When it is at the head it waits for the Broadcaster's next published head.
 //!
 //! What it never does: wait for, or be waited on by, another session; let anyone else close
 //! its socket (lesson 11); skip an event (lesson 15: a consumer gets every event in seq
 //! order, or `ConsumerTooSlow` and a close).
 //!
-//! Back-pressure and memory: frames go to the socket wrapped with permits of a per-session
-//! byte semaphore (`session_buffer_bytes`), released when actix-ws encodes the frame onto
-//! the connection, so a consumer that stops reading holds at most that many bytes here (and
-//! ring frames are shared `Bytes`, not copies). Waiting for permits *is* the "socket stops
+//! Back-pressure and memory: a batch of frames goes to the socket as one entry of its queue,
+//! framed for the wire but not copied ([`super::consumer_socket`]), holding permits of the socket's
+//! byte budget (`session_buffer_bytes`) until the connection takes it, so a consumer that
+//! stops reading holds at most that many bytes here (batches are cut to the budget; ring
+//! frames and log blocks are shared `Bytes`). Waiting for permits *is* the "socket stops
 //! draining" signal:
 //! - **catching up** (not yet at the head since it connected): never closed for being behind,
 //!   however far (lesson 14). Only a socket that drains nothing for four stall timeouts is
@@ -39,12 +41,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream, ProtocolError, Session};
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::broadcaster::RingRead;
+use super::consumer_socket::{
+    ClientMessage, CloseCode, CloseReason, Framed, ProtocolError, TrySend, WsIn, WsOut,
+};
 use super::firehose::{ConsumerEntry, ConsumerSlot, FirehoseShared};
 use super::obs::{ActorObs, LogSample};
 use crate::atproto::frame::{
@@ -55,18 +59,12 @@ use crate::store::event_log::{EventLogError, LogRecord, Replay};
 /// Sampling of the "closed as dead" lines (a network partition kills many at once).
 static DEAD: LogSample = LogSample::new();
 
-/// Largest frame a client may send: clients have nothing to say; this only bounds memory.
-const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
 /// Frames taken from the ring per step (with `replay_batch_bytes` as the byte bound).
 const RING_BATCH_FRAMES: usize = 512;
 /// Records read from the log per step.
 const LOG_BATCH_RECORDS: usize = 2048;
 /// A catching-up socket that drains nothing for this many stall timeouts is dead.
 const CATCH_UP_DEAD_FACTOR: u32 = 4;
-/// Frames handed to the socket and not yet drained, at most. actix-ws queues up to 32
-/// messages per socket; staying well below keeps room for pongs, pings, the error frame and
-/// the close, so a stuck consumer still gets told why it is closed.
-const IN_FLIGHT_FRAMES: usize = 16;
 
 // ------------------------------------------------------------------------------------------
 // Pure rules
@@ -174,8 +172,8 @@ pub struct ConsumerSession {
     /// Kept for the session's life: dropping it frees the consumer's place in the table.
     slot: ConsumerSlot,
     /// Used for pongs and for echoing a client's close; the send loop holds a clone.
-    socket: Session,
-    incoming: Option<MessageStream>,
+    socket: WsOut,
+    incoming: Option<WsIn>,
     requested_cursor: Option<u64>,
     /// When anything last came from the client (pongs included).
     last_heard: Rc<Cell<Instant>>,
@@ -188,12 +186,14 @@ impl ConsumerSession {
     pub const NAME: &'static str = "consumer_session";
     /// Nobody sends it messages: its inputs are its socket and two `watch`es.
     pub const MAILBOX: usize = 4;
+    /// Largest frame a client may send: clients have nothing to say; this only bounds memory.
+    pub const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
 
     pub fn new(
         shared: Arc<FirehoseShared>,
         slot: ConsumerSlot,
-        socket: Session,
-        incoming: MessageStream,
+        socket: WsOut,
+        incoming: WsIn,
         requested_cursor: Option<u64>,
     ) -> ConsumerSession {
         let obs = shared.actor_metrics.actor(Self::NAME, Self::MAILBOX);
@@ -217,7 +217,7 @@ impl Actor for ConsumerSession {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(Self::MAILBOX);
         if let Some(incoming) = self.incoming.take() {
-            ctx.add_stream(incoming.max_frame_size(MAX_CLIENT_FRAME_BYTES));
+            ctx.add_stream(incoming);
         }
         let pump = Pump {
             socket: self.socket.clone(),
@@ -225,14 +225,11 @@ impl Actor for ConsumerSession {
             entry: Arc::clone(self.slot.entry()),
             head: self.shared.head.clone(),
             shutdown: self.shared.shutdown.clone(),
-            budget: Arc::new(Semaphore::new(
-                self.shared.settings.session_buffer_bytes.max(1),
-            )),
-            slots: Arc::new(Semaphore::new(IN_FLIGHT_FRAMES)),
             last_heard: Rc::clone(&self.last_heard),
             obs: self.obs.clone(),
             cursor: 0,
             replay: None,
+            reading: None,
             live: false,
             pinged_at: None,
         };
@@ -261,17 +258,17 @@ impl Actor for ConsumerSession {
     }
 }
 
-impl StreamHandler<Result<Message, ProtocolError>> for ConsumerSession {
-    fn handle(&mut self, msg: Result<Message, ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<ClientMessage, ProtocolError>> for ConsumerSession {
+    fn handle(&mut self, msg: Result<ClientMessage, ProtocolError>, ctx: &mut Context<Self>) {
         let _guard = self.obs.enter("client_message");
         self.last_heard.set(Instant::now());
         match msg {
             // One pong in flight at most: a client that pings without reading cannot fill
             // the socket's queue (the send loop counts on room there).
-            Ok(Message::Ping(payload)) if !self.pong_pending.get() => {
+            Ok(ClientMessage::Ping(payload)) if !self.pong_pending.get() => {
                 self.pong_pending.set(true);
                 let pending = Rc::clone(&self.pong_pending);
-                let mut socket = self.socket.clone();
+                let socket = self.socket.clone();
                 ctx.spawn(
                     async move {
                         let _ = socket.pong(&payload).await;
@@ -280,7 +277,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for ConsumerSession {
                     .into_actor(self),
                 );
             }
-            Ok(Message::Close(_)) => {
+            Ok(ClientMessage::Close) => {
                 // Echo the close, then end (the send loop ends with the actor).
                 let socket = self.socket.clone();
                 let limit = self.shared.settings.close_timeout;
@@ -314,19 +311,8 @@ impl StreamHandler<Result<Message, ProtocolError>> for ConsumerSession {
 // ------------------------------------------------------------------------------------------
 // The send loop
 
-/// A frame on its way to the socket, holding its share of the session's byte budget until
-/// actix-ws has encoded it onto the connection.
-struct Held {
-    frame: Bytes,
-    _bytes: OwnedSemaphorePermit,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl AsRef<[u8]> for Held {
-    fn as_ref(&self) -> &[u8] {
-        &self.frame
-    }
-}
+/// A log read on the blocking pool: the replay and the batch it read.
+type LogRead = tokio::task::JoinHandle<(Replay, Result<Vec<LogRecord>, EventLogError>)>;
 
 /// Where the next frames came from.
 enum Next {
@@ -368,19 +354,19 @@ async fn lag_exceeded(mut head: watch::Receiver<u64>, cursor: u64, max_lag: u64)
 
 /// The state of the send loop, owned by the spawned future.
 struct Pump {
-    socket: Session,
+    socket: WsOut,
     shared: Arc<FirehoseShared>,
     entry: Arc<ConsumerEntry>,
     head: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
-    budget: Arc<Semaphore>,
-    slots: Arc<Semaphore>,
     last_heard: Rc<Cell<Instant>>,
     obs: ActorObs,
     /// Last seq sent or passed.
     cursor: u64,
     /// Set while the session reads the log (behind the ring's floor).
     replay: Option<Replay>,
+    /// The next log batch, read while the previous one is sent (the replay moved with it).
+    reading: Option<LogRead>,
     live: bool,
     pinged_at: Option<Instant>,
 }
@@ -426,7 +412,7 @@ impl Pump {
             if *self.shutdown.borrow() {
                 return self.close_away().await;
             }
-            let next = if self.replay.is_some() {
+            let next = if self.replay.is_some() || self.reading.is_some() {
                 self.next_from_log().await
             } else {
                 self.next_from_ring().await
@@ -515,25 +501,30 @@ impl Pump {
             Ok(frame) => Bytes::from(frame),
             Err(_) => return Next::End(Exit::LogFailed),
         };
-        if let Sent::Exit(exit) = self.send_one(frame).await {
+        if let Sent::Exit(exit) = self.send(Framed::binary(std::iter::once(&frame))).await {
             return Next::End(exit);
         }
         self.replay = Some(self.shared.reader.read_from_oldest());
         Next::Again
     }
 
-    /// The next batch from the session's log replay, read on the blocking pool.
-    async fn next_from_log(&mut self) -> Next {
-        let Some(mut replay) = self.replay.take() else {
-            return Next::Again;
-        };
+    /// Reads the replay's next batch on the blocking pool.
+    fn start_read(&self, mut replay: Replay) -> LogRead {
         let bytes = self.shared.settings.replay_batch_bytes;
-        let joined = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let batch = replay.next_batch(LOG_BATCH_RECORDS, bytes);
             (replay, batch)
         })
-        .await;
-        let (mut replay, batch) = match joined {
+    }
+
+    /// The next batch from the session's log replay (read ahead, or read now).
+    async fn next_from_log(&mut self) -> Next {
+        let read = match (self.reading.take(), self.replay.take()) {
+            (Some(read), _) => read,
+            (None, Some(replay)) => self.start_read(replay),
+            (None, None) => return Next::Again,
+        };
+        let (mut replay, batch) = match read.await {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!(error = %e, "consumer log read failed");
@@ -545,17 +536,21 @@ impl Pump {
                 let frames = self.fresh(records);
                 let passed = self.cursor.max(replay.cursor());
                 // Back to the ring as soon as it holds everything after the replay.
-                if passed < self.shared.ring.read().floor() {
-                    self.replay = Some(replay);
-                }
+                let behind_ring = passed < self.shared.ring.read().floor();
                 if frames.is_empty() {
                     self.cursor = passed;
-                    if self.replay.is_some() {
+                    if behind_ring {
                         // The log has nothing newer yet and the ring does not cover us:
                         // wait for the next head instead of spinning.
+                        self.replay = Some(replay);
                         return Next::AtHead;
                     }
                     return Next::Again;
+                }
+                if behind_ring {
+                    // The next read runs while this batch is sent, so the socket never
+                    // waits for the disk nor for the hop to the blocking pool and back.
+                    self.reading = Some(self.start_read(replay));
                 }
                 Next::Frames(frames, passed)
             }
@@ -605,22 +600,42 @@ impl Pump {
 
     async fn send_frames(&mut self, frames: Vec<(u64, Bytes)>) -> Sent {
         let mode = if self.live { "live" } else { "replay" };
+        // Never a seq at or below the cursor: no duplicate.
+        let first = frames.partition_point(|(seq, _)| *seq <= self.cursor);
+        let mut rest = &frames[first..];
+        // A quarter of the budget per entry: room frees while the socket drains, so the next
+        // batch can be queued before the previous one is all gone.
+        let entry_bytes = (self.socket.budget_bytes() / 4).max(1);
         let (mut sent, mut bytes) = (0u64, 0u64);
         let mut outcome = Sent::Ok;
-        for (seq, frame) in frames {
-            if seq <= self.cursor {
-                continue;
+        while !rest.is_empty() {
+            // One queue entry per group of at most `entry_bytes` (or one bigger frame).
+            let mut n = 0;
+            let mut group_bytes = 0;
+            while let Some((_, frame)) = rest.get(n) {
+                if n > 0 && group_bytes + frame.len() > entry_bytes {
+                    break;
+                }
+                group_bytes += frame.len();
+                n += 1;
             }
-            let len = frame.len() as u64;
-            if let Sent::Exit(exit) = self.send_one(frame).await {
+            let (group, tail) = rest.split_at(n);
+            if let Sent::Exit(exit) = self
+                .send(Framed::binary(group.iter().map(|(_, f)| f)))
+                .await
+            {
                 outcome = Sent::Exit(exit);
                 break;
             }
-            self.cursor = seq;
-            self.entry.cursor.store(seq, Ordering::Relaxed);
-            self.entry.events_sent.fetch_add(1, Ordering::Relaxed);
-            sent += 1;
-            bytes += len;
+            let last = group.last().map_or(self.cursor, |(seq, _)| *seq);
+            self.cursor = last;
+            self.entry.cursor.store(last, Ordering::Relaxed);
+            self.entry
+                .events_sent
+                .fetch_add(n as u64, Ordering::Relaxed);
+            sent += n as u64;
+            bytes += group_bytes as u64;
+            rest = tail;
         }
         // Counted once per batch: a labelled counter costs a hash of its labels per lookup.
         let metrics = &self.shared.metrics;
@@ -632,40 +647,18 @@ impl Pump {
         outcome
     }
 
-    /// Hands one frame to the socket once the byte budget has room for it. A socket that
-    /// does not drain in time ends the session (too slow when live, dead when catching up).
-    async fn send_one(&mut self, frame: Bytes) -> Sent {
-        let total = self.shared.settings.session_buffer_bytes.max(1);
-        let permits = u32::try_from(frame.len().clamp(1, total)).unwrap_or(u32::MAX);
-        // Fast path, the common case of a draining socket: room in the budget now, so no
-        // timer and no select. The socket's queue (32) always has room for it: at most 16
-        // frames, one pong and one ping are ever queued by this session.
-        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned()
-            && let Ok(bytes) = Arc::clone(&self.budget).try_acquire_many_owned(permits)
-        {
-            let held = Bytes::from_owner(Held {
-                frame,
-                _bytes: bytes,
-                _slot: slot,
-            });
-            return match self.socket.binary(held).await {
-                Ok(()) => Sent::Ok,
-                Err(_) => Sent::Exit(Exit::ClientGone),
-            };
-        }
-        let budget = Arc::clone(&self.budget);
-        let slots = Arc::clone(&self.slots);
-        let mut socket = self.socket.clone();
-        let send = async move {
-            let slot = slots.acquire_owned().await.ok()?;
-            let bytes = budget.acquire_many_owned(permits).await.ok()?;
-            let held = Bytes::from_owner(Held {
-                frame,
-                _bytes: bytes,
-                _slot: slot,
-            });
-            socket.binary(held).await.ok()
+    /// Queues framed frames once the socket's budget has room for them. A socket that does
+    /// not drain in time ends the session (too slow when live, dead when catching up).
+    async fn send(&mut self, framed: Framed) -> Sent {
+        // Fast path, the common case of a draining socket: room now, so no timer and no
+        // select.
+        let framed = match self.socket.try_send(framed) {
+            TrySend::Sent => return Sent::Ok,
+            TrySend::Closed => return Sent::Exit(Exit::ClientGone),
+            TrySend::Full(framed) => framed,
         };
+        let socket = self.socket.clone();
+        let send = async move { socket.send(framed).await };
         let limit = drain_limit(self.live, self.shared.settings.consumer_stall_timeout);
         let mut shutdown = self.shutdown.clone();
         // While a live consumer's socket is blocked the head keeps moving: the lag rule
@@ -679,8 +672,8 @@ impl Pump {
         tokio::select! {
             _ = lagging, if live => Sent::Exit(self.too_slow(Exit::TooSlowLag).await),
             sent = tokio::time::timeout(limit, send) => match sent {
-                Ok(Some(())) => Sent::Ok,
-                Ok(None) => Sent::Exit(Exit::ClientGone),
+                Ok(Ok(())) => Sent::Ok,
+                Ok(Err(_)) => Sent::Exit(Exit::ClientGone),
                 Err(_) if self.live => Sent::Exit(self.too_slow(Exit::TooSlowStall).await),
                 Err(_) => {
                     if let Some(seen) = DEAD.hit() {
@@ -741,8 +734,7 @@ impl Pump {
                         if self.pinged_at.is_none_or(|p| self.last_heard.get() >= p) {
                             self.pinged_at = Some(now);
                         }
-                        let mut socket = self.socket.clone();
-                        match tokio::time::timeout(interval, socket.ping(b"")).await {
+                        match tokio::time::timeout(interval, self.socket.ping(b"")).await {
                             Ok(Ok(())) => None,
                             Ok(Err(_)) => Some(Exit::ClientGone),
                             Err(_) => Some(Exit::Dead),
@@ -791,20 +783,19 @@ impl Pump {
     /// bypass the byte budget and are bounded in time: a stuck socket gets dropped.
     async fn close_with_error(&mut self, error: &str, message: &str) {
         let limit = self.shared.settings.close_timeout;
-        if let Ok(frame) = encode_error(error, Some(message)) {
-            let mut socket = self.socket.clone();
-            if !matches!(
-                tokio::time::timeout(limit, socket.binary(frame)).await,
+        if let Ok(frame) = encode_error(error, Some(message))
+            && !matches!(
+                tokio::time::timeout(limit, self.socket.binary_unbudgeted(frame.into())).await,
                 Ok(Ok(()))
-            ) {
-                return;
-            }
+            )
+        {
+            return;
         }
         let reason = CloseReason {
             code: CloseCode::Policy,
             description: Some(error.to_string()),
         };
-        let _ = tokio::time::timeout(limit, self.socket.clone().close(Some(reason))).await;
+        let _ = tokio::time::timeout(limit, self.socket.close(Some(reason))).await;
     }
 
     /// Close 1001 ("going away") for a relay shutdown.
@@ -814,7 +805,7 @@ impl Pump {
             code: CloseCode::Away,
             description: Some("relay shutting down".to_string()),
         };
-        let _ = tokio::time::timeout(limit, self.socket.clone().close(Some(reason))).await;
+        let _ = tokio::time::timeout(limit, self.socket.close(Some(reason))).await;
         Exit::Shutdown
     }
 }

@@ -11,7 +11,9 @@
 //! HTTP worker that accepted their upgrade ([`Firehose::routes`] mounts
 //! `subscribeRepos`). Nothing here queues per consumer: each session keeps its own cursor
 //! and reads shared frames, so memory per consumer is its in-flight byte budget
-//! ([`FirehoseSettings::session_buffer_bytes`]) and a log position.
+//! ([`FirehoseSettings::session_buffer_bytes`]) and a log position; while it replays the log,
+//! also the batch it sends, the one it reads ahead and the blocks its `Replay` keeps for
+//! reuse (at most 8 × 256 KiB, mostly those same batches): about 2.5 MiB at the defaults.
 //!
 //! The [`ConsumerTable`] admits connections (`--max-consumers`, `--max-consumers-per-ip`)
 //! and is the list the admin API serves; sessions update their entry with atomics, so the
@@ -40,9 +42,10 @@ use super::broadcaster::{
     Broadcaster, BroadcasterState, GetBroadcasterState, MaskAccount, SharedRing, UnmaskAccount,
 };
 use super::consumer_session::ConsumerSession;
+use super::consumer_socket;
 use super::obs::{ActorMetrics, InstrumentedAddr};
 use crate::store::event_log::{EventLogError, EventLogReader};
-use actix_ws::{MessageStream, Session};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 /// Settings of the firehose out. The first four come from the command line
 /// (`--consumer-stall-timeout`, `--max-consumer-lag`, `--max-consumers`,
@@ -448,9 +451,16 @@ impl ConsumerSessions for Route {
             .table
             .admit(&self.0.settings, remote, user_agent, cursor)?;
         let shared = Arc::clone(&self.0);
-        Ok(Box::new(move |socket, incoming| {
+        Ok(Box::new(move |req, payload| {
+            let (response, socket, incoming) = consumer_socket::upgrade(
+                req,
+                payload,
+                shared.settings.session_buffer_bytes,
+                ConsumerSession::MAX_CLIENT_FRAME_BYTES,
+            )?;
             // On the worker that accepted the upgrade.
             ConsumerSession::new(shared, slot, socket, incoming, cursor).start();
+            Ok(response)
         }))
     }
 }
@@ -552,8 +562,11 @@ impl Refusal {
     }
 }
 
-/// Starts the session of an admitted consumer on its upgraded socket (on this worker).
-pub type SessionStart = Box<dyn FnOnce(Session, MessageStream)>;
+/// Upgrades an admitted consumer's request to a websocket and starts its session on it (on
+/// this worker); returns the 101 response. A failed handshake (no key, wrong version) is
+/// answered with an error and frees the consumer's place, as does dropping it unused.
+pub type SessionStart =
+    Box<dyn FnOnce(&HttpRequest, web::Payload) -> Result<HttpResponse, actix_web::Error>>;
 
 /// What the route needs from the firehose.
 pub trait ConsumerSessions: Send + Sync + 'static {

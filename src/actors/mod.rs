@@ -30,7 +30,8 @@
 //! - **Broadcaster** (one, supervised) and **ConsumerSession**s (one per websocket): the
 //!   firehose out, assembled by [`firehose::start_firehose`]. The Broadcaster runs on the
 //!   arbiter `start_firehose` is called on and only follows the durable head; each session
-//!   runs on the HTTP worker that accepted its upgrade (see [`firehose`]).
+//!   runs on the HTTP worker that accepted its upgrade (see [`firehose`]) and writes through
+//!   its [`consumer_socket`].
 //!
 //! Memory is bounded in bytes, not slots ([`sequencer::ByteBudget`]): a shard acquires a permit
 //! for the frame's length before sending, and the permit travels with the event until it is
@@ -43,6 +44,7 @@ pub mod account_admin;
 pub mod account_store;
 pub mod broadcaster;
 pub mod consumer_session;
+pub mod consumer_socket;
 pub mod firehose;
 pub mod host_supervisor;
 pub mod obs;

@@ -152,11 +152,7 @@ async fn subscribe_repos(
             });
         }
     };
-    // A failed handshake (no key, wrong version) is answered by actix-ws; dropping the
-    // unused start frees the consumer's place.
-    let (response, socket, incoming) = actix_ws::handle(&req, body)?;
-    start(socket, incoming);
-    Ok(response)
+    start(&req, body)
 }
 
 #[cfg(test)]

@@ -164,6 +164,39 @@ async fn idle_consumers_are_pinged_silent_ones_closed_and_client_messages_ignore
     h.stop().await;
 }
 
+/// A client frame declared bigger than the 64 KiB limit ends the connection from its header,
+/// before the relay buffers any of it.
+#[actix_rt::test]
+async fn a_client_frame_declared_too_big_ends_the_connection_at_its_header() {
+    let h = Harness::start(FirehoseSettings::default(), small_segments);
+    let mut raw = RawConsumer::connect(h.addr, "").await;
+    assert!(eventually(WAIT, || async { h.firehose.consumer_count() == 1 }).await);
+    // A masked binary frame header declaring 1 GiB, then a little of its payload.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&[0u8; 1024]);
+    raw.send_raw(&frame).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match raw.next().await {
+                RawMessage::Ping => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert!(
+        matches!(ended, RawMessage::Ended | RawMessage::Close(_)),
+        "{ended:?}"
+    );
+    assert!(eventually(WAIT, || async { h.firehose.consumer_count() == 0 }).await);
+    let closed = &h.firehose.metrics().sessions_closed;
+    assert_eq!(closed.with_label_values(&["client_gone"]).get(), 1);
+    h.stop().await;
+}
+
 #[actix_rt::test]
 async fn shutdown_closes_every_session_with_1001_and_refuses_new_ones() {
     let mut h = Harness::start(FirehoseSettings::default(), small_segments);

@@ -421,6 +421,11 @@ impl RawConsumer {
         }
     }
 
+    /// Writes raw bytes to the socket (frames the client builds itself).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     pub async fn pong(&mut self) {
         // Client frames are masked (zero mask: the payload is unchanged).
         let _ = self.stream.write_all(&[0x8a, 0x80, 0, 0, 0, 0]).await;
