@@ -314,6 +314,39 @@ impl Drop for EventDriver {
     }
 }
 
+/// One valid commit from every account of every host a relay can receive from (in table
+/// order), each handed to `feed`: afterwards a relay has resolved and stored every account,
+/// as one that has run for a while has. Returns the events published.
+pub async fn publish_once_per_account(fleet: &Fleet, feed: &ExpectationFeed) -> u64 {
+    let mut published = 0;
+    for host in &fleet.hosts {
+        if !host.spec.delivers() {
+            continue;
+        }
+        let hostname: Arc<str> = host.pds.hostname().into();
+        for did in &host.accounts {
+            let path = record_path(NEXT_RECORD.fetch_add(1, Ordering::Relaxed));
+            let Ok(seq) = host.pds.commit(did, &[Change::Create(path)]) else {
+                continue;
+            };
+            let Some(frame) = host.pds.published_frame(seq) else {
+                continue;
+            };
+            let event = Published {
+                host: hostname.clone(),
+                frame,
+                published_at: tokio::time::Instant::now(),
+                valid: true,
+            };
+            if feed.send(event).await.is_err() {
+                return published;
+            }
+            published += 1;
+        }
+    }
+    published
+}
+
 /// The driver's state, owned by its task.
 struct Run {
     targets: Vec<Target>,

@@ -1,7 +1,9 @@
 //! `ingest`: the highest rate of fully validated events the relay sustains, through real
 //! websockets from the fleet, with one consumer (the coverage checker) and every check on.
 //!
-//! After the ramp, the checker connects live and the driver publishes at each rate of
+//! After the ramp, the checker connects live and every account publishes one commit (the
+//! warm-up: identities resolved and account state stored, as in a relay that has run for a
+//! while; not counted in the steps). Then the driver publishes at each rate of
 //! `rates` in turn for `step` (each event handed to the checker as it is published), then
 //! stops and gives the relay `drain` to deliver the rest. A step is **sustained** when, by
 //! the end of its drain, every event it published was delivered exactly once, in order, and
@@ -24,6 +26,7 @@ use crate::atproto::frame::{self, Frame};
 use crate::atproto::keys::Curve;
 use crate::atproto::validate::{CommitVerdict, RepoState, ValidationPolicy, validate_commit};
 use crate::sim::checker::{Checker, CoverageReport, Expectations, Stop};
+use crate::sim::fleet::driver::publish_once_per_account;
 use crate::sim::fleet::{EventDriver, EventFaults};
 use crate::sim::probe::ProbeReport;
 use crate::testkit::repo::{Change, SigningRepo, record_path};
@@ -81,6 +84,8 @@ pub struct IngestResult {
     pub steps: Vec<IngestStep>,
     pub validate_full_us: f64,
     pub coverage: CoverageReport,
+    /// Seconds the warm-up (one commit per account) took to be delivered.
+    pub warm_up_s: f64,
     /// `/_health` during the steps.
     pub health: ProbeReport,
 }
@@ -112,6 +117,7 @@ impl IngestResult {
             "hosts": self.ramp.hosts,
             "hosts_connected": self.ramp.hosts_connected,
             "steps": self.steps,
+            "warm_up_s": round2(self.warm_up_s),
             "missing": self.coverage.missing,
             "duplicated": self.coverage.duplicated,
             "out_of_order": self.coverage.out_of_order,
@@ -193,8 +199,22 @@ pub async fn ingest(
         .map_err(|e| BenchError::Relay(format!("checker: {e}")))?;
     let feed = checker.feed();
     let probe = relay.probe();
-    let mut steps = Vec::new();
     let deadline = Instant::now() + options.timeout;
+    // Warm: every account's identity resolved and its state stored, as in a relay that has
+    // run for a while; otherwise the first steps measure PLC lookups.
+    let warm_begun = Instant::now();
+    let warm_events = publish_once_per_account(&fleet, &feed).await;
+    checker
+        .run_until(deadline.into(), Stop::WhenAllSeen)
+        .await;
+    let warm_up_s = warm_begun.elapsed().as_secs_f64();
+    let warm = checker.report();
+    eprintln!(
+        "warm-up: one commit from each of {warm_events} accounts, all delivered in {warm_up_s:.1} s \
+         (missing {})",
+        warm.missing
+    );
+    let mut steps = Vec::new();
     for (index, &rate) in ingest.rates.iter().enumerate() {
         if Instant::now() + ingest.step + ingest.drain > deadline {
             eprintln!(
@@ -286,6 +306,7 @@ pub async fn ingest(
         steps,
         validate_full_us,
         coverage,
+        warm_up_s,
         health,
     })
 }
