@@ -86,9 +86,11 @@ mod fleet_cli {
             /// Print one JSON object as the last line.
             #[arg(long)]
             json: bool,
-            /// How the relay reaches the hosts: wss (TLS with the fleet's CA) or ws.
-            #[arg(long, value_enum, default_value = "wss")]
-            transport: Transport,
+            /// How the relay reaches the hosts: wss (TLS with the fleet's CA; the default) or
+            /// ws (the default with --relay-url: a relay already running cannot have been
+            /// given the CA this run makes).
+            #[arg(long, value_enum)]
+            transport: Option<Transport>,
             /// `ingest`: offered rates (events/s), tried in order until one is not sustained.
             #[arg(
                 long,
@@ -354,7 +356,11 @@ mod fleet_cli {
                     } else {
                         HostFaults::default()
                     }),
-                    transport,
+                    transport: transport.unwrap_or(if relay.relay_url.is_some() {
+                        Transport::Ws
+                    } else {
+                        Transport::Wss
+                    }),
                     external: relay.settings(),
                     plc_port: relay.plc_port.unwrap_or(0),
                 };

@@ -518,7 +518,7 @@ impl RunningRelay {
     }
 
     /// `bench <bench> --relay-url ... --relay-admin-url ... --relay-admin-password ...
-    /// --plc-port ... --transport ws` and `more`.
+    /// --plc-port ...` and `more`.
     fn bench(&self, bench: &str, more: &[&str]) -> (String, serde_json::Value) {
         let (url, plc_port) = (self.url(), self.plc_port.to_string());
         let mut args = vec![
@@ -531,8 +531,6 @@ impl RunningRelay {
             ADMIN_PASSWORD,
             "--plc-port",
             &plc_port,
-            "--transport",
-            "ws",
         ];
         args.extend_from_slice(more);
         run_bench(&args)
@@ -552,6 +550,8 @@ impl Drop for RunningRelay {
 fn bench_ramp_against_a_running_relay_adds_and_connects_every_host() {
     let relay = RunningRelay::start();
     let (stdout, result) = relay.bench("ramp", &["--hosts", "20"]);
+    // Plain ws is the default with --relay-url (the relay cannot know this run's CA).
+    assert_eq!(result["transport"], "ws", "{result}");
     assert_eq!(result["hosts_added"], 20, "{result}");
     assert_eq!(result["hosts_add_failed"], 0, "{result}");
     assert_eq!(result["hosts_limits_failed"], 0, "{result}");
@@ -601,6 +601,8 @@ fn bench_ingest_against_a_running_relay_delivers_every_event() {
             "20s",
             "--connected-path",
             "/_readyz#/hosts/connected",
+            "--transport",
+            "ws",
         ],
     );
     assert_eq!(result["hosts_connected"], 20, "{result}");
@@ -612,6 +614,78 @@ fn bench_ingest_against_a_running_relay_delivers_every_event() {
         assert_eq!(result[field], 0, "{field}: {result}");
     }
     health_is_clean(&result);
+}
+
+/// `fanout --relay-url`: every consumer received events and none was cut off; the relay's
+/// CPU and RSS are null (not this bench's process).
+#[test]
+fn bench_fanout_against_a_running_relay_reports_no_process_figures() {
+    let relay = RunningRelay::start();
+    let (stdout, result) = relay.bench(
+        "fanout",
+        &[
+            "--hosts",
+            "20",
+            "--consumers",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+        ],
+    );
+    let published = result["published"].as_u64().unwrap();
+    assert!(published > 300, "{result}");
+    // Every event to every consumer is the spawned relay's test; with five of these benches
+    // on two cores the relay's tail may arrive after the consumers stop.
+    assert!(
+        result["min_frames_per_consumer"].as_u64().unwrap() > 0,
+        "{result}"
+    );
+    assert!(
+        result["frames"].as_u64().unwrap() <= published * 10,
+        "{result}"
+    );
+    assert_eq!(result["consumers_ended"], 0, "{result}");
+    for field in ["relay_cpu_cores", "relay_rss_mb", "rss_per_consumer_kb"] {
+        assert!(result[field].is_null(), "{field}: {result}");
+    }
+    assert!(
+        stdout.contains("relay CPU                  n/a"),
+        "{stdout}"
+    );
+    health_is_clean(&result);
+}
+
+/// `chaos --relay-url` with a restart asked for: none is done and the table says so; the
+/// checker's verdict still holds.
+#[test]
+fn bench_chaos_against_a_running_relay_does_not_restart_it() {
+    let relay = RunningRelay::start();
+    let (stdout, result) = relay.bench(
+        "chaos",
+        &[
+            "--hosts",
+            "20",
+            "--duration",
+            "8s",
+            "--rate",
+            "100",
+            "--restart-at",
+            "4s",
+        ],
+    );
+    assert_eq!(result["relay_restarts"], 0, "{result}");
+    assert_eq!(result["relay_restart_skipped"], true, "{result}");
+    assert!(
+        stdout.contains("none: the relay is not this bench's process"),
+        "{stdout}"
+    );
+    assert!(
+        result["valid_published"].as_u64().unwrap() > 300,
+        "{result}"
+    );
+    assert_eq!(result["passed"], true, "{stdout}");
 }
 
 /// `memory` and `replay` need the relay's process and say so; an https:// relay URL is
