@@ -9,6 +9,8 @@
 //!   the fleet, except `replay`) and print a result table; with `--json` the last line is one
 //!   JSON object. Over `wss` (the default) the hosts serve TLS with the fleet's CA, which the
 //!   relay is told to trust. See `rookery::sim::fleet::bench` for what each measures.
+//!   With `--relay-url URL` (and `--plc-port`) the benches measure a relay already running
+//!   instead, whatever its implementation (`rookery::sim::fleet::bench::external`).
 //!
 //! Built with the `sim` feature (the tests build it through the crate's dev-dependency on
 //! itself); without it the binary only says so.
@@ -21,7 +23,8 @@ mod fleet_cli {
 
     use clap::{Parser, Subcommand};
     use rookery::sim::fleet::bench::{
-        self, BenchOptions, ChaosOptions, FanoutOptions, IngestOptions, ReplayOptions, Transport,
+        self, BenchOptions, ChaosOptions, ExternalRelaySettings, FanoutOptions, IngestOptions,
+        ReplayOptions, Transport,
     };
     use rookery::sim::fleet::{
         EventDriver, EventFaults, Fleet, FleetOptions, HostClass, HostFaults, HostTable,
@@ -83,9 +86,11 @@ mod fleet_cli {
             /// Print one JSON object as the last line.
             #[arg(long)]
             json: bool,
-            /// How the relay reaches the hosts: wss (TLS with the fleet's CA) or ws.
-            #[arg(long, value_enum, default_value = "wss")]
-            transport: Transport,
+            /// How the relay reaches the hosts: wss (TLS with the fleet's CA; the default) or
+            /// ws (the default with --relay-url: a relay already running cannot have been
+            /// given the CA this run makes).
+            #[arg(long, value_enum)]
+            transport: Option<Transport>,
             /// `ingest`: offered rates (events/s), tried in order until one is not sustained.
             #[arg(
                 long,
@@ -124,6 +129,8 @@ mod fleet_cli {
             /// of 1000).
             #[arg(long, default_value = "5G", value_parser = parse_size)]
             log_size: u64,
+            #[command(flatten)]
+            relay: Box<RelayArgs>,
         },
         /// The consumers of `bench fanout`, run in child processes.
         #[command(hide = true)]
@@ -152,6 +159,51 @@ mod fleet_cli {
         };
         n.checked_mul(scale)
             .ok_or_else(|| format!("too large: {raw:?}"))
+    }
+
+    /// A relay already running, measured instead of a spawned `rookery serve`.
+    #[derive(clap::Args, Debug, Clone)]
+    struct RelayArgs {
+        /// The public base URL of a relay already running (http:// only: the firehose is
+        /// read over plain ws://), e.g. http://127.0.0.1:2470. Requires --plc-port.
+        #[arg(long, requires = "plc_port")]
+        relay_url: Option<url::Url>,
+        /// Its admin base URL: hosts are added with POST /admin/pds/requestCrawl (HTTP Basic
+        /// admin:password) and their account limit raised with /admin/pds/changeLimits;
+        /// without it, with the public com.atproto.sync.requestCrawl.
+        #[arg(long, requires_all = ["relay_url", "relay_admin_password"])]
+        relay_admin_url: Option<url::Url>,
+        /// Its admin password (or RELAY_ADMIN_PASSWORD, as goat reads it); used only with
+        /// --relay-admin-url.
+        #[arg(long, env = "RELAY_ADMIN_PASSWORD", hide_env_values = true)]
+        relay_admin_password: Option<String>,
+        /// What the health probe asks on the relay URL.
+        #[arg(long, default_value = "/_health", requires = "relay_url")]
+        health_path: String,
+        /// `PATH#/json/pointer` on the relay URL whose number is the hosts connected (e.g.
+        /// /_readyz#/hosts/connected for rookery); default: the fleet's own view (hosts
+        /// with a live subscriber).
+        #[arg(long, requires = "relay_url")]
+        connected_path: Option<String>,
+        /// The fleet's PLC directory listens on 127.0.0.1:PORT: start the relay with
+        /// http://127.0.0.1:PORT as its PLC URL.
+        #[arg(long, requires = "relay_url")]
+        plc_port: Option<u16>,
+    }
+
+    impl RelayArgs {
+        fn settings(&self) -> Option<ExternalRelaySettings> {
+            let url = self.relay_url.clone()?;
+            Some(ExternalRelaySettings {
+                admin: self
+                    .relay_admin_url
+                    .clone()
+                    .zip(self.relay_admin_password.clone()),
+                health_path: self.health_path.clone(),
+                connected_path: self.connected_path.clone(),
+                ..ExternalRelaySettings::new(url)
+            })
+        }
     }
 
     #[derive(Clone, Copy, clap::ValueEnum)]
@@ -289,6 +341,7 @@ mod fleet_cli {
                 faults,
                 consumer_procs,
                 log_size,
+                relay,
             } => {
                 let chaotic = matches!(name, BenchName::Chaos);
                 let mut options = BenchOptions {
@@ -303,7 +356,13 @@ mod fleet_cli {
                     } else {
                         HostFaults::default()
                     }),
-                    transport,
+                    transport: transport.unwrap_or(if relay.relay_url.is_some() {
+                        Transport::Ws
+                    } else {
+                        Transport::Wss
+                    }),
+                    external: relay.settings(),
+                    plc_port: relay.plc_port.unwrap_or(0),
                 };
                 if !matches!(name, BenchName::Ramp | BenchName::Memory) {
                     // What these measure starts after the ramp: do not wait out production's
@@ -494,7 +553,17 @@ mod fleet_cli {
                 (r.table(), r.json())
             }
         };
-        println!("{table}");
+        // Which relay the figures are of: they may sit beside another relay's.
+        let (measured, mut object) = match &options.external {
+            None => ("rookery serve, spawned by this bench".to_string(), object),
+            Some(external) => {
+                let mut object = object;
+                object["relay_url"] = serde_json::json!(external.url.as_str());
+                (format!("{} (already running)", external.url), object)
+            }
+        };
+        object["relay"] = serde_json::json!(measured);
+        println!("{table}\nrelay measured             {measured}");
         if json {
             println!("{object}");
         }

@@ -108,6 +108,12 @@ impl SimPlc {
     /// Binds `127.0.0.1:0` and serves with one worker. Must be called inside an actix system
     /// (`#[actix_rt::test]`, `#[actix_rt::main]`).
     pub fn start() -> std::io::Result<SimPlc> {
+        SimPlc::start_on(0)
+    }
+
+    /// [`SimPlc::start`] on `127.0.0.1:port` (`0`: any free port), for a relay started
+    /// before the directory with its URL.
+    pub fn start_on(port: u16) -> std::io::Result<SimPlc> {
         let shared = Arc::new(PlcShared {
             directory: Mutex::new(Directory::default()),
             requests: AtomicU64::new(0),
@@ -125,7 +131,7 @@ impl SimPlc {
         .workers(1)
         .shutdown_timeout(1)
         .disable_signals()
-        .bind(("127.0.0.1", 0))?;
+        .bind(("127.0.0.1", port))?;
         let addr = server
             .addrs()
             .first()

@@ -1,7 +1,8 @@
 //! The fleet (`rookery::sim::fleet`): the host table's generator and loader, a small fleet
 //! with dead and flapping hosts and its event driver, a fleet serving TLS, and the
 //! `rookery-fleet bench` binary end to end against the real `rookery serve`: `ramp` over
-//! wss:// and ws://, and small `ingest`, `fanout`, `replay` and `chaos` runs.
+//! wss:// and ws://, and small `ingest`, `fanout`, `replay` and `chaos` runs; `ramp` and
+//! `ingest` with `--relay-url` against a `rookery serve` already running.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use rookery::sim::fleet::table::{MAX_ACCOUNTS_PER_HOST, TableShape};
 use rookery::sim::fleet::{Fault, Fleet, FleetOptions, HostClass, HostTable, TableError};
 
 use crate::client::{Incoming, WAIT, connect, connect_with, tls_client};
+use crate::common::process::{free_port, http_get, rookery, wait_for_health};
 
 #[test]
 fn a_generated_table_is_shaped_like_the_network() {
@@ -281,27 +283,30 @@ async fn a_tls_fleet_serves_wss_and_writes_its_ca_file_until_dropped() {
 /// process's relay settings) with a 1 s startup spread; returns its stdout and last line's
 /// JSON object.
 fn run_bench(args: &[&str]) -> (String, serde_json::Value) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rookery-fleet"));
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("ROOKERY_") || key == "DATABASE_URL" {
-            command.env_remove(key);
-        }
-    }
-    let output = command
-        .arg("bench")
-        .args(args)
-        .args(["--json", "--timeout", "90s"])
-        .env("ROOKERY_STARTUP_SPREAD", "1s")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = bench_command(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     let result = serde_json::from_str(last).expect(last);
     (stdout, result)
+}
+
+fn bench_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rookery-fleet"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("ROOKERY_") || key == "DATABASE_URL" || key == "RELAY_ADMIN_PASSWORD" {
+            command.env_remove(key);
+        }
+    }
+    command
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--timeout", "90s"])
+        .env("ROOKERY_STARTUP_SPREAD", "1s")
+        .stdin(Stdio::null());
+    command
 }
 
 fn health_is_clean(result: &serde_json::Value) {
@@ -461,4 +466,249 @@ fn bench_chaos_sixty_seconds_with_a_relay_restart_loses_nothing() {
     }
     assert_eq!(result["delivered"], result["valid_published"], "{result}");
     assert_eq!(result["passed"], true, "{result}");
+}
+
+const ADMIN_PASSWORD: &str = "fleet-admin-secret";
+
+/// `rookery serve` started as an operator starts a relay before `bench --relay-url`: an empty
+/// host table in a fresh database, an admin password, and as its PLC directory a port the
+/// fleet's directory takes later. Killed when dropped.
+struct RunningRelay {
+    child: std::process::Child,
+    port: u16,
+    plc_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningRelay {
+    fn start() -> RunningRelay {
+        let database_url = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(rookery::testkit::postgres::test_cluster().fresh_database())
+            .expect("db")
+            .connection_string;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let (port, metrics_port, plc_port) = (free_port(), free_port(), free_port());
+        let mut child = rookery()
+            .args(["serve", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("DATABASE_URL", database_url)
+            .env("ROOKERY_BIND", format!("127.0.0.1:{port}"))
+            .env("ROOKERY_METRICS_BIND", format!("127.0.0.1:{metrics_port}"))
+            .env("ROOKERY_PLC_URL", format!("http://127.0.0.1:{plc_port}"))
+            .env("ROOKERY_ADMIN_PASSWORDS", ADMIN_PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_health(&mut child, port, &log);
+        RunningRelay {
+            child,
+            port,
+            plc_port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `bench <bench> --relay-url ... --relay-admin-url ... --relay-admin-password ...
+    /// --plc-port ...` and `more`.
+    fn bench(&self, bench: &str, more: &[&str]) -> (String, serde_json::Value) {
+        let (url, plc_port) = (self.url(), self.plc_port.to_string());
+        let mut args = vec![
+            bench,
+            "--relay-url",
+            &url,
+            "--relay-admin-url",
+            &url,
+            "--relay-admin-password",
+            ADMIN_PASSWORD,
+            "--plc-port",
+            &plc_port,
+        ];
+        args.extend_from_slice(more);
+        run_bench(&args)
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ramp --relay-url` with the admin requestCrawl: every host added (the relay lists them
+/// all), connected in the fleet's view, and the figures of the relay's process null.
+#[test]
+fn bench_ramp_against_a_running_relay_adds_and_connects_every_host() {
+    let relay = RunningRelay::start();
+    let (stdout, result) = relay.bench("ramp", &["--hosts", "20"]);
+    // Plain ws is the default with --relay-url (the relay cannot know this run's CA).
+    assert_eq!(result["transport"], "ws", "{result}");
+    assert_eq!(result["hosts_added"], 20, "{result}");
+    assert_eq!(result["hosts_add_failed"], 0, "{result}");
+    assert_eq!(result["hosts_limits_failed"], 0, "{result}");
+    assert_eq!(result["hosts_connected"], 20, "{result}");
+    assert_eq!(result["fleet_connected"], 20, "{result}");
+    assert!(result["seconds_to_all"].as_f64().is_some(), "{result}");
+    assert!(result["rss_mb"].is_null(), "{result}");
+    assert!(result["seconds_to_listen"].is_null(), "{result}");
+    assert_eq!(result["relay_url"], format!("{}/", relay.url()), "{result}");
+    health_is_clean(&result);
+    assert!(
+        stdout.contains(&format!(
+            "relay measured             {}/ (already running)",
+            relay.url()
+        )),
+        "{stdout}"
+    );
+    // The relay's own view: the twenty hosts, each with the limit the bench raised.
+    let listed = http_get(relay.port, "/xrpc/com.atproto.sync.listHosts?limit=100").unwrap();
+    let hosts: serde_json::Value = serde_json::from_str(&listed.body).unwrap();
+    let hosts = hosts["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 20, "{}", listed.body);
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h["hostname"].as_str().unwrap().starts_with("localhost:")),
+        "{}",
+        listed.body
+    );
+}
+
+/// `ingest --relay-url` with rookery's `/_readyz` as the connected count: every host
+/// connected and every event delivered once, in order.
+#[test]
+fn bench_ingest_against_a_running_relay_delivers_every_event() {
+    let relay = RunningRelay::start();
+    let (_, result) = relay.bench(
+        "ingest",
+        &[
+            "--hosts",
+            "20",
+            "--rates",
+            "100",
+            "--step",
+            "3s",
+            "--drain",
+            "20s",
+            "--connected-path",
+            "/_readyz#/hosts/connected",
+            "--transport",
+            "ws",
+        ],
+    );
+    assert_eq!(result["hosts_connected"], 20, "{result}");
+    let steps = result["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{result}");
+    assert!(steps[0]["published"].as_u64().unwrap() > 100, "{result}");
+    assert_eq!(steps[0]["missing"], 0, "{result}");
+    for field in ["missing", "duplicated", "out_of_order"] {
+        assert_eq!(result[field], 0, "{field}: {result}");
+    }
+    health_is_clean(&result);
+}
+
+/// `fanout --relay-url`: every consumer received events and none was cut off; the relay's
+/// CPU and RSS are null (not this bench's process).
+#[test]
+fn bench_fanout_against_a_running_relay_reports_no_process_figures() {
+    let relay = RunningRelay::start();
+    let (stdout, result) = relay.bench(
+        "fanout",
+        &[
+            "--hosts",
+            "20",
+            "--consumers",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+        ],
+    );
+    let published = result["published"].as_u64().unwrap();
+    assert!(published > 300, "{result}");
+    // Every event to every consumer is the spawned relay's test; with five of these benches
+    // on two cores the relay's tail may arrive after the consumers stop.
+    assert!(
+        result["min_frames_per_consumer"].as_u64().unwrap() > 0,
+        "{result}"
+    );
+    assert!(
+        result["frames"].as_u64().unwrap() <= published * 10,
+        "{result}"
+    );
+    assert_eq!(result["consumers_ended"], 0, "{result}");
+    for field in ["relay_cpu_cores", "relay_rss_mb", "rss_per_consumer_kb"] {
+        assert!(result[field].is_null(), "{field}: {result}");
+    }
+    assert!(
+        stdout.contains("relay CPU                  n/a"),
+        "{stdout}"
+    );
+    health_is_clean(&result);
+}
+
+/// `chaos --relay-url` with a restart asked for: none is done and the table says so; the
+/// checker's verdict still holds.
+#[test]
+fn bench_chaos_against_a_running_relay_does_not_restart_it() {
+    let relay = RunningRelay::start();
+    let (stdout, result) = relay.bench(
+        "chaos",
+        &[
+            "--hosts",
+            "20",
+            "--duration",
+            "8s",
+            "--rate",
+            "100",
+            "--restart-at",
+            "4s",
+        ],
+    );
+    assert_eq!(result["relay_restarts"], 0, "{result}");
+    assert_eq!(result["relay_restart_skipped"], true, "{result}");
+    assert!(
+        stdout.contains("none: the relay is not this bench's process"),
+        "{stdout}"
+    );
+    assert!(
+        result["valid_published"].as_u64().unwrap() > 300,
+        "{result}"
+    );
+    assert_eq!(result["passed"], true, "{stdout}");
+}
+
+/// `memory` and `replay` need the relay's process and say so; an https:// relay URL is
+/// refused before anything starts.
+#[test]
+fn benches_that_need_the_relay_process_refuse_a_relay_url() {
+    let cases = [
+        (
+            ["memory", "http://127.0.0.1:9"],
+            "memory cannot measure the relay at",
+        ),
+        (
+            ["replay", "http://127.0.0.1:9"],
+            "replay cannot measure the relay at",
+        ),
+        (["ramp", "https://127.0.0.1:9"], "only http://"),
+    ];
+    for ([bench, url], expected) in cases {
+        let output = bench_command(&[bench, "--relay-url", url, "--plc-port", "0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{bench}: {stderr}");
+        assert!(stderr.contains(expected), "{bench}: {stderr}");
+    }
 }

@@ -20,17 +20,24 @@
 //! `ROOKERY_STARTUP_SPREAD`, whose production default of 20 s is what `ramp` measures
 //! unless set). Every loop is bounded by the run's deadline.
 //!
+//! **A relay already running** ([`external`]): with [`BenchOptions::external`] the benches
+//! measure that relay instead (no database, no spawn): the fleet's hosts are added through
+//! its requestCrawl, and what needs the relay's process is `None` (RSS, CPU) or skipped
+//! (`chaos`'s restart); `memory` and `replay` refuse.
+//!
 //! **Transport** ([`Transport`]): over `wss` (the default of the binary, as on the network)
 //! the fleet serves TLS with its own CA, the hosts are stored with `no_ssl = false`, and the
 //! relay is started with `ROOKERY_UPSTREAM_CA_FILE` naming the fleet's CA file; over `ws`
 //! everything is plain.
 
 mod chaos;
+pub mod external;
 mod fanout;
 mod ingest;
 mod replay;
 
 pub use chaos::{CHECKER_RECONNECTS, ChaosOptions, ChaosResult, chaos};
+pub use external::{ExternalRelay, ExternalRelaySettings, HostsAdded};
 pub use fanout::{
     CHILD_COMMAND, ConsumersReport, FanoutOptions, FanoutResult, fanout, run_consumers,
 };
@@ -79,6 +86,11 @@ pub struct BenchOptions {
     pub host_faults: HostFaults,
     /// How the relay reaches the hosts.
     pub transport: Transport,
+    /// A relay already running, measured instead of a spawned `rookery serve`.
+    pub external: Option<ExternalRelaySettings>,
+    /// The fleet's PLC directory's port (`0`: any); a relay already running resolves the
+    /// fleet's DIDs there.
+    pub plc_port: u16,
 }
 
 impl BenchOptions {
@@ -93,6 +105,19 @@ impl BenchOptions {
             relay_env: Vec::new(),
             host_faults: HostFaults::default(),
             transport: Transport::Wss,
+            external: None,
+            plc_port: 0,
+        }
+    }
+
+    /// Fails for a bench that needs the relay's process when the relay is not spawned.
+    pub fn require_spawned(&self, bench: &str, why: &str) -> Result<(), BenchError> {
+        match &self.external {
+            None => Ok(()),
+            Some(external) => Err(BenchError::Relay(format!(
+                "{bench} cannot measure the relay at {}: {why}",
+                external.url
+            ))),
         }
     }
 
@@ -152,17 +177,22 @@ pub struct RampResult {
     pub hosts: usize,
     pub reachable: usize,
     pub fleet_start_s: f64,
-    /// From the spawn to the first `/_health` answer (`None`: never answered).
+    /// From the spawn to the first `/_health` answer (`None`: never answered, or a relay
+    /// already running).
     pub seconds_to_listen: Option<f64>,
-    /// From the spawn; `None`: 99% was never reached before the deadline.
+    /// From the spawn (a relay already running: from the first host submitted); `None`:
+    /// 99% was never reached before the deadline.
     pub seconds_to_99pct: Option<f64>,
     pub seconds_to_all: Option<f64>,
     pub hosts_connected: u64,
     pub fleet_connected: usize,
     /// `/_health` from the relay's first answer to the end of the ramp.
     pub health: ProbeReport,
-    /// The relay's RSS when the ramp ended, in MB.
-    pub rss_mb: f64,
+    /// The relay's RSS when the ramp ended, in MB (`None`: not this bench's process).
+    pub rss_mb: Option<f64>,
+    /// How adding the hosts to a relay already running went (`None`: spawned, the hosts
+    /// were in its database).
+    pub hosts_added: Option<HostsAdded>,
 }
 
 impl RampResult {
@@ -182,14 +212,29 @@ impl RampResult {
             "health_probes": self.health.requests,
             "hosts_connected": self.hosts_connected,
             "fleet_connected": self.fleet_connected,
-            "rss_mb": round2(self.rss_mb),
+            "rss_mb": self.rss_mb.map(round2),
+            "hosts_added": self.hosts_added.as_ref().map(|a| a.added),
+            "hosts_add_failed": self.hosts_added.as_ref().map(HostsAdded::failed_total),
+            "hosts_add_failures": self.hosts_added.as_ref().map(|a| &a.failed),
+            "hosts_limits_failed": self.hosts_added.as_ref().map(|a| a.limits_failed),
         })
     }
 
     pub fn table(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.1} s"));
+        let added = match &self.hosts_added {
+            None => String::new(),
+            Some(a) => format!(
+                "hosts added (requestCrawl)  {} ({} failed {:?}, {} limits not raised)\n",
+                a.added,
+                a.failed_total(),
+                a.failed,
+                a.limits_failed
+            ),
+        };
         format!(
             "ramp: {} hosts ({} reachable) over {}, fleet started in {:.1} s\n\
+             {added}\
              seconds to first /_health  {}\n\
              seconds to 99% connected   {}\n\
              seconds to all connected   {}\n\
@@ -197,12 +242,15 @@ impl RampResult {
              hosts connected (fleet)    {}\n\
              /_health p50 / p99 / max   {:.1} / {:.1} / {:.1} ms\n\
              /_health failures          {} of {}\n\
-             relay RSS at the end       {:.1} MB",
+             relay RSS at the end       {}",
             self.hosts,
             self.reachable,
             self.transport.as_str(),
             self.fleet_start_s,
-            secs(self.seconds_to_listen),
+            match &self.hosts_added {
+                Some(_) => "n/a (the relay was already running)".to_string(),
+                None => secs(self.seconds_to_listen),
+            },
             secs(self.seconds_to_99pct),
             secs(self.seconds_to_all),
             self.hosts_connected,
@@ -212,7 +260,7 @@ impl RampResult {
             self.health.max_ms,
             self.health.failures,
             self.health.requests,
-            self.rss_mb,
+            mb(self.rss_mb),
         )
     }
 }
@@ -254,6 +302,14 @@ impl MemoryResult {
     }
 }
 
+/// A size in MB for a table, or why there is none.
+pub(crate) fn mb(value: Option<f64>) -> String {
+    value.map_or_else(|| NOT_OUR_PROCESS.to_string(), |v| format!("{v:.1} MB"))
+}
+
+/// What a table says of a figure of a relay already running.
+pub(crate) const NOT_OUR_PROCESS: &str = "n/a (the relay is not this bench's process)";
+
 pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -268,14 +324,23 @@ pub async fn ramp(options: &BenchOptions) -> Result<RampResult, BenchError> {
 
 /// Runs `memory`: a ramp, then [`IDLE_BEFORE_RSS`] of idle, then the relay's RSS.
 pub async fn memory(options: &BenchOptions) -> Result<MemoryResult, BenchError> {
+    options.require_spawned(
+        "memory",
+        "its RSS is read from the process this bench spawns",
+    )?;
     let (ramp, relay, fleet) = ramp_and_keep(options).await?;
     eprintln!(
         "all reachable hosts connected; idling {} s before reading RSS",
         IDLE_BEFORE_RSS.as_secs()
     );
     actix_rt::time::sleep(IDLE_BEFORE_RSS).await;
-    let hosts = relay.connected().await.unwrap_or(ramp.hosts_connected);
-    let rss_mb = relay.rss_mb()?;
+    let hosts = relay
+        .connected(&fleet)
+        .await
+        .unwrap_or(ramp.hosts_connected);
+    let rss_mb = relay
+        .rss_mb()?
+        .ok_or_else(|| BenchError::Relay("no RSS of a relay not spawned".into()))?;
     drop(relay);
     fleet.stop().await;
     Ok(MemoryResult {
@@ -283,6 +348,77 @@ pub async fn memory(options: &BenchOptions) -> Result<MemoryResult, BenchError> 
         rss_mb,
         ramp,
     })
+}
+
+/// The relay a bench measures: `rookery serve` spawned by the bench, or one already running.
+pub enum Relay {
+    Spawned(RelayProcess),
+    External(ExternalRelay),
+}
+
+impl Relay {
+    /// The public listener's address (the firehose's).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Relay::Spawned(p) => p.addr(),
+            Relay::External(e) => e.addr(),
+        }
+    }
+
+    /// Whether the health path answers 200.
+    pub async fn answers_health(&self) -> bool {
+        match self {
+            Relay::Spawned(p) => p.answers_health().await,
+            Relay::External(e) => e.answers_health().await,
+        }
+    }
+
+    /// Starts the shared health probe on this relay.
+    pub fn probe(&self) -> Probe {
+        match self {
+            Relay::Spawned(p) => p.probe(),
+            Relay::External(e) => e.probe(),
+        }
+    }
+
+    /// Hosts connected, as the relay says (`/_readyz`, `--connected-path`) or else as the
+    /// fleet sees it.
+    pub async fn connected(&self, fleet: &Fleet) -> Option<u64> {
+        match self {
+            Relay::Spawned(p) => p.connected().await,
+            Relay::External(e) => e.connected(fleet).await,
+        }
+    }
+
+    /// Fails if a spawned relay has exited (one already running is not watched).
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self {
+            Relay::Spawned(p) => p.check_alive(),
+            Relay::External(_) => Ok(()),
+        }
+    }
+
+    /// The process, when this bench spawned it.
+    pub fn process(&mut self) -> Option<&mut RelayProcess> {
+        match self {
+            Relay::Spawned(p) => Some(p),
+            Relay::External(_) => None,
+        }
+    }
+
+    pub fn rss_mb(&self) -> Result<Option<f64>, BenchError> {
+        match self {
+            Relay::Spawned(p) => p.rss_mb().map(Some),
+            Relay::External(_) => Ok(None),
+        }
+    }
+
+    pub fn cpu_seconds(&self) -> Result<Option<f64>, BenchError> {
+        match self {
+            Relay::Spawned(p) => p.cpu_seconds().map(Some),
+            Relay::External(_) => Ok(None),
+        }
+    }
 }
 
 /// A relay child process and its throwaway data dir; killed and removed when dropped.
@@ -531,10 +667,28 @@ pub(crate) async fn prepare_database(
     Ok(url)
 }
 
+/// `rookery serve` on a throwaway database naming the fleet's hosts.
+async fn spawn_on(fleet: &Fleet, options: &BenchOptions) -> Result<RelayProcess, BenchError> {
+    eprintln!("preparing the relay's database");
+    let database_url = prepare_database(&fleet.hostnames(), fleet.ca_file().is_none()).await?;
+    let bin = match &options.relay_bin {
+        Some(bin) => bin.clone(),
+        None => default_relay_bin()?,
+    };
+    let mut env = options.relay_env.clone();
+    if let Some(ca) = fleet.ca_file() {
+        env.push((
+            "ROOKERY_UPSTREAM_CA_FILE".to_string(),
+            ca.display().to_string(),
+        ));
+    }
+    RelayProcess::spawn(&bin, &database_url, &fleet.plc.url(), &env)
+}
+
 /// The ramp, returning the relay and the fleet still running (for `memory`).
 pub(crate) async fn ramp_and_keep(
     options: &BenchOptions,
-) -> Result<(RampResult, RelayProcess, Fleet), BenchError> {
+) -> Result<(RampResult, Relay, Fleet), BenchError> {
     super::super::install_crypto_provider();
     let mut table = match &options.table {
         Some(path) => HostTable::load(path)?,
@@ -549,25 +703,40 @@ pub(crate) async fn ramp_and_keep(
         table.hosts.len(),
         table.total_accounts()
     );
-    let fleet = Fleet::start(&table, options.transport.fleet_options()).await?;
-    let reachable = fleet.reachable();
-    eprintln!(
-        "fleet up in {:.1} s; preparing the relay's database",
-        fleet.started_in.as_secs_f64()
-    );
-    let database_url = prepare_database(&fleet.hostnames(), fleet.ca_file().is_none()).await?;
-    let bin = match &options.relay_bin {
-        Some(bin) => bin.clone(),
-        None => default_relay_bin()?,
+    // Checked before the fleet starts: a URL it cannot use fails at once.
+    let external = options
+        .external
+        .clone()
+        .map(ExternalRelay::new)
+        .transpose()?;
+    let fleet_options = FleetOptions {
+        plc_port: options.plc_port,
+        ..options.transport.fleet_options()
     };
-    let mut env = options.relay_env.clone();
-    if let Some(ca) = fleet.ca_file() {
-        env.push((
-            "ROOKERY_UPSTREAM_CA_FILE".to_string(),
-            ca.display().to_string(),
-        ));
-    }
-    let mut relay = RelayProcess::spawn(&bin, &database_url, &fleet.plc.url(), &env)?;
+    let fleet = Fleet::start(&table, fleet_options).await?;
+    let reachable = fleet.reachable();
+    eprintln!("fleet up in {:.1} s", fleet.started_in.as_secs_f64());
+    let mut relay = match external {
+        None => Relay::Spawned(spawn_on(&fleet, options).await?),
+        Some(relay) => {
+            eprintln!(
+                "measuring the relay at {} (already running): it must resolve did:plc at {}{}",
+                relay.url(),
+                fleet.plc.url(),
+                fleet.ca_file().map_or(String::new(), |ca| format!(
+                    " and trust the fleet's CA, {} (its hosts serve wss)",
+                    ca.display()
+                )),
+            );
+            if !relay.answers_health().await {
+                return Err(BenchError::Relay(format!(
+                    "the relay at {} does not answer 200 on its health path",
+                    relay.url(),
+                )));
+            }
+            Relay::External(relay)
+        }
+    };
     let begun = Instant::now();
     let deadline = begun + options.timeout;
     let target_99 = (reachable as f64 * 0.99).ceil() as u64;
@@ -587,7 +756,15 @@ pub(crate) async fn ramp_and_keep(
         }
     }
     let probe = relay.probe();
-    let mut next_progress = begun + PROGRESS_PERIOD;
+    let hosts_added = match &relay {
+        Relay::Spawned(_) => None,
+        Relay::External(external) => Some(
+            external
+                .add_hosts(&fleet.hostnames(), options.transport, deadline)
+                .await,
+        ),
+    };
+    let mut next_progress = Instant::now() + PROGRESS_PERIOD;
     // Probes after everything connected: the ramp's tail is part of what is measured.
     let mut settle_until = None;
     let mut readyz = tokio::time::interval(Duration::from_secs(1));
@@ -595,7 +772,7 @@ pub(crate) async fn ramp_and_keep(
     while listening_after.is_some() && Instant::now() < deadline {
         readyz.tick().await;
         relay.check_alive()?;
-        if let Some(c) = relay.connected().await {
+        if let Some(c) = relay.connected(&fleet).await {
             connected = c;
         }
         let now = Instant::now();
@@ -628,13 +805,15 @@ pub(crate) async fn ramp_and_keep(
         hosts: table.hosts.len(),
         reachable,
         fleet_start_s: fleet.started_in.as_secs_f64(),
-        seconds_to_listen: listening_after,
+        // A relay already running was listening before the bench.
+        seconds_to_listen: listening_after.filter(|_| options.external.is_none()),
         seconds_to_99pct,
         seconds_to_all,
         hosts_connected: connected,
         fleet_connected: fleet.connected(),
         health: probe.stop().await,
         rss_mb: relay.rss_mb()?,
+        hosts_added,
     };
     Ok((result, relay, fleet))
 }

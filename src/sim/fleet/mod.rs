@@ -46,6 +46,9 @@ pub struct FleetOptions {
     pub pds: SimPdsConfig,
     /// Hosts serve `https`/`wss` with a certificate of the fleet's own CA.
     pub tls: bool,
+    /// The PLC directory's port on 127.0.0.1 (`0`: any free port). A relay already running
+    /// was started with the directory's URL, so it must be known before the fleet.
+    pub plc_port: u16,
 }
 
 impl Default for FleetOptions {
@@ -58,6 +61,7 @@ impl Default for FleetOptions {
                 ..SimPdsConfig::default()
             },
             tls: false,
+            plc_port: 0,
         }
     }
 }
@@ -133,7 +137,7 @@ impl Fleet {
         };
         let ca_file = tls.as_ref().map(CaFile::write).transpose()?;
         options.pds.tls = tls.clone();
-        let plc = SimPlc::start().map_err(FleetError::Plc)?;
+        let plc = SimPlc::start_on(options.plc_port).map_err(FleetError::Plc)?;
         let mut hosts = Vec::with_capacity(table.hosts.len());
         for (index, spec) in table.hosts.iter().enumerate() {
             let pds = SimPds::start(&plc, options.pds.clone())

@@ -10,7 +10,8 @@
 //! reconnects with its cursor [`CHECKER_RECONNECTS`] times; at `restart_at` the relay is
 //! killed with SIGKILL and started again on the same data dir, database and port (the
 //! checker reconnects to it as soon as it answers). After `duration` the driver stops and
-//! the relay gets `drain` to deliver the rest.
+//! the relay gets `drain` to deliver the rest. A relay already running (`--relay-url`) is
+//! not this bench's process: it is never restarted, and the table says so.
 //!
 //! [`HostFaults::chaos`]: crate::sim::fleet::HostFaults::chaos
 
@@ -61,6 +62,8 @@ pub struct ChaosResult {
     pub host_resets: u64,
     pub host_restarts: u64,
     pub relay_restarts: u32,
+    /// A restart was asked for, but the relay is not this bench's process.
+    pub restart_skipped: bool,
     /// From the SIGKILL until the checker is reconnected to the restarted relay.
     pub relay_down_s: Option<f64>,
     pub drained_after_s: Option<f64>,
@@ -91,6 +94,7 @@ impl ChaosResult {
             "host_resets": self.host_resets,
             "host_restarts": self.host_restarts,
             "relay_restarts": self.relay_restarts,
+            "relay_restart_skipped": self.restart_skipped,
             "relay_down_s": self.relay_down_s.map(round2),
             "checker_reconnects": c.reconnects,
             "drained_after_s": self.drained_after_s.map(round2),
@@ -109,6 +113,11 @@ impl ChaosResult {
     pub fn table(&self) -> String {
         let c = &self.coverage;
         let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.1} s"));
+        let restarts = if self.restart_skipped {
+            "none: the relay is not this bench's process (no restart)".to_string()
+        } else {
+            format!("{} (down {})", self.relay_restarts, secs(self.relay_down_s))
+        };
         format!(
             "chaos: {} hosts ({} reachable, {} connected after the ramp)\n\
              published                  {} ({} invalid)\n\
@@ -119,7 +128,7 @@ impl ChaosResult {
              out of order               {}\n\
              invalid delivered          {}\n\
              faults over time           {} flaps, {} host resets, {} host restarts\n\
-             relay SIGKILLs             {} (down {})\n\
+             relay SIGKILLs             {restarts}\n\
              checker reconnects         {}\n\
              all delivered after        {} of drain\n\
              delivery p50 / p99 / max   {:.1} / {:.1} / {:.1} ms\n\
@@ -140,8 +149,6 @@ impl ChaosResult {
             self.flaps,
             self.host_resets,
             self.host_restarts,
-            self.relay_restarts,
-            secs(self.relay_down_s),
             c.reconnects,
             secs(self.drained_after_s),
             c.latency_p50_ms,
@@ -183,7 +190,14 @@ pub async fn chaos(
     let step = chaos.duration / (CHECKER_RECONNECTS + 1);
     let mut reconnects_at: Vec<Instant> =
         (1..=CHECKER_RECONNECTS).map(|i| begun + step * i).collect();
-    let mut restart_at = chaos.restart_at.map(|at| begun + at);
+    let restart_skipped = chaos.restart_at.is_some() && relay.process().is_none();
+    if restart_skipped {
+        eprintln!("no restart: the relay is not this bench's process");
+    }
+    let mut restart_at = chaos
+        .restart_at
+        .filter(|_| !restart_skipped)
+        .map(|at| begun + at);
     let mut relay_restarts = 0;
     let mut relay_down_s = None;
     let mut next_progress = begun + super::PROGRESS_PERIOD;
@@ -211,7 +225,9 @@ pub async fn chaos(
                 begun.elapsed().as_secs_f64()
             );
             let killed = Instant::now();
-            relay.kill_and_restart()?;
+            if let Some(process) = relay.process() {
+                process.kill_and_restart()?;
+            }
             relay_restarts += 1;
             reconnect(&mut checker, &mut relay).await?;
             relay_down_s = Some(killed.elapsed().as_secs_f64());
@@ -260,6 +276,7 @@ pub async fn chaos(
         host_resets: stats.resets(),
         host_restarts: stats.restarts(),
         relay_restarts,
+        restart_skipped,
         relay_down_s,
         drained_after_s,
         health,
@@ -267,10 +284,7 @@ pub async fn chaos(
 }
 
 /// Reconnects the checker with its cursor, retrying while the relay (re)starts.
-async fn reconnect(
-    checker: &mut Checker,
-    relay: &mut super::RelayProcess,
-) -> Result<(), BenchError> {
+async fn reconnect(checker: &mut Checker, relay: &mut super::Relay) -> Result<(), BenchError> {
     let deadline = Instant::now() + RECONNECT_PATIENCE;
     loop {
         relay.check_alive()?;

@@ -9,7 +9,8 @@
 //! commit) to its receipt by a consumer, for every [`DEFAULT_SAMPLE`]-th frame of each
 //! consumer (decoding them all would cost the children more than the relay). The children
 //! connect, say so on stdout, read until their stdin closes, and print one JSON line: frames,
-//! errors and a [`SparseHistogram`] the parent merges.
+//! errors and a [`SparseHistogram`] the parent merges. The relay's CPU and RSS are read from
+//! its process: `None` for a relay already running (`--relay-url`).
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{BenchError, BenchOptions, RampResult, round2};
+use super::{BenchError, BenchOptions, NOT_OUR_PROCESS, RampResult, mb, round2};
 use crate::atproto::frame::{Frame, decode_frame};
 use crate::atproto::tid::Tid;
 use crate::sim::consumer::{LeanConsumer, Message};
@@ -81,11 +82,12 @@ pub struct FanoutResult {
     pub min_frames: u64,
     pub ended: u64,
     pub latency: LatencyHistogram,
-    /// The relay's CPU over the publishing window, in cores.
-    pub relay_cpu: f64,
-    pub rss_before_mb: f64,
-    pub rss_connected_mb: f64,
-    pub rss_after_mb: f64,
+    /// The relay's CPU over the publishing window, in cores (`None`, like the RSS figures:
+    /// not this bench's process).
+    pub relay_cpu: Option<f64>,
+    pub rss_before_mb: Option<f64>,
+    pub rss_connected_mb: Option<f64>,
+    pub rss_after_mb: Option<f64>,
     pub health: ProbeReport,
 }
 
@@ -102,20 +104,20 @@ impl FanoutResult {
             "frames": self.frames,
             "min_frames_per_consumer": self.min_frames,
             "consumers_ended": self.ended,
-            "relay_cpu_cores": round2(self.relay_cpu),
-            "relay_rss_mb": round2(self.rss_after_mb),
-            "rss_per_consumer_kb": round2(self.rss_per_consumer_kb()),
+            "relay_cpu_cores": self.relay_cpu.map(round2),
+            "relay_rss_mb": self.rss_after_mb.map(round2),
+            "rss_per_consumer_kb": self.rss_per_consumer_kb().map(round2),
             "health_p99_ms": round2(self.health.p99_ms),
             "health_max_ms": round2(self.health.max_ms),
             "health_failures": self.health.failures,
         })
     }
 
-    fn rss_per_consumer_kb(&self) -> f64 {
+    fn rss_per_consumer_kb(&self) -> Option<f64> {
         if self.consumers == 0 {
-            return 0.0;
+            return Some(0.0);
         }
-        (self.rss_after_mb - self.rss_before_mb) * 1024.0 / self.consumers as f64
+        Some((self.rss_after_mb? - self.rss_before_mb?) * 1024.0 / self.consumers as f64)
     }
 
     pub fn table(&self) -> String {
@@ -125,9 +127,8 @@ impl FanoutResult {
              frames received            {} (fewest by one consumer: {})\n\
              consumers cut off          {}\n\
              delivery p50 / p99 / max   {:.1} / {:.1} / {:.1} ms ({} samples)\n\
-             relay CPU                  {:.2} cores ({:.2} ms per consumer-second)\n\
-             relay RSS                  {:.1} MB before, {:.1} MB connected, {:.1} MB at the end \
-             ({:.0} KB per consumer)\n\
+             relay CPU                  {}\n\
+             relay RSS                  {}\n\
              /_health p50 / p99 / max   {:.1} / {:.1} / {:.1} ms, {} failures of {}",
             self.consumers,
             self.ramp.hosts,
@@ -141,16 +142,24 @@ impl FanoutResult {
             self.latency.quantile_ms(0.99),
             self.latency.max_ms(),
             self.latency.count(),
-            self.relay_cpu,
-            if self.consumers > 0 {
-                self.relay_cpu * 1000.0 / self.consumers as f64
-            } else {
-                0.0
+            self.relay_cpu
+                .map_or(NOT_OUR_PROCESS.to_string(), |cpu| format!(
+                    "{cpu:.2} cores ({:.2} ms per consumer-second)",
+                    if self.consumers > 0 {
+                        cpu * 1000.0 / self.consumers as f64
+                    } else {
+                        0.0
+                    }
+                )),
+            match (self.rss_per_consumer_kb(), self.rss_connected_mb) {
+                (Some(per_consumer), Some(connected)) => format!(
+                    "{} before, {connected:.1} MB connected, {} at the end ({per_consumer:.0} KB \
+                     per consumer)",
+                    mb(self.rss_before_mb),
+                    mb(self.rss_after_mb)
+                ),
+                _ => NOT_OUR_PROCESS.to_string(),
             },
-            self.rss_before_mb,
-            self.rss_connected_mb,
-            self.rss_after_mb,
-            self.rss_per_consumer_kb(),
             self.health.p50_ms,
             self.health.p99_ms,
             self.health.max_ms,
@@ -209,7 +218,10 @@ pub async fn fanout(
     let published = driver.stats().events();
     let seconds = begun.elapsed().as_secs_f64();
     driver.stop();
-    let relay_cpu = (relay.cpu_seconds()? - cpu_before) / seconds;
+    let relay_cpu = match (relay.cpu_seconds()?, cpu_before) {
+        (Some(after), Some(before)) => Some((after - before) / seconds),
+        _ => None,
+    };
     actix_rt::time::sleep(TAIL).await;
     let mut latency = LatencyHistogram::new();
     let (mut frames, mut min_frames, mut ended) = (0, u64::MAX, 0);

@@ -7,6 +7,7 @@
 //! the page cache as the consumer's read is), then starts `rookery serve` on that data dir
 //! and connects one [`LeanConsumer`] with `cursor=0`, counting frames until the last one.
 //! A `/_health` probe runs during the catch-up. No fleet is needed: the relay only serves.
+//! It refuses a relay already running (`--relay-url`): the log is written under the relay.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -119,6 +120,10 @@ pub async fn replay(
     options: &BenchOptions,
     replay: &ReplayOptions,
 ) -> Result<ReplayResult, BenchError> {
+    options.require_spawned(
+        "replay",
+        "it writes the event log the relay serves into the relay's data dir",
+    )?;
     crate::sim::install_crypto_provider();
     // Removed on every exit: by this guard until the relay runs, then with the relay.
     let mut dir = RemoveOnDrop(Some(RelayProcess::new_dir()?));
