@@ -369,6 +369,14 @@ mod fleet_cli {
                     // 20 s startup spread (ROOKERY_STARTUP_SPREAD in the environment wins).
                     options.default_relay_env("ROOKERY_STARTUP_SPREAD", "5s");
                 }
+                if matches!(name, BenchName::Fanout) {
+                    // Every consumer comes from 127.0.0.1: lift the per-address limit (50 by
+                    // default) above them (an external relay needs the same setting).
+                    options.default_relay_env(
+                        "ROOKERY_MAX_CONSUMERS_PER_IP",
+                        &(consumers + 10).to_string(),
+                    );
+                }
                 let settings = Settings {
                     ingest: IngestOptions {
                         rates,

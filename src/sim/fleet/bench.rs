@@ -49,6 +49,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{Fleet, FleetOptions, HostFaults, HostTable};
+use crate::sim::checker::{Checker, ExpectationFeed, Stop};
+use crate::sim::fleet::driver::publish_once_per_account;
 use crate::sim::probe::{DEFAULT_HEALTH_PATH, Probe, ProbeReport, ProbeSettings};
 use crate::store::migrations;
 use crate::store::postgres::{Db, DbSettings};
@@ -629,6 +631,29 @@ pub fn default_relay_bin() -> Result<PathBuf, BenchError> {
         .parent()
         .ok_or_else(|| BenchError::Relay("the executable has no directory".into()))?;
     Ok(dir.join("rookery"))
+}
+
+/// The warm-up of `ingest` and `fanout`: one commit from every account, handed to the
+/// checker through `feed`, until all are delivered or `deadline`: afterwards every identity
+/// is resolved and every account's state stored, as in a relay that has run for a while
+/// (cold, the first seconds measure PLC lookups: 2–4 s of delivery latency). Returns its
+/// seconds.
+pub(crate) async fn warm_up(
+    fleet: &Fleet,
+    checker: &mut Checker,
+    feed: &ExpectationFeed,
+    deadline: Instant,
+) -> f64 {
+    let begun = Instant::now();
+    let events = publish_once_per_account(fleet, feed).await;
+    checker.run_until(deadline.into(), Stop::WhenAllSeen).await;
+    let seconds = begun.elapsed().as_secs_f64();
+    eprintln!(
+        "warm-up: one commit from each of {events} accounts, delivered in {seconds:.1} s \
+         (missing {})",
+        checker.report().missing
+    );
+    seconds
 }
 
 /// A migrated database whose `hosts` table names `hostnames` (admin-added, plain `ws://` when `no_ssl`, else

@@ -32,7 +32,7 @@
 //! spent doing it, so a run reports what the driver took from the machine the relay shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -209,6 +209,7 @@ struct Flapper {
 /// A running driver; it stops when dropped or [`EventDriver::stop`]ped.
 pub struct EventDriver {
     stats: Arc<DriverStats>,
+    host_faults_paused: Arc<AtomicBool>,
     task: actix_rt::task::JoinHandle<()>,
 }
 
@@ -286,6 +287,7 @@ impl EventDriver {
             0.0
         };
         let stats = Arc::new(DriverStats::default());
+        let host_faults_paused = Arc::new(AtomicBool::new(false));
         let run = Run {
             targets,
             cumulative,
@@ -295,9 +297,20 @@ impl EventDriver {
             rng: StdRng::seed_from_u64(seed),
             feed,
             stats: stats.clone(),
+            host_faults_paused: host_faults_paused.clone(),
         };
         let task = actix_rt::spawn(run.run(rate));
-        EventDriver { stats, task }
+        EventDriver {
+            stats,
+            host_faults_paused,
+            task,
+        }
+    }
+
+    /// Holds (or lets go again) the host resets and restarts; what is owed meanwhile is not
+    /// made up. Events and their faults go on.
+    pub fn pause_host_faults(&self, paused: bool) {
+        self.host_faults_paused.store(paused, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> &Arc<DriverStats> {
@@ -357,6 +370,7 @@ struct Run {
     rng: StdRng,
     feed: Option<ExpectationFeed>,
     stats: Arc<DriverStats>,
+    host_faults_paused: Arc<AtomicBool>,
 }
 
 impl Run {
@@ -383,8 +397,12 @@ impl Run {
                     target.cooling = false;
                 }
             }
-            resets_owed += self.faults.resets_per_min * elapsed / 60.0;
-            restarts_owed += self.faults.restarts_per_min * elapsed / 60.0;
+            if self.host_faults_paused.load(Ordering::Relaxed) {
+                (resets_owed, restarts_owed) = (0.0, 0.0);
+            } else {
+                resets_owed += self.faults.resets_per_min * elapsed / 60.0;
+                restarts_owed += self.faults.restarts_per_min * elapsed / 60.0;
+            }
             if resets_owed >= 1.0 && self.host_fault(false).await {
                 resets_owed -= 1.0;
             }

@@ -10,7 +10,14 @@
 //! reconnects with its cursor [`CHECKER_RECONNECTS`] times; at `restart_at` the relay is
 //! killed with SIGKILL and started again on the same data dir, database and port (the
 //! checker reconnects to it as soon as it answers). After `duration` the driver stops and
-//! the relay gets `drain` to deliver the rest. A relay already running (`--relay-url`) is
+//! the relay gets `drain` to deliver the rest.
+//!
+//! Host resets and restarts pause from [`HOST_FAULTS_QUIET_BEFORE_RESTART`] before the
+//! SIGKILL to [`HOST_FAULTS_QUIET_AFTER_RESTART`] after it. Together the two are a double
+//! failure no relay can cover: a relay killed before it stored a host's cursor reset asks the
+//! reset host for its old cursor; it gets `FutureCursor` and, by design (LESSONS.md 4),
+//! reconnects without a cursor, or, once the host's new seqs pass the old cursor, gets only
+//! what follows it. Either way the events the host published in between are not asked for. A relay already running (`--relay-url`) is
 //! not this bench's process: it is never restarted, and the table says so.
 //!
 //! [`HostFaults::chaos`]: crate::sim::fleet::HostFaults::chaos
@@ -24,6 +31,10 @@ use crate::sim::probe::ProbeReport;
 
 /// Checker reconnects spread over the run (besides the one the relay's restart forces).
 pub const CHECKER_RECONNECTS: u32 = 3;
+/// Host resets and restarts pause from this long before the relay's SIGKILL …
+pub const HOST_FAULTS_QUIET_BEFORE_RESTART: Duration = Duration::from_secs(15);
+/// … to this long after it.
+pub const HOST_FAULTS_QUIET_AFTER_RESTART: Duration = Duration::from_secs(30);
 /// How long the checker keeps trying to reach a restarted relay.
 const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -198,10 +209,16 @@ pub async fn chaos(
         .restart_at
         .filter(|_| !restart_skipped)
         .map(|at| begun + at);
+    let restart_time = restart_at;
     let mut relay_restarts = 0;
     let mut relay_down_s = None;
     let mut next_progress = begun + super::PROGRESS_PERIOD;
     while Instant::now() < end {
+        let now = Instant::now();
+        driver.pause_host_faults(restart_time.is_some_and(|at| {
+            now + HOST_FAULTS_QUIET_BEFORE_RESTART >= at
+                && now < at + HOST_FAULTS_QUIET_AFTER_RESTART
+        }));
         let mut wake = end.min(next_progress);
         if let Some(&at) = reconnects_at.first() {
             wake = wake.min(at);

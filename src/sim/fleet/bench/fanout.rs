@@ -1,6 +1,7 @@
 //! `fanout`: N live consumers of the relay's firehose while the fleet publishes at a fixed
 //! rate (1,000 events/s by default) → delivery latency p50/p99/max over every consumer, and
-//! the relay's CPU and RSS per consumer.
+//! the relay's CPU and RSS per consumer. It starts with the warm-up of `ingest` (one commit
+//! per account, so identities are resolved), then connects the consumers.
 //!
 //! The consumers run in child processes (`rookery-fleet bench-consumers`, [`CHILD_COMMAND`]),
 //! so their reading costs neither the relay's process nor this one; each is a
@@ -22,6 +23,7 @@ use tokio::process::{Child, Command};
 use super::{BenchError, BenchOptions, NOT_OUR_PROCESS, RampResult, mb, round2};
 use crate::atproto::frame::{Frame, decode_frame};
 use crate::atproto::tid::Tid;
+use crate::sim::checker::{Checker, Expectations};
 use crate::sim::consumer::{LeanConsumer, Message};
 use crate::sim::latency::{LatencyHistogram, SparseHistogram};
 use crate::sim::probe::ProbeReport;
@@ -75,6 +77,8 @@ pub struct ConsumersReport {
 #[derive(Debug, Clone)]
 pub struct FanoutResult {
     pub ramp: RampResult,
+    /// Seconds the warm-up (one commit per account, before the consumers) took.
+    pub warm_up_s: f64,
     pub consumers: usize,
     pub published: u64,
     pub seconds: f64,
@@ -96,6 +100,7 @@ impl FanoutResult {
         serde_json::json!({
             "bench": "fanout",
             "consumers": self.consumers,
+            "warm_up_s": round2(self.warm_up_s),
             "rate": round2(self.published as f64 / self.seconds),
             "delivery_p50_ms": round2(self.latency.quantile_ms(0.5)),
             "delivery_p99_ms": round2(self.latency.quantile_ms(0.99)),
@@ -175,6 +180,13 @@ pub async fn fanout(
     fanout: &FanoutOptions,
 ) -> Result<FanoutResult, BenchError> {
     let (ramp, mut relay, fleet) = super::ramp_and_keep(options).await?;
+    let deadline = Instant::now() + options.timeout;
+    let mut checker = Checker::connect(relay.addr(), None, Expectations::new())
+        .await
+        .map_err(|e| BenchError::Relay(format!("checker: {e}")))?;
+    let feed = checker.feed();
+    let warm_up_s = super::warm_up(&fleet, &mut checker, &feed, deadline).await;
+    drop((feed, checker));
     let rss_before_mb = relay.rss_mb()?;
     let procs = fanout.procs.clamp(1, fanout.consumers.max(1));
     let exe = std::env::current_exe()?;
@@ -246,6 +258,7 @@ pub async fn fanout(
         ended,
         latency,
         relay_cpu,
+        warm_up_s,
         rss_before_mb,
         rss_connected_mb,
         rss_after_mb: relay.rss_mb()?,

@@ -26,7 +26,6 @@ use crate::atproto::frame::{self, Frame};
 use crate::atproto::keys::Curve;
 use crate::atproto::validate::{CommitVerdict, RepoState, ValidationPolicy, validate_commit};
 use crate::sim::checker::{Checker, CoverageReport, Expectations, Stop};
-use crate::sim::fleet::driver::publish_once_per_account;
 use crate::sim::fleet::{EventDriver, EventFaults};
 use crate::sim::probe::ProbeReport;
 use crate::testkit::repo::{Change, SigningRepo, record_path};
@@ -200,20 +199,7 @@ pub async fn ingest(
     let feed = checker.feed();
     let probe = relay.probe();
     let deadline = Instant::now() + options.timeout;
-    // Warm: every account's identity resolved and its state stored, as in a relay that has
-    // run for a while; otherwise the first steps measure PLC lookups.
-    let warm_begun = Instant::now();
-    let warm_events = publish_once_per_account(&fleet, &feed).await;
-    checker
-        .run_until(deadline.into(), Stop::WhenAllSeen)
-        .await;
-    let warm_up_s = warm_begun.elapsed().as_secs_f64();
-    let warm = checker.report();
-    eprintln!(
-        "warm-up: one commit from each of {warm_events} accounts, all delivered in {warm_up_s:.1} s \
-         (missing {})",
-        warm.missing
-    );
+    let warm_up_s = super::warm_up(&fleet, &mut checker, &feed, deadline).await;
     let mut steps = Vec::new();
     for (index, &rate) in ingest.rates.iter().enumerate() {
         if Instant::now() + ingest.step + ingest.drain > deadline {
