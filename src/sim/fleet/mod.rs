@@ -55,9 +55,13 @@ impl Default for FleetOptions {
     fn default() -> Self {
         FleetOptions {
             pds: SimPdsConfig {
-                // Thousands of hosts: keep each one's replay outbox small.
+                // Thousands of hosts: keep each one's replay outbox small (2,000 events are
+                // ~6 MB). The byte cap leaves room for a few oversized-fault frames (2.1 MB
+                // each): with 4 MB one of them evicted most of a host's outbox, and a relay
+                // reconnecting with its cursor then got OutdatedCursor, a loss that is the
+                // host's, not the relay's.
                 outbox_max_events: 2_000,
-                outbox_max_bytes: 4 * 1024 * 1024,
+                outbox_max_bytes: 16 * 1024 * 1024,
                 ..SimPdsConfig::default()
             },
             tls: false,
