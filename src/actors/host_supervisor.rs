@@ -12,7 +12,8 @@
 //!   each host that is not banned or idle is dialled after [`startup_delay`] (deterministic
 //!   jitter over `startup_spread`), and every dial first takes one of
 //!   `max_concurrent_handshakes` permits, held until its handshake ended (lesson 1). A
-//!   restart therefore resumes every such host from its stored cursor (lesson 24).
+//!   restart therefore resumes every such host from its stored cursor (lesson 24), and a
+//!   host subscribed before without a cursor from 0 ([`HostRecord::subscribed`]).
 //! - Subscribers are not actix-supervised (ACTORS.md). Each dial gets a new epoch and an
 //!   [`ExitLink`]: the child drops it when it stops for any reason, panics included, and that
 //!   sends the exit notice. A notice of an older epoch (a killed or banned connection) is
@@ -64,6 +65,12 @@ pub struct HostRecord {
     pub relay_allowed: bool,
     /// Inversion failures of this host's commits only warn (an operator's override).
     pub inversion_warn_only: bool,
+    /// The relay has completed a handshake with the host since its cursor was last reset
+    /// (`subscribed_at` is set). Such a host is owed everything it published since, so it
+    /// resumes from its cursor even when that is 0 (its whole retained outbox; the rev
+    /// check drops what is stored) instead of live only: a quiet host whose connection
+    /// ended, or whose events were all in flight at a crash, loses nothing.
+    pub subscribed: bool,
 }
 
 /// Hosts whose inversion failures only warn, shared with the ValidatorShards (read per
@@ -173,6 +180,8 @@ pub struct StatusWrite {
     pub failures: u32,
     /// Set `last_connected_at = now()`.
     pub connected: bool,
+    /// Set `subscribed_at` if it is not set (a handshake completed).
+    pub subscribed: bool,
 }
 
 /// Where host state lives (Postgres in production, in memory in paused-clock tests).
@@ -181,8 +190,8 @@ pub trait HostStore: 'static {
     fn load_hosts(&self) -> BoxFuture<'static, Result<Vec<HostRecord>, DbError>>;
     /// One statement for all; `banned` is never overwritten.
     fn write_statuses(&self, writes: Vec<StatusWrite>) -> BoxFuture<'static, Result<u64, DbError>>;
-    /// `last_seq = 0`, after pending cursors of the host were forgotten and the running
-    /// write-behind flush ended.
+    /// `last_seq = 0` and `subscribed_at = NULL`, after pending cursors of the host were
+    /// forgotten and the running write-behind flush ended.
     fn reset_cursor(&self, host_id: i64) -> BoxFuture<'static, Result<(), DbError>>;
     /// Inserts (or finds) a host.
     fn add_host(&self, host: NewHost) -> BoxFuture<'static, Result<HostRecord, DbError>>;
@@ -205,7 +214,8 @@ pub trait HostStore: 'static {
 pub struct DialRequest {
     pub host_id: i64,
     pub hostname: Arc<str>,
-    /// The stored cursor; `None` dials live only.
+    /// The stored cursor (0 for a subscribed host without one: its whole outbox); `None`
+    /// dials live only.
     pub cursor: Option<i64>,
     pub no_ssl: bool,
     pub relay_allowed: bool,
@@ -230,6 +240,7 @@ pub trait Connector: 'static {
 #[derive(Debug)]
 pub struct ExitLink {
     permit: Option<OwnedSemaphorePermit>,
+    subscribed: Option<oneshot::Sender<()>>,
     live: Option<oneshot::Sender<()>>,
     exit: Option<oneshot::Sender<ExitNotice>>,
     outcome: Option<SubscriberExit>,
@@ -254,6 +265,9 @@ impl ExitLink {
     pub fn handshake_done(&mut self) {
         self.permit = None;
         self.connected = true;
+        if let Some(subscribed) = self.subscribed.take() {
+            let _ = subscribed.send(());
+        }
     }
 
     /// One event went to its shard.
@@ -624,10 +638,13 @@ impl HostSupervisor {
             status: h.rec.status,
             failures: h.rec.failures,
             connected,
+            subscribed: false,
         });
         w.status = h.rec.status;
         w.failures = h.rec.failures;
         w.connected |= connected;
+        // Cleared by a cursor reset before its flush: the reset forgets the subscription.
+        w.subscribed = h.rec.subscribed;
     }
 
     /// Ends the current connection (if any) and cancels any scheduled dial; later notices of
@@ -708,6 +725,7 @@ impl HostSupervisor {
         let epoch = h.epoch;
         let (stop_tx, stop_rx) = oneshot::channel();
         let (limits_tx, limits_rx) = watch::channel(limits);
+        let (subscribed_tx, subscribed_rx) = oneshot::channel();
         let (live_tx, live_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = oneshot::channel();
         h.conn = Some(Conn {
@@ -717,7 +735,7 @@ impl HostSupervisor {
         let request = DialRequest {
             host_id: id,
             hostname: Arc::from(h.rec.hostname.as_str()),
-            cursor: (cursor > 0).then_some(cursor),
+            cursor: (cursor > 0 || h.rec.subscribed).then_some(cursor),
             no_ssl: h.rec.no_ssl,
             relay_allowed: h.rec.relay_allowed,
             epoch,
@@ -725,6 +743,7 @@ impl HostSupervisor {
             stop: stop_rx,
             link: ExitLink {
                 permit: Some(permit),
+                subscribed: Some(subscribed_tx),
                 live: Some(live_tx),
                 exit: Some(exit_tx),
                 outcome: None,
@@ -735,6 +754,11 @@ impl HostSupervisor {
             },
         };
         self.state.dials += 1;
+        ctx.spawn(subscribed_rx.into_actor(self).map(move |r, act, _| {
+            if r.is_ok() {
+                act.on_subscribed(id, epoch);
+            }
+        }));
         ctx.spawn(live_rx.into_actor(self).map(move |r, act, _| {
             if r.is_ok() {
                 act.on_live(id, epoch);
@@ -752,6 +776,22 @@ impl HostSupervisor {
             act.on_exit(id, epoch, notice, ctx);
         }));
         self.connector.connect(request);
+    }
+
+    /// The handshake completed: from now on the host is owed every event it publishes, so
+    /// the fact is stored (with the next status statement) for the dials after a restart.
+    fn on_subscribed(&mut self, id: i64, epoch: u64) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        if h.epoch != epoch || h.rec.subscribed {
+            return;
+        }
+        h.rec.subscribed = true;
+        let status = h.rec.status;
+        if status != HostStatus::Banned {
+            self.queue_status(id, false);
+        }
     }
 
     fn on_live(&mut self, id: i64, epoch: u64) {
@@ -803,7 +843,10 @@ impl HostSupervisor {
         }
         let hostname = h.rec.hostname.clone();
         if decision.reset_cursor {
+            // Live only after a reset (lesson 4): what the host published before it lost
+            // its outbox is gone, and its new seqs say nothing about what we stored.
             h.rec.cursor = 0;
+            h.rec.subscribed = false;
             self.state.cursor_resets += 1;
             tracing::warn!(host = %hostname, "upstream FutureCursor: cursor reset, host idle");
             self.queue_status(id, false);
@@ -1185,7 +1228,8 @@ impl Handler<GetSupervisorState> for HostSupervisor {
 
 /// The host table's columns, in [`PostgresHostStore`]'s `SELECT` order.
 const HOST_COLUMNS: &str = "id, hostname, status, last_seq, account_count, account_limit, \
-consecutive_failures, trusted, no_ssl, relay_allowed, inversion_warn_only";
+consecutive_failures, trusted, no_ssl, relay_allowed, inversion_warn_only, \
+subscribed_at IS NOT NULL";
 
 /// One statement for all status writes; `banned` stays `banned`.
 pub const STATUSES_SQL: &str = "\
@@ -1193,8 +1237,10 @@ UPDATE hosts AS h SET \
   status = CASE WHEN h.status = 'banned' THEN 'banned' ELSE v.status END, \
   consecutive_failures = v.failures, \
   last_connected_at = CASE WHEN v.connected THEN now() ELSE h.last_connected_at END, \
+  subscribed_at = CASE WHEN v.subscribed THEN coalesce(h.subscribed_at, now()) ELSE h.subscribed_at END, \
   updated_at = now() \
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::bool[]) AS v(id, status, failures, connected) \
+FROM unnest($1::bigint[], $2::text[], $3::int[], $4::bool[], $5::bool[]) \
+  AS v(id, status, failures, connected, subscribed) \
 WHERE h.id = v.id";
 
 /// The production host store.
@@ -1225,6 +1271,7 @@ fn host_row(row: &tokio_postgres::Row) -> Result<HostRecord, DbError> {
         no_ssl: row.try_get(8)?,
         relay_allowed: row.try_get(9)?,
         inversion_warn_only: row.try_get(10)?,
+        subscribed: row.try_get(11)?,
     })
 }
 
@@ -1253,9 +1300,13 @@ impl HostStore for PostgresHostStore {
                 .map(|w| i32::try_from(w.failures).unwrap_or(i32::MAX))
                 .collect();
             let connected: Vec<bool> = writes.iter().map(|w| w.connected).collect();
+            let subscribed: Vec<bool> = writes.iter().map(|w| w.subscribed).collect();
             let client = db.client().await?;
             Ok(client
-                .execute(STATUSES_SQL, &[&ids, &statuses, &failures, &connected])
+                .execute(
+                    STATUSES_SQL,
+                    &[&ids, &statuses, &failures, &connected, &subscribed],
+                )
                 .await?)
         })
     }
@@ -1266,7 +1317,8 @@ impl HostStore for PostgresHostStore {
             let client = db.client().await?;
             client
                 .execute(
-                    "UPDATE hosts SET last_seq = 0, updated_at = now() WHERE id = $1",
+                    "UPDATE hosts SET last_seq = 0, subscribed_at = NULL, updated_at = now() \
+                     WHERE id = $1",
                     &[&host_id],
                 )
                 .await?;

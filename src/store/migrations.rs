@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_account_admin",
         sql: include_str!("../../schema/0003_account_admin.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_hosts_subscribed_at",
+        sql: include_str!("../../schema/0004_hosts_subscribed_at.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations ("rookery" in ASCII).

@@ -168,6 +168,7 @@ pub fn record(id: i64, hostname: &str, status: HostStatus, cursor: i64) -> HostR
         no_ssl: true,
         relay_allowed: false,
         inversion_warn_only: false,
+        subscribed: cursor > 0,
     }
 }
 
@@ -199,6 +200,7 @@ impl HostStore for MemoryHosts {
                     r.status = w.status;
                 }
                 r.failures = w.failures;
+                r.subscribed = w.subscribed;
             }
         }
         *self.status_statements.lock().unwrap() += 1;
@@ -208,6 +210,7 @@ impl HostStore for MemoryHosts {
     fn reset_cursor(&self, host_id: i64) -> BoxFuture<'static, Result<(), DbError>> {
         if let Some(r) = self.rows.lock().unwrap().get_mut(&host_id) {
             r.cursor = 0;
+            r.subscribed = false;
         }
         self.resets.lock().unwrap().push(host_id);
         Box::pin(async { Ok(()) })
@@ -349,6 +352,51 @@ async fn accept_then_drop_never_spins() {
     let n = conn.dials("flappy.example").len();
     // 1+2+4+...+1024 s (11 redials) then 1,800 s: at most 14 dials in an hour.
     assert!((10..=14).contains(&n), "{n} dials in an hour");
+}
+
+/// A host the relay completed a handshake with is owed what it publishes from then on: with
+/// no cursor yet (no event of its own became durable), it is redialled from cursor 0, its
+/// outbox, and so after a restart too. A host never reached is still dialled live only.
+#[actix_rt::test]
+async fn a_subscribed_host_without_a_cursor_resumes_from_its_outbox() {
+    tokio::time::pause();
+    let store = MemoryHosts::with(vec![
+        record(1, "quiet.example", HostStatus::Active, 0),
+        record(2, "dead.example", HostStatus::Active, 0),
+    ]);
+    let conn = ScriptedConnector::new(Duration::from_millis(10));
+    conn.set("quiet.example", Behaviour::AcceptThenDrop);
+    conn.set("dead.example", Behaviour::Dead);
+    let sup = start_supervisor(&store, Arc::new(conn.clone()), settings(S(0), 64), None);
+    sleep(10).await;
+    let cursors = |host: &str| conn.dials(host).iter().map(|d| d.1).collect::<Vec<_>>();
+    let quiet = cursors("quiet.example");
+    assert!(quiet.len() >= 2, "{quiet:?}");
+    assert_eq!(quiet[0], None, "a host never reached is dialled live only");
+    assert!(
+        quiet[1..].iter().all(|c| *c == Some(0)),
+        "after a handshake, from the outbox: {quiet:?}"
+    );
+    let dead = cursors("dead.example");
+    assert!(
+        dead.len() >= 2 && dead.iter().all(Option::is_none),
+        "{dead:?}"
+    );
+    assert!(store.row(1).subscribed, "the handshake was stored");
+    assert!(!store.row(2).subscribed);
+
+    // A restart (a new supervisor on the same table): the subscription is remembered.
+    sup.send(rookery::actors::host_supervisor::StopSupervisor)
+        .await
+        .expect("stop");
+    let conn = ScriptedConnector::new(Duration::from_millis(10));
+    conn.set("dead.example", Behaviour::Dead);
+    let sup = start_supervisor(&store, Arc::new(conn.clone()), settings(S(0), 64), None);
+    sleep(1).await;
+    let cursors = |host: &str| conn.dials(host).iter().map(|d| d.1).collect::<Vec<_>>();
+    assert_eq!(cursors("quiet.example"), vec![Some(0)]);
+    assert_eq!(cursors("dead.example"), vec![None]);
+    assert!(view(&sup, "quiet.example").await.live);
 }
 
 #[actix_rt::test]

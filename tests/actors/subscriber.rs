@@ -393,6 +393,55 @@ async fn a_full_shard_queue_stops_reading_and_drops_nothing() {
     sup.send(StopSupervisor).await.expect("stop");
 }
 
+/// A quiet host: subscribed, no event yet, so no cursor. What it publishes while the relay
+/// is down is fetched from its outbox after the restart, not lost to a live-only dial.
+#[actix_rt::test]
+async fn a_quiet_host_loses_nothing_it_published_while_the_relay_was_down() {
+    let database = test_cluster().fresh_database().await.expect("db");
+    let db = Db::new(database.pg_config, DbSettings::default()).expect("pool");
+    migrations::migrate(&db).await.expect("migrate");
+    let mut rig = rig(64);
+    rig.drain();
+    let quiet = pds();
+    let client = db.client().await.expect("client");
+    client
+        .execute(
+            "INSERT INTO hosts (hostname, no_ssl, admin_added) VALUES ($1, true, true)",
+            &[&quiet.hostname()],
+        )
+        .await
+        .expect("host");
+    let subscribed = || async {
+        client
+            .query_one(
+                "SELECT subscribed_at IS NOT NULL, last_seq FROM hosts WHERE hostname = $1",
+                &[&quiet.hostname()],
+            )
+            .await
+            .map(|r| (r.get::<_, bool>(0), r.get::<_, i64>(1)))
+            .expect("row")
+    };
+    let store: Arc<dyn HostStore> = Arc::new(PostgresHostStore::new(db.clone()));
+    let sup = rig.supervisor(Arc::clone(&store));
+    assert!(
+        eventually(WAIT, || async { subscribed().await == (true, 0) }).await,
+        "{:?}",
+        subscribed().await
+    );
+    sup.send(StopSupervisor).await.expect("stop");
+    for seq in 1..=2 {
+        quiet.push_raw(small_frame(&did(seq), seq));
+    }
+    let sup = rig.supervisor(store);
+    assert!(
+        eventually(WAIT, || async { rig.got().len() == 2 }).await,
+        "{:?}",
+        rig.seqs()
+    );
+    assert_eq!(rig.seqs(), vec![1, 2], "fetched from cursor 0");
+    sup.send(StopSupervisor).await.expect("stop");
+}
+
 #[actix_rt::test]
 async fn a_restarted_supervisor_resumes_from_the_cursors_in_postgres() {
     let database = test_cluster().fresh_database().await.expect("db");
@@ -604,10 +653,13 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
             status,
             failures: 15,
             connected: true,
+            subscribed: true,
         })
         .to_vec();
+    assert!(!a.subscribed, "a new host is not subscribed");
     assert_eq!(store.write_statuses(writes).await.expect("write"), 2);
     let rows = store.load_hosts().await.expect("load");
+    assert!(rows.iter().all(|h| h.subscribed), "a handshake is stored");
     let status = |id: i64| {
         rows.iter()
             .find(|h| h.id == id)
@@ -623,6 +675,14 @@ async fn postgres_status_writes_never_unban_and_a_future_cursor_reset_sticks() {
     let rows = store.load_hosts().await.expect("load");
     let b_row = rows.iter().find(|h| h.id == b.id).expect("b");
     assert_eq!((b_row.status, b_row.failures), (HostStatus::Active, 0));
+    // A cursor reset forgets the subscription too (the host is dialled live after it).
+    store.reset_cursor(b.id).await.expect("reset");
+    let rows = store.load_hosts().await.expect("load");
+    let subscribed = |id: i64| rows.iter().find(|h| h.id == id).map(|h| h.subscribed);
+    assert_eq!(
+        (subscribed(a.id), subscribed(b.id)),
+        (Some(true), Some(false))
+    );
 
     // FutureCursor from a real PDS against a real write-behind: the old connection's late
     // mark cannot raise the reset cursor, and the new connection's cursor is written.
