@@ -40,8 +40,8 @@ use super::obs::InstrumentedAddr;
 use super::obs::{ActorObs, ObservedMessage};
 use super::subscriber::{HostLimits, is_trusted};
 use super::supervision::{
-    BACKOFF_MIN, DEFAULT_STARTUP_SPREAD, HostState, HostStatus, SubscriberExit, decide,
-    startup_delay,
+    BACKOFF_MIN, DEFAULT_STARTUP_SPREAD, HostState, HostStatus, STABLE_CONNECTION, SubscriberExit,
+    decide, startup_delay,
 };
 use super::write_behind::{FlushNow, PendingWrites, WriteBehind};
 use crate::store::postgres::{Db, DbError};
@@ -244,7 +244,8 @@ pub struct ExitLink {
     live: Option<oneshot::Sender<()>>,
     exit: Option<oneshot::Sender<ExitNotice>>,
     outcome: Option<SubscriberExit>,
-    connected: bool,
+    /// When the upgrade succeeded.
+    connected_at: Option<tokio::time::Instant>,
     events: u64,
     /// The host's events since this process started, over all its connections (the admin
     /// host list shows it).
@@ -264,7 +265,7 @@ impl ExitLink {
     /// The upgrade succeeded: the handshake permit goes back to the ramp.
     pub fn handshake_done(&mut self) {
         self.permit = None;
-        self.connected = true;
+        self.connected_at = Some(tokio::time::Instant::now());
         if let Some(subscribed) = self.subscribed.take() {
             let _ = subscribed.send(());
         }
@@ -296,12 +297,14 @@ impl ExitLink {
 
 impl Drop for ExitLink {
     fn drop(&mut self) {
-        let exit = self.outcome.unwrap_or(if self.connected {
-            SubscriberExit::Dropped {
-                events_delivered: self.events,
+        let exit = self.outcome.unwrap_or(match self.connected_at {
+            Some(at) if self.events == 0 && at.elapsed() >= STABLE_CONNECTION => {
+                SubscriberExit::DroppedIdle
             }
-        } else {
-            SubscriberExit::DialFailed
+            Some(_) => SubscriberExit::Dropped {
+                events_delivered: self.events,
+            },
+            None => SubscriberExit::DialFailed,
         });
         if let Some(tx) = self.exit.take() {
             let _ = tx.send(ExitNotice {
@@ -747,7 +750,7 @@ impl HostSupervisor {
                 live: Some(live_tx),
                 exit: Some(exit_tx),
                 outcome: None,
-                connected: false,
+                connected_at: None,
                 events: 0,
                 seen: Arc::clone(&h.seen),
                 cursor: None,

@@ -11,7 +11,11 @@
 //!   still retried at the cap: a non-banned host is never forgotten (lesson 2);
 //! - a connection that delivered events resets the failure count and sets `active`;
 //! - a host that accepts and then drops with no events counts as a failure, so a flapping
-//!   host can never cause a tight redial loop (indigo redials at once);
+//!   host can never cause a tight redial loop (indigo redials at once); but a connection
+//!   that stayed up [`STABLE_CONNECTION`] without an event is a quiet host's, not a
+//!   failure: the count resets and the redial follows the shortest backoff (otherwise a
+//!   quiet host whose connections end now and then backs off towards 30 minutes, and what
+//!   it publishes meanwhile waits that long);
 //! - upstream `FutureCursor` → `idle`, cursor reset, reconnect without a cursor after a
 //!   backoff (lesson 4: no human resets cursors);
 //! - a relay detected (`Server` header contains `atproto-relay`) → `banned`, unless the
@@ -31,6 +35,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
 /// Consecutive failures after which a host is reported `offline`.
 pub const OFFLINE_AFTER: u32 = 15;
+/// A connection that lasted this long without an event ended for a reason other than the
+/// host accepting and dropping it at once: it resets the failure count.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Default spread of first dials at startup.
 pub const DEFAULT_STARTUP_SPREAD: Duration = Duration::from_secs(30);
 
@@ -93,6 +100,8 @@ pub enum SubscriberExit {
     DialFailed,
     /// The connection was accepted and later ended (closed, error frame, timeout).
     Dropped { events_delivered: u64 },
+    /// The connection stayed up at least [`STABLE_CONNECTION`] without an event, then ended.
+    DroppedIdle,
     /// The upstream answered our cursor with the `FutureCursor` error frame.
     FutureCursor,
     /// The upstream identifies as a relay (`Server` header contains `atproto-relay`).
@@ -112,6 +121,7 @@ impl SubscriberExit {
                 events_delivered: 0,
             } => "dropped_without_events",
             SubscriberExit::Dropped { .. } => "dropped",
+            SubscriberExit::DroppedIdle => "dropped_idle",
             SubscriberExit::FutureCursor => "future_cursor",
             SubscriberExit::RelayDetected => "relay_detected",
             SubscriberExit::AdminBan => "admin_ban",
@@ -204,6 +214,12 @@ pub fn decide(host: &HostState<'_>, exit: SubscriberExit) -> Decision {
         } => failed(current),
         SubscriberExit::Dropped { .. } => Decision {
             status: HostStatus::Active,
+            redial_after: Some(backoff(1, host.hostname)),
+            reset_cursor: false,
+            failures: 0,
+        },
+        SubscriberExit::DroppedIdle => Decision {
+            status: current,
             redial_after: Some(backoff(1, host.hostname)),
             reset_cursor: false,
             failures: 0,
@@ -378,6 +394,9 @@ mod tests {
                 },
                 d(Active, b(1), false, 0),
             ),
+            // a quiet host's connection that lasted: no failure, the shortest backoff
+            (Active, 9, DroppedIdle, d(Active, b(1), false, 0)),
+            (Idle, 3, DroppedIdle, d(Idle, b(1), false, 0)),
             // FutureCursor: idle, cursor reset, redial without it after a backoff
             (Active, 0, FutureCursor, d(Idle, b(1), true, 1)),
             (Active, 20, FutureCursor, d(Idle, b(21), true, 21)),
@@ -427,6 +446,7 @@ mod tests {
             SubscriberExit::Dropped {
                 events_delivered: 1,
             },
+            SubscriberExit::DroppedIdle,
             SubscriberExit::FutureCursor,
         ];
         for status in [
@@ -458,6 +478,7 @@ mod tests {
                 events_delivered: 2,
             }
             .reason(),
+            SubscriberExit::DroppedIdle.reason(),
             SubscriberExit::FutureCursor.reason(),
             SubscriberExit::RelayDetected.reason(),
             SubscriberExit::AdminBan.reason(),

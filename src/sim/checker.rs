@@ -269,6 +269,8 @@ pub struct CoverageReport {
     pub missing_sample: Vec<String>,
     /// Up to ten invalid events delivered, as `host kind did discriminator`.
     pub invalid_sample: Vec<String>,
+    /// Up to ten valid events delivered once too often, the same way.
+    pub duplicated_sample: Vec<String>,
 }
 
 /// Why [`Checker::run_until`] returned.
@@ -373,6 +375,7 @@ pub struct Checker {
     invalid_delivered: u64,
     /// Up to ten invalid events delivered, as `host kind did discriminator`.
     invalid_sample: Vec<String>,
+    duplicated_sample: Vec<String>,
     seq_regressions: u64,
     account_order_violations: u64,
     unexpected: u64,
@@ -408,6 +411,7 @@ impl Checker {
             duplicated: 0,
             invalid_delivered: 0,
             invalid_sample: Vec::new(),
+            duplicated_sample: Vec::new(),
             seq_regressions: 0,
             account_order_violations: 0,
             unexpected: 0,
@@ -637,6 +641,13 @@ impl Checker {
             }
         } else {
             self.duplicated += 1;
+            if self.duplicated_sample.len() < MISSING_SAMPLES {
+                let host = slot.valid.first().map_or("?", |c| &*c.host);
+                self.duplicated_sample.push(format!(
+                    "{host} {:?} {} {}",
+                    key.kind, key.did, key.discriminator
+                ));
+            }
         }
     }
 
@@ -690,6 +701,7 @@ impl Checker {
             last_seq: self.last_seq,
             missing_sample,
             invalid_sample: self.invalid_sample.clone(),
+            duplicated_sample: self.duplicated_sample.clone(),
         }
     }
 }

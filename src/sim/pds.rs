@@ -63,12 +63,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use self::host_state::{Account, HostState, now_micros};
+use self::host_state::{Account, HostState};
 use self::wire::{Listen, Serving, serve};
 use super::plc::{PlcEntry, PlcError, SimPlc};
 use super::tls::SimTls;
 use crate::atproto::frame::{Frame, FrameError, encode_frame, peek_event, resequence};
 use crate::atproto::keys::{Curve, PrivateKey, PublicKey};
+use crate::atproto::tid::now_micros;
 use crate::atproto::validate::RepoState;
 use crate::testkit::repo::{Change, SigningRepo};
 
@@ -474,20 +475,35 @@ impl SimPds {
 
     /// A valid `#commit` of `did` (signed with its key, chained to its last commit) that this
     /// host never publishes, encoded with seq 1: what another host republishes to play one
-    /// without authority over the account ([`SimPds::publish_foreign`]).
+    /// without authority over the account ([`SimPds::publish_resequenced`]).
     pub fn unpublished_commit(&self, did: &str, path: String) -> Result<Bytes, SimError> {
         let event = self.shared.state().forged_commit(did, None, path)?;
         Ok(Bytes::from(encode_frame(&Frame::Commit(Box::new(event)))?))
     }
 
-    /// Publishes another host's event frame under this host's next seq (the bytes kept
-    /// apart from the seq): an event this host has no authority for. Returns the seq.
-    pub fn publish_foreign(&self, frame: &[u8]) -> Result<u64, SimError> {
+    /// Publishes an event frame built elsewhere under this host's next seq, its bytes
+    /// re-sequenced as a relay does: a commit of a pre-generated corpus
+    /// ([`crate::sim::fleet::corpus`]), or another host's commit (an event this host has no
+    /// authority for). Returns the seq.
+    pub fn publish_resequenced(&self, frame: &[u8]) -> Result<u64, SimError> {
         let mut state = self.shared.state();
         let seq = state.head + 1;
         let frame = resequence(frame, seq as i64)?;
         state.publish(seq, Bytes::from(frame), &self.shared.config);
         Ok(seq)
+    }
+
+    /// A copy of `did`'s repo, to build commits on away from the host's lock.
+    pub fn repo_copy(&self, did: &str) -> Result<SigningRepo, SimError> {
+        Ok(self.shared.state().repo_mut(did)?.clone())
+    }
+
+    /// Makes `repo` (a [`SimPds::repo_copy`] that commits were built on) its account's repo:
+    /// the host's next commit of the account chains from the copy's last one.
+    pub fn install_repo(&self, repo: SigningRepo) -> Result<(), SimError> {
+        let did = repo.did.clone();
+        *self.shared.state().repo_mut(&did)? = repo;
+        Ok(())
     }
 
     /// Sends `frame` to every live connection and keeps it for replay, byte for byte as

@@ -59,6 +59,7 @@ pub enum Change {
 }
 
 /// A repository as its PDS holds it.
+#[derive(Clone)]
 pub struct SigningRepo {
     pub did: String,
     pub key: PrivateKey,

@@ -29,6 +29,8 @@ pub enum Behaviour {
     Dead,
     /// The upgrade succeeds and the connection closes at once, with no event.
     AcceptThenDrop,
+    /// The upgrade succeeds, the connection stays up this long with no event, then closes.
+    IdleThenDrop(Duration),
     /// Upgrade, then the `FutureCursor` error frame.
     FutureCursor,
     /// The upgrade's `Server` header names a relay.
@@ -111,6 +113,10 @@ impl Connector for ScriptedConnector {
             match behaviour {
                 Behaviour::Dead => {}
                 Behaviour::AcceptThenDrop => link.handshake_done(),
+                Behaviour::IdleThenDrop(lasts) => {
+                    link.handshake_done();
+                    tokio::time::sleep(lasts).await;
+                }
                 Behaviour::FutureCursor => {
                     link.handshake_done();
                     link.set_outcome(SubscriberExit::FutureCursor);
@@ -397,6 +403,26 @@ async fn a_subscribed_host_without_a_cursor_resumes_from_its_outbox() {
     assert_eq!(cursors("quiet.example"), vec![Some(0)]);
     assert_eq!(cursors("dead.example"), vec![None]);
     assert!(view(&sup, "quiet.example").await.live);
+}
+
+/// A quiet host whose connections last (15 s here) and then end is not failing: no failure
+/// is counted, it stays active, and it is redialled after the shortest backoff every time
+/// instead of backing off towards 30 minutes.
+#[actix_rt::test]
+async fn a_quiet_host_whose_connections_end_is_redialled_promptly() {
+    tokio::time::pause();
+    let store = MemoryHosts::with(vec![record(1, "quiet.example", HostStatus::Active, 5)]);
+    let conn = ScriptedConnector::new(Duration::from_millis(10));
+    conn.set("quiet.example", Behaviour::IdleThenDrop(S(15)));
+    let sup = start_supervisor(&store, Arc::new(conn.clone()), settings(S(0), 64), None);
+    sleep(600).await;
+    let dials = conn.dials("quiet.example");
+    // One dial per 15 s connection plus at most 1 s of backoff.
+    assert!((36..=41).contains(&dials.len()), "{} dials", dials.len());
+    let gaps = dials.windows(2).map(|w| w[1].0 - w[0].0);
+    assert!(gaps.clone().all(|g| g <= S(17)), "{:?}", gaps.max());
+    let v = view(&sup, "quiet.example").await;
+    assert_eq!((v.status, v.failures), (HostStatus::Active, 0));
 }
 
 #[actix_rt::test]

@@ -251,6 +251,95 @@ async fn a_fleet_starts_its_hosts_stops_the_dead_ones_and_drives_events_by_share
     fleet.stop().await;
 }
 
+/// A corpus: as many commits as asked, every one a valid commit of its account that chains
+/// from the one before (checked with the relay's own validation, from the account's state
+/// before the corpus), drawn only from hosts a relay can receive from, built the same for
+/// the same seed; published re-sequenced under each host's next seqs, and the account's
+/// next ordinary commit chains from the corpus's last.
+#[actix_rt::test]
+async fn a_corpus_is_valid_chained_commits_that_publish_under_the_hosts_seqs() {
+    use rookery::atproto::frame::{Frame, decode_frame};
+    use rookery::atproto::validate::{CommitVerdict, ValidationPolicy, validate_commit};
+    use rookery::sim::fleet::{Corpus, CorpusHost};
+    use rookery::testkit::repo::Change;
+    use std::collections::HashMap;
+
+    rookery::sim::install_crypto_provider();
+    let mut table = HostTable::generate(6, 3);
+    table.add_fault(Fault::Dead, 1);
+    let fleet = Fleet::start(&table, FleetOptions::default()).await.unwrap();
+    let hosts = CorpusHost::of(&fleet);
+    assert_eq!(hosts.len(), 5, "the dead host is left out");
+    let accounts: HashMap<String, usize> = fleet
+        .hosts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, h)| h.accounts.iter().map(move |d| (d.clone(), i)))
+        .collect();
+    let mut states: HashMap<String, _> = accounts
+        .keys()
+        .map(|did| {
+            let pds = &fleet.hosts[accounts[did]].pds;
+            (did.clone(), pds.repo_state(did))
+        })
+        .collect();
+    let corpus = Corpus::generate(&hosts, 400, 7, 2).unwrap();
+    assert_eq!(corpus.len(), 400);
+    let policy = ValidationPolicy::default();
+    let now = rookery::atproto::tid::now_micros();
+    let mut last_of = HashMap::new();
+    for commit in &corpus.commits {
+        let Ok(Frame::Commit(event)) = decode_frame(&commit.frame) else {
+            panic!("not a commit");
+        };
+        assert_eq!(
+            accounts[&event.repo], commit.host,
+            "the commit is its host's"
+        );
+        let key = fleet.hosts[commit.host]
+            .pds
+            .signing_key(&event.repo)
+            .unwrap();
+        let verdict = validate_commit(&event, &key, states[&event.repo].as_ref(), now, &policy);
+        let Ok(CommitVerdict::Accept {
+            new_state,
+            discontinuity: None,
+            ..
+        }) = verdict
+        else {
+            panic!("{verdict:?}");
+        };
+        states.insert(event.repo.clone(), Some(new_state));
+        last_of.insert(event.repo.clone(), event.rev.clone());
+    }
+    // Publishing: the host's next seqs, the bytes otherwise the corpus's.
+    let first = &corpus.commits[0];
+    let pds = &fleet.hosts[first.host].pds;
+    let head = pds.head_seq();
+    let seq = pds.publish_resequenced(&first.frame).unwrap();
+    assert_eq!(seq, head + 1);
+    let Ok(Frame::Commit(sent)) = decode_frame(&pds.published_frame(seq).unwrap()) else {
+        panic!("not a commit");
+    };
+    assert_eq!(sent.seq, seq as i64);
+    // The accounts' repos moved to the corpus's ends.
+    let (did, rev) = last_of.iter().next().unwrap();
+    let pds = &fleet.hosts[accounts[did]].pds;
+    let seq = pds.commit(
+        did,
+        &[Change::Create("app.bsky.feed.post/aftercorpus".into())],
+    );
+    let Ok(Frame::Commit(next)) = decode_frame(&pds.published_frame(seq.unwrap()).unwrap()) else {
+        panic!("not a commit");
+    };
+    assert_eq!(next.since.as_deref(), Some(rev.as_str()));
+    // The same seed draws the same hosts (the repos have moved on, so not the same bytes).
+    let again = Corpus::generate(&hosts, 400, 7, 1).unwrap();
+    let hosts_of = |c: &Corpus| c.commits.iter().map(|c| c.host).collect::<Vec<_>>();
+    assert_eq!(hosts_of(&corpus), hosts_of(&again));
+    fleet.stop().await;
+}
+
 #[actix_rt::test]
 async fn a_tls_fleet_serves_wss_and_writes_its_ca_file_until_dropped() {
     rookery::sim::install_crypto_provider();
@@ -365,6 +454,13 @@ fn bench_ingest_delivers_every_published_event_once() {
     let mut best = 0.0_f64;
     for step in steps {
         assert!(step["published"].as_u64().unwrap() > 100, "{result}");
+        // The step published from its corpus, built beforehand (5% more than it owes).
+        let offered = step["offered_per_sec"].as_f64().unwrap();
+        assert!(
+            step["corpus_commits"].as_f64().unwrap() >= offered * 3.0,
+            "{result}"
+        );
+        assert!(step["corpus_built_s"].as_f64().unwrap() > 0.0, "{result}");
         assert!(step["drained_after_s"].as_f64().is_some(), "{result}");
         assert_eq!(step["missing"], 0, "{result}");
         if step["sustained"] == true {

@@ -5,7 +5,8 @@
 //!
 //! - [`table`]: the host table file (one JSON object per host: class, accounts, share of
 //!   the event rate, faults), its generator shaped like today's network, and its loader.
-//! - [`driver`]: the event driver.
+//! - [`driver`]: the event driver; [`corpus`]: commits built before a run, for rates
+//!   above what signing at run time allows.
 //! - [`bench`]: the benchmarks (`ramp`, `memory`): the real `rookery serve` started on a
 //!   throwaway database with the fleet's hosts, a `/_health` probe, and a result table.
 //!
@@ -27,12 +28,14 @@
 //! ("rookery-fleet") for what 3,000 hosts take on this machine.
 
 pub mod bench;
+pub mod corpus;
 pub mod driver;
 pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use corpus::{Corpus, CorpusHost};
 pub use driver::{DriverStats, EventDriver, EventFaults};
 pub use table::{Fault, HostClass, HostFaults, HostSpec, HostTable, TableError};
 

@@ -3,8 +3,8 @@
 //! is numbered, kept and broadcast in one step, and a new connection's replay snapshot and
 //! live receiver are taken in one step too: every event is in exactly one of them.
 
+use crate::atproto::tid::now_micros;
 use std::collections::{HashMap, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
@@ -279,13 +279,6 @@ const FUTURE_REV_AHEAD_MICROS: u64 = 3_600_000_000;
 /// The record of a [`Forgery::Oversized`] commit: its blocks pass the 2,000,000-byte limit
 /// of `#commit` while the frame stays under the 5 MB message cap.
 const OVERSIZED_RECORD_BYTES: usize = 2_100_000;
-
-pub(super) fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 /// `SigningRepo` advances its clock one second per rev; left alone, a busy account's revs
 /// would run ahead of the wall clock and a relay would reject them as future revs. Setting

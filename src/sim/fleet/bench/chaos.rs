@@ -111,6 +111,8 @@ impl ChaosResult {
             "drained_after_s": self.drained_after_s.map(round2),
             "missing_sample": c.missing_sample,
             "invalid_sample": c.invalid_sample,
+            "duplicated_sample": c.duplicated_sample,
+            "unexpected": c.unexpected,
             "latency_p50_ms": c.latency_p50_ms,
             "latency_p99_ms": c.latency_p99_ms,
             "hosts": self.ramp.hosts,

@@ -3,8 +3,10 @@
 //!
 //! After the ramp, the checker connects live and every account publishes one commit (the
 //! warm-up: identities resolved and account state stored, as in a relay that has run for a
-//! while; not counted in the steps). Then the driver publishes at each rate of
-//! `rates` in turn for `step` (each event handed to the checker as it is published), then
+//! while; not counted in the steps). Then, for each rate of `rates` in turn, a corpus of
+//! `rate × step` commits is built on every core ([`crate::sim::fleet::corpus`]; the relay
+//! idles meanwhile) and the driver publishes it at that rate for `step`, each event
+//! re-sequenced under its host's next seq and handed to the checker as published; then it
 //! stops and gives the relay `drain` to deliver the rest. A step is **sustained** when, by
 //! the end of its drain, every event it published was delivered exactly once, in order, and
 //! the relay delivered at least [`SUSTAINED_SHARE`] of them within the step itself (it kept
@@ -26,7 +28,7 @@ use crate::atproto::frame::{self, Frame};
 use crate::atproto::keys::Curve;
 use crate::atproto::validate::{CommitVerdict, RepoState, ValidationPolicy, validate_commit};
 use crate::sim::checker::{Checker, CoverageReport, Expectations, Stop};
-use crate::sim::fleet::{EventDriver, EventFaults};
+use crate::sim::fleet::{Corpus, CorpusHost, EventDriver, Fleet};
 use crate::sim::probe::ProbeReport;
 use crate::testkit::repo::{Change, SigningRepo, record_path};
 
@@ -70,9 +72,12 @@ pub struct IngestStep {
     pub invalid_delivered: u64,
     /// Seconds after the step until everything was delivered (`None`: not within `drain`).
     pub drained_after_s: Option<f64>,
-    /// Share of the step the driver spent building and signing events (it shares the
-    /// machine with the relay).
+    /// Share of the step the driver spent publishing events (it shares the machine with
+    /// the relay).
     pub driver_busy: f64,
+    /// Commits in the step's corpus, and the seconds building them took before the step.
+    pub corpus_commits: usize,
+    pub corpus_built_s: f64,
     pub sustained: bool,
 }
 
@@ -210,14 +215,16 @@ pub async fn ingest(
             break;
         }
         relay.check_alive()?;
-        let before = checker.report();
-        let driver = EventDriver::start_recording(
+        let corpus = build_corpus(
             &fleet,
-            rate,
+            &mut checker,
+            (rate * ingest.step.as_secs_f64() * CORPUS_MARGIN).ceil() as usize,
             options.seed + index as u64,
-            EventFaults::default(),
-            feed.clone(),
-        );
+        )
+        .await?;
+        let (corpus_commits, corpus_built_s) = (corpus.len(), corpus.built_in.as_secs_f64());
+        let before = checker.report();
+        let driver = EventDriver::start_corpus(&fleet, rate, corpus, feed.clone());
         let begun = Instant::now();
         let step_end = tokio::time::Instant::now() + ingest.step;
         // Progress every few seconds while the step runs.
@@ -260,6 +267,8 @@ pub async fn ingest(
             invalid_delivered: after.invalid_delivered - before.invalid_delivered,
             drained_after_s: (missing == 0).then(|| drain_begun.elapsed().as_secs_f64()),
             driver_busy: stats.busy().as_secs_f64() / seconds,
+            corpus_commits,
+            corpus_built_s: round2(corpus_built_s),
             sustained: missing == 0
                 && after.duplicated == before.duplicated
                 && after.out_of_order == before.out_of_order
@@ -295,6 +304,43 @@ pub async fn ingest(
         warm_up_s,
         health,
     })
+}
+
+/// A step's corpus holds this much more than `rate × step` (the driver catches up after a
+/// slow tick, and must not run out before the step ends).
+const CORPUS_MARGIN: f64 = 1.05;
+
+/// Builds a step's corpus on every core of the machine (the relay idles meanwhile) while the
+/// checker keeps reading the firehose, so the relay never sees a consumer that stopped.
+async fn build_corpus(
+    fleet: &Fleet,
+    checker: &mut Checker,
+    count: usize,
+    seed: u64,
+) -> Result<Corpus, BenchError> {
+    let hosts = CorpusHost::of(fleet);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let building =
+        tokio::task::spawn_blocking(move || Corpus::generate(&hosts, count, seed, threads));
+    while !building.is_finished() {
+        checker
+            .run_until(
+                tokio::time::Instant::now() + Duration::from_millis(100),
+                Stop::AtDeadline,
+            )
+            .await;
+    }
+    let corpus = building
+        .await
+        .map_err(|e| BenchError::Relay(format!("building the corpus: {e}")))?
+        .map_err(|e| BenchError::Relay(format!("building the corpus: {e}")))?;
+    eprintln!(
+        "corpus: {} commits, {:.0} MB, built in {:.1} s on {threads} threads",
+        corpus.len(),
+        corpus.bytes() as f64 / 1e6,
+        corpus.built_in.as_secs_f64(),
+    );
+    Ok(corpus)
 }
 
 /// Commits validated per measurement of [`validate_full_micros`].
