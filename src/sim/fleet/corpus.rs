@@ -28,6 +28,13 @@ use crate::atproto::tid::now_micros;
 use crate::sim::{SimError, SimPds};
 use crate::testkit::repo::Change;
 
+/// An account, as (position in the hosts given, position in its host's accounts).
+type AccountAt = (usize, usize);
+/// An account and how many commits of it a corpus holds.
+type Chain = (AccountAt, usize);
+/// An account and its commits, in order.
+type BuiltChain = (AccountAt, Vec<Bytes>);
+
 /// One host a corpus draws from.
 #[derive(Clone)]
 pub struct CorpusHost {
@@ -87,14 +94,14 @@ impl Corpus {
         let draws = draw(hosts, count, seed);
         // Each account's chain is built by one thread; accounts are dealt out largest
         // first to the least loaded thread, so the threads end together.
-        let mut chains: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut chains: HashMap<AccountAt, usize> = HashMap::new();
         for &key in &draws {
             *chains.entry(key).or_default() += 1;
         }
-        let mut chains: Vec<((usize, usize), usize)> = chains.into_iter().collect();
+        let mut chains: Vec<Chain> = chains.into_iter().collect();
         chains.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let threads = threads.max(1);
-        let mut work: Vec<(usize, Vec<((usize, usize), usize)>)> = vec![(0, Vec::new()); threads];
+        let mut work: Vec<(usize, Vec<Chain>)> = vec![(0, Vec::new()); threads];
         for chain in chains {
             let least = work
                 .iter_mut()
@@ -103,18 +110,17 @@ impl Corpus {
             least.0 += chain.1;
             least.1.push(chain);
         }
-        let built: Vec<Result<Vec<((usize, usize), Vec<Bytes>)>, SimError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = work
-                    .iter()
-                    .map(|(_, chains)| scope.spawn(move || build_chains(hosts, chains)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("a corpus thread panicked"))
-                    .collect()
-            });
-        let mut frames: HashMap<(usize, usize), VecDeque<Bytes>> = HashMap::new();
+        let built: Vec<Result<Vec<BuiltChain>, SimError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .iter()
+                .map(|(_, chains)| scope.spawn(move || build_chains(hosts, chains)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a corpus thread panicked"))
+                .collect()
+        });
+        let mut frames: HashMap<AccountAt, VecDeque<Bytes>> = HashMap::new();
         for part in built {
             for (key, chain) in part? {
                 frames.insert(key, chain.into());
@@ -150,8 +156,8 @@ impl Corpus {
     }
 }
 
-/// `(host position in hosts, account position)` of each commit, in publishing order.
-fn draw(hosts: &[CorpusHost], count: usize, seed: u64) -> Vec<(usize, usize)> {
+/// The account of each commit, in publishing order.
+fn draw(hosts: &[CorpusHost], count: usize, seed: u64) -> Vec<AccountAt> {
     let mut cumulative = Vec::with_capacity(hosts.len());
     let mut total = 0.0;
     for h in hosts {
@@ -171,10 +177,7 @@ fn draw(hosts: &[CorpusHost], count: usize, seed: u64) -> Vec<(usize, usize)> {
 }
 
 /// Builds each chain on a copy of its account's repo and installs the copy.
-fn build_chains(
-    hosts: &[CorpusHost],
-    chains: &[((usize, usize), usize)],
-) -> Result<Vec<((usize, usize), Vec<Bytes>)>, SimError> {
+fn build_chains(hosts: &[CorpusHost], chains: &[Chain]) -> Result<Vec<BuiltChain>, SimError> {
     let mut out = Vec::with_capacity(chains.len());
     for &((host, account), length) in chains {
         let pds = &hosts[host].pds;
