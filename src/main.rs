@@ -349,7 +349,7 @@ async fn run_relay(config: Config) -> Result<(), RunError> {
         "database schema is current"
     );
 
-    // Ingest: the host table is loaded and every host that is not banned or idle is dialled
+    // Ingest: the host table is loaded and every host that is not banned is dialled
     // over the startup ramp; the event log now belongs to the Persister.
     let actor_metrics = ActorMetrics::register(metrics.registry())?;
     let pipeline = start_pipeline(

@@ -9,7 +9,7 @@
 //!
 //! How it works:
 //! - On start, one query loads the whole host table ([`HostStore::load_hosts`], lesson 8);
-//!   each host that is not banned or idle is dialled after [`startup_delay`] (deterministic
+//!   each host that is not banned is dialled after [`startup_delay`] (deterministic
 //!   jitter over `startup_spread`), and every dial first takes one of
 //!   `max_concurrent_handshakes` permits, held until its handshake ended (lesson 1). A
 //!   restart therefore resumes every such host from its stored cursor (lesson 24), and a
@@ -970,7 +970,10 @@ impl HostSupervisor {
                             let (id, status) = (rec.id, rec.status);
                             let delay = startup_delay(&rec.hostname, spread);
                             act.insert(rec);
-                            if !matches!(status, HostStatus::Banned | HostStatus::Idle) {
+                            // `idle` too: in-process a host idle after `FutureCursor` is
+                            // redialled after a backoff, so one whose redial a restart cut
+                            // short must not wait for a requestCrawl (lesson 2).
+                            if status != HostStatus::Banned {
                                 act.schedule(id, delay, ctx);
                             }
                         }

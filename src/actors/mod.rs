@@ -282,7 +282,7 @@ pub struct Pipeline {
 /// Brings account state in Postgres up to the event log (the tail after the write-behind's
 /// last checkpoint, see [`write_behind::recover_account_state`]), then starts the ingest
 /// singletons, the resolver, the shards and the HostSupervisor (which loads the host table
-/// and dials every host that is not banned or idle). Must be called inside an actix system.
+/// and dials every host that is not banned). Must be called inside an actix system.
 pub async fn start_pipeline(
     log: EventLog,
     db: Db,

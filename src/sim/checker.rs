@@ -671,9 +671,17 @@ impl Checker {
         // Deliveries still parked: beyond the copies of a known key they are duplicates,
         // of an unknown key unexpected.
         let (mut parked_duplicates, mut parked_unknown) = (0, 0);
+        let mut duplicated_sample = self.duplicated_sample.clone();
         for (key, times) in &self.parked {
-            if self.expected.slots.contains_key(key) {
+            if let Some(slot) = self.expected.slots.get(key) {
                 parked_duplicates += times.len() as u64;
+                if duplicated_sample.len() < MISSING_SAMPLES {
+                    let host = slot.valid.first().map_or("?", |c| &*c.host);
+                    duplicated_sample.push(format!(
+                        "{host} {:?} {} {} (parked)",
+                        key.kind, key.did, key.discriminator
+                    ));
+                }
             } else {
                 parked_unknown += times.len() as u64;
             }
@@ -701,7 +709,7 @@ impl Checker {
             last_seq: self.last_seq,
             missing_sample,
             invalid_sample: self.invalid_sample.clone(),
-            duplicated_sample: self.duplicated_sample.clone(),
+            duplicated_sample,
         }
     }
 }

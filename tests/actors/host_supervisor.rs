@@ -480,10 +480,12 @@ async fn a_relay_is_banned_and_never_redialled() {
         conn.dials("banned.example").is_empty(),
         "banned: never dialled"
     );
-    assert!(
-        conn.dials("idle.example").is_empty(),
-        "idle waits for a crawl"
-    );
+    // Idle (a `FutureCursor` whose redial a restart cut short): dialled at start, as it
+    // would have been redialled had the relay not restarted.
+    let idle = conn.dials("idle.example");
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    assert_eq!(idle[0].1, Some(9));
+    assert_eq!(view(&sup, "idle.example").await.status, HostStatus::Active);
     assert_eq!(view(&sup, "relay.example").await.status, HostStatus::Banned);
     assert_eq!(store.row(1).status, HostStatus::Banned);
     assert_eq!(sup.send(GetSupervisorState).await.unwrap().relays_banned, 1);
@@ -498,13 +500,7 @@ async fn a_relay_is_banned_and_never_redialled() {
         })
     };
     assert!(sup.send(crawl("relay.example")).await.unwrap().is_err());
-    assert!(sup.send(crawl("idle.example")).await.unwrap().is_ok());
     sleep(1).await;
-    assert_eq!(
-        conn.dials("idle.example"),
-        vec![(conn.dials("idle.example")[0].0, Some(9))]
-    );
-    assert_eq!(view(&sup, "idle.example").await.status, HostStatus::Active);
     assert_eq!(conn.dials("relay.example").len(), 1);
 }
 
