@@ -182,6 +182,7 @@ fn run(total: usize, shards: usize) {
                     .route(UpstreamFrame {
                         hostname: HOST.into(),
                         no_ssl: true,
+                        catching_up: false,
                         did,
                         kind: EventKind::Commit,
                         frame: f,

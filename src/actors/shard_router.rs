@@ -41,6 +41,12 @@ pub struct UpstreamFrame {
     /// The host is reached over plain `ws://` and `http://` (admin-added test hosts): the
     /// shard asks its `getRepoStatus` the same way.
     pub no_ssl: bool,
+    /// The connection asked for the host's whole retained outbox (`cursor=0`: a host the
+    /// relay was subscribed to without a stored cursor). Its frames are mostly history, so
+    /// a `#sync` below the stored rev is an old one replayed (an account's creation sends
+    /// one), not a rollback: taken as one, it would reset the account's state and let the
+    /// replayed commits after it through again.
+    pub catching_up: bool,
     /// The account: `repo` of a `#commit`, `did` otherwise.
     pub did: String,
     pub kind: EventKind,
@@ -246,6 +252,7 @@ mod tests {
         UpstreamFrame {
             hostname: Arc::from("pds.example.com"),
             no_ssl: false,
+            catching_up: false,
             did: did.to_string(),
             kind: EventKind::Commit,
             frame: Bytes::from(vec![0u8; 100]),

@@ -548,13 +548,19 @@ pub fn after_commit(
     }
 }
 
-/// After `validate_sync`: a duplicate is forwarded (not a drop), a rollback passed and noted.
+/// After `validate_sync`: a duplicate is forwarded (not a drop), a rollback passed and noted,
+/// except on a connection `catching_up` on a host's whole outbox, where a lower rev is an old
+/// `#sync` replayed and is dropped as stale ([`super::shard_router::UpstreamFrame::catching_up`]).
 pub fn after_sync(
     result: &Result<SyncVerdict, ValidationError>,
     account: &AccountRecord,
     fresh: bool,
+    catching_up: bool,
 ) -> RuleOutcome {
     match result {
+        Ok(SyncVerdict::Accept { rollback: true, .. }) if catching_up => {
+            RuleOutcome::Drop(DropReason::StaleRev)
+        }
         Ok(SyncVerdict::Accept {
             new_state,
             rollback,
@@ -831,8 +837,17 @@ mod tests {
             ("invalid sync drops", Err(bad), true, drop(Invalid("future-rev"))),
         ];
         for (name, result, fresh, want) in syncs {
-            assert_eq!(after_sync(&result, &acct, fresh), want, "{name}");
+            assert_eq!(after_sync(&result, &acct, fresh, false), want, "{name}");
         }
+        // Catching up on a whole outbox: a lower rev is history replayed, dropped as stale;
+        // everything else is decided as on any connection.
+        let rollback = Ok(SyncVerdict::Accept { new_state: new, rollback: true });
+        assert_eq!(after_sync(&rollback, &acct, false, true), drop(StaleRev));
+        let newer = Ok(SyncVerdict::Accept { new_state: new, rollback: false });
+        assert_eq!(
+            after_sync(&newer, &acct, false, true),
+            forward(Rewrite::None, sync_change.clone(), None)
+        );
     }
 
     #[test]

@@ -242,6 +242,7 @@ async fn dial(deps: SubscriberDeps, request: DialRequest) {
             obs,
             hostname,
             no_ssl,
+            catching_up: cursor == Some(0),
             cursor: HostCursor::new(host_id, cursor.unwrap_or(0), deps.pending.clone()),
             router: deps.router.clone(),
             budget: deps.budget.clone(),
@@ -272,6 +273,8 @@ pub struct Subscriber {
     obs: ActorObs,
     hostname: Arc<str>,
     no_ssl: bool,
+    /// Dialled with `cursor=0` (see [`UpstreamFrame::catching_up`]).
+    catching_up: bool,
     cursor: HostCursor,
     router: ShardRouter,
     budget: ByteBudget,
@@ -389,6 +392,7 @@ impl Subscriber {
         let budget = self.budget.clone();
         let hostname = Arc::clone(&self.hostname);
         let no_ssl = self.no_ssl;
+        let catching_up = self.catching_up;
         let stop = self.stop.clone();
         // While this runs the actor reads nothing: the rate limit and a full shard queue
         // delay the upstream, they never drop (lesson 10). A stop abandons the frame's mark,
@@ -402,6 +406,7 @@ impl Subscriber {
                 .route(UpstreamFrame {
                     hostname,
                     no_ssl,
+                    catching_up,
                     did,
                     kind,
                     frame: msg,

@@ -830,7 +830,7 @@ impl Shard {
                             now,
                             &self.settings.policy,
                         );
-                        shard_rules::after_sync(&result, account, fresh)
+                        shard_rules::after_sync(&result, account, fresh, f.catching_up)
                     }
                     _ => break,
                 };

@@ -145,6 +145,8 @@ struct Slot {
     invalid_host: Option<Arc<str>>,
     /// Deliveries seen so far.
     delivered: u32,
+    /// The relay's seq of the first delivery (for the report's samples of duplicates).
+    first_seq: Option<u64>,
 }
 
 impl Slot {
@@ -367,7 +369,8 @@ pub struct Checker {
     /// Account → position of the last valid event delivered.
     last_position: HashMap<Arc<str>, u32>,
     /// Unmatched deliveries: key → receipt times.
-    parked: HashMap<EventKey, Vec<Instant>>,
+    /// Deliveries waiting for their expectation: when, and the relay's seq.
+    parked: HashMap<EventKey, Vec<(Instant, u64)>>,
     parked_len: usize,
     latency: LatencyHistogram,
     delivered: u64,
@@ -553,11 +556,11 @@ impl Checker {
         if let Some(times) = self.parked.remove(&key) {
             self.parked_len -= times.len();
             let mut rest = Vec::new();
-            for at in times {
+            for (at, seq) in times {
                 if self.has_room(&key) {
-                    self.deliver(&key, at);
+                    self.deliver(&key, at, seq);
                 } else {
-                    rest.push(at);
+                    rest.push((at, seq));
                 }
             }
             if !rest.is_empty() {
@@ -599,25 +602,26 @@ impl Checker {
         }
         self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
         if self.has_room(&key) {
-            self.deliver(&key, at);
+            self.deliver(&key, at, seq);
         } else if self.parked_len < MAX_PARKED {
             // Unknown, or more deliveries than copies so far: a copy may still be on the feed.
             self.parked_len += 1;
-            self.parked.entry(key).or_default().push(at);
+            self.parked.entry(key).or_default().push((at, seq));
         } else if self.expected.slots.contains_key(&key) {
-            self.deliver(&key, at);
+            self.deliver(&key, at, seq);
         } else {
             self.unexpected += 1;
         }
     }
 
     /// One delivery of a known key.
-    fn deliver(&mut self, key: &EventKey, at: Instant) {
+    fn deliver(&mut self, key: &EventKey, at: Instant, seq: u64) {
         let Some(slot) = self.expected.slots.get_mut(key) else {
             return;
         };
         let n = slot.delivered as usize;
         slot.delivered = slot.delivered.saturating_add(1);
+        slot.first_seq.get_or_insert(seq);
         if let Some(copy) = slot.valid.get(n) {
             self.delivered += 1;
             self.awaited.done(&copy.host);
@@ -644,8 +648,11 @@ impl Checker {
             if self.duplicated_sample.len() < MISSING_SAMPLES {
                 let host = slot.valid.first().map_or("?", |c| &*c.host);
                 self.duplicated_sample.push(format!(
-                    "{host} {:?} {} {}",
-                    key.kind, key.did, key.discriminator
+                    "{host} {:?} {} {} at seq {} and {seq}",
+                    key.kind,
+                    key.did,
+                    key.discriminator,
+                    slot.first_seq.unwrap_or(0)
                 ));
             }
         }
@@ -677,9 +684,13 @@ impl Checker {
                 parked_duplicates += times.len() as u64;
                 if duplicated_sample.len() < MISSING_SAMPLES {
                     let host = slot.valid.first().map_or("?", |c| &*c.host);
+                    let seqs: Vec<u64> = times.iter().map(|t| t.1).collect();
                     duplicated_sample.push(format!(
-                        "{host} {:?} {} {} (parked)",
-                        key.kind, key.did, key.discriminator
+                        "{host} {:?} {} {} at seq {} and {seqs:?}",
+                        key.kind,
+                        key.did,
+                        key.discriminator,
+                        slot.first_seq.unwrap_or(0)
                     ));
                 }
             } else {

@@ -150,6 +150,7 @@ impl MiniShard {
                         &validate_sync(s, key, account.sync.as_ref(), NOW, &self.policy),
                         account,
                         fresh,
+                        false,
                     ),
                     other => panic!("validate asked for {other:?}"),
                 };

@@ -51,6 +51,128 @@ async fn host_cursor(db: &Db, hostname: &str) -> i64 {
     }
 }
 
+/// The log's commits as (repo, rev), asserting that seqs run from 1 without a gap and that no
+/// commit is stored twice.
+fn stored_commits_once(data: &Path) -> HashSet<(String, String)> {
+    let (stored, _) = EventLog::open(EventLogConfig::new(data)).expect("open the log");
+    let mut replay = stored.reader().read_after(0).expect("replay");
+    let mut records = Vec::new();
+    for _ in 0..10_000 {
+        let batch = replay.next_batch(1_000, 16 << 20).expect("read");
+        if batch.is_empty() {
+            break;
+        }
+        records.extend(batch);
+    }
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=records.len() as u64).collect::<Vec<_>>(),
+        "seqs contiguous from 1: none reused, none skipped"
+    );
+    let mut commits = HashSet::new();
+    for r in &records {
+        if let Ok(Frame::Commit(c)) = frame::decode_frame(&r.body) {
+            assert!(
+                commits.insert((c.repo.clone(), c.rev.clone())),
+                "commit {} {} stored twice",
+                c.repo,
+                c.rev
+            );
+        }
+    }
+    commits
+}
+
+/// Waits for the child's exit after SIGTERM and asserts a clean one.
+async fn stop_cleanly(child: &mut std::process::Child, log: &Path) {
+    send_signal(child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", read(log));
+}
+
+/// A host the relay is subscribed to but has no stored cursor for (its events were all in
+/// flight at a crash, or it never published): after a restart the relay asks for its whole
+/// outbox, so what it published while the relay was down arrives, and what the outbox
+/// replays from before (the accounts' creation `#sync`s, commits already stored) changes
+/// nothing: no commit is stored twice.
+#[actix_rt::test]
+async fn a_subscribed_host_without_a_cursor_is_caught_up_from_its_outbox_once() {
+    let plc = SimPlc::start().expect("plc");
+    let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
+    let fixture = RelayFixture::new(&[&pds]).await;
+    let (db, log, data) = (&fixture.db, fixture.log.clone(), fixture.data.clone());
+    let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
+    wait_until(
+        Duration::from_secs(60),
+        "a live connection",
+        &log,
+        || async { pds.live_connections() > 0 },
+    )
+    .await;
+    let accounts: Vec<String> = (0..ACCOUNTS)
+        .map(|_| pds.create_account().expect("account"))
+        .collect();
+    let commit_round = |round: usize| {
+        for did in &accounts {
+            pds.commit(
+                did,
+                &[Change::Create(format!("app.bsky.feed.post/r{round}"))],
+            )
+            .expect("commit");
+        }
+    };
+    commit_round(0);
+    let head = pds.head_seq() as i64;
+    wait_until(
+        Duration::from_secs(30),
+        "the first round's cursor",
+        &log,
+        || async { host_cursor(db, &pds.hostname()).await >= head },
+    )
+    .await;
+    stop_cleanly(&mut child, &log).await;
+    // The cursor never stored (a crash before its flush), the subscription known.
+    let client = db.client().await.expect("client");
+    let subscribed: bool = client
+        .query_one(
+            "UPDATE hosts SET last_seq = 0 WHERE hostname = $1              RETURNING subscribed_at IS NOT NULL",
+            &[&pds.hostname()],
+        )
+        .await
+        .expect("host row")
+        .get(0);
+    assert!(subscribed, "the handshake was stored");
+    commit_round(1);
+
+    let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
+    let head = pds.head_seq() as i64;
+    wait_until(
+        Duration::from_secs(60),
+        "the cursor at the PDS head",
+        &log,
+        || async { host_cursor(db, &pds.hostname()).await >= head },
+    )
+    .await;
+    stop_cleanly(&mut child, &log).await;
+    let commits = stored_commits_once(&data);
+    assert_eq!(
+        commits.len(),
+        ACCOUNTS * 2,
+        "both rounds, once each: {}",
+        read(&log)
+    );
+    pds.stop().await;
+    plc.stop().await;
+}
+
 #[actix_rt::test]
 async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
     let plc = SimPlc::start().expect("plc");
@@ -108,44 +230,8 @@ async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
         || async { host_cursor(db, &pds.hostname()).await >= head },
     )
     .await;
-    send_signal(child.id(), "TERM");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{}", read(&log));
-
-    let (stored, _) = EventLog::open(EventLogConfig::new(&data)).expect("open the log");
-    let mut replay = stored.reader().read_after(0).expect("replay");
-    let mut records = Vec::new();
-    for _ in 0..10_000 {
-        let batch = replay.next_batch(1_000, 16 << 20).expect("read");
-        if batch.is_empty() {
-            break;
-        }
-        records.extend(batch);
-    }
-    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=records.len() as u64).collect::<Vec<_>>(),
-        "seqs contiguous from 1: none reused, none skipped"
-    );
-    let mut commits = HashSet::new();
-    for r in &records {
-        if let Ok(Frame::Commit(c)) = frame::decode_frame(&r.body) {
-            assert!(
-                commits.insert((c.repo.clone(), c.rev.clone())),
-                "commit {} {} stored twice",
-                c.repo,
-                c.rev
-            );
-        }
-    }
+    stop_cleanly(&mut child, &log).await;
+    let commits = stored_commits_once(&data);
     assert_eq!(
         commits.len(),
         ACCOUNTS * ROUNDS,
