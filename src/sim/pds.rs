@@ -493,6 +493,11 @@ impl SimPds {
         Ok(seq)
     }
 
+    /// The account's handle.
+    pub fn handle(&self, did: &str) -> Option<String> {
+        Some(self.shared.state().accounts.get(did)?.handle.clone())
+    }
+
     /// A copy of `did`'s repo, to build commits on away from the host's lock.
     pub fn repo_copy(&self, did: &str) -> Result<SigningRepo, SimError> {
         Ok(self.shared.state().repo_mut(did)?.clone())

@@ -251,15 +251,17 @@ async fn a_fleet_starts_its_hosts_stops_the_dead_ones_and_drives_events_by_share
     fleet.stop().await;
 }
 
-/// A corpus: as many commits as asked, every one a valid commit of its account that chains
-/// from the one before (checked with the relay's own validation, from the account's state
-/// before the corpus), drawn only from hosts a relay can receive from, built the same for
-/// the same seed; published re-sequenced under each host's next seqs, and the account's
-/// next ordinary commit chains from the corpus's last.
+/// A corpus: as many events as asked, mostly commits, every commit and `#sync` valid for its
+/// account and chained from the one before (checked with the relay's own validation, from
+/// the account's state before the corpus), drawn only from hosts a relay can receive from,
+/// built the same for the same seed; published re-sequenced under each host's next seqs,
+/// and the account's next ordinary commit chains from the corpus's last.
 #[actix_rt::test]
 async fn a_corpus_is_valid_chained_commits_that_publish_under_the_hosts_seqs() {
     use rookery::atproto::frame::{Frame, decode_frame};
-    use rookery::atproto::validate::{CommitVerdict, ValidationPolicy, validate_commit};
+    use rookery::atproto::validate::{
+        CommitVerdict, SyncVerdict, ValidationPolicy, validate_commit, validate_sync,
+    };
     use rookery::sim::fleet::{Corpus, CorpusHost};
     use rookery::testkit::repo::Change;
     use std::collections::HashMap;
@@ -288,40 +290,60 @@ async fn a_corpus_is_valid_chained_commits_that_publish_under_the_hosts_seqs() {
     let policy = ValidationPolicy::default();
     let now = rookery::atproto::tid::now_micros();
     let mut last_of = HashMap::new();
+    let mut kinds = HashMap::new();
     for commit in &corpus.commits {
-        let Ok(Frame::Commit(event)) = decode_frame(&commit.frame) else {
-            panic!("not a commit");
+        let event = decode_frame(&commit.frame).expect("an event");
+        *kinds.entry(event.kind()).or_insert(0) += 1;
+        let did = match &event {
+            Frame::Commit(c) => c.repo.clone(),
+            Frame::Sync(s) => s.did.clone(),
+            Frame::Identity(i) => i.did.clone(),
+            Frame::Account(a) => a.did.clone(),
+            other => panic!("{other:?}"),
         };
-        assert_eq!(
-            accounts[&event.repo], commit.host,
-            "the commit is its host's"
-        );
-        let key = fleet.hosts[commit.host]
-            .pds
-            .signing_key(&event.repo)
-            .unwrap();
-        let verdict = validate_commit(&event, &key, states[&event.repo].as_ref(), now, &policy);
-        let Ok(CommitVerdict::Accept {
-            new_state,
-            discontinuity: None,
-            ..
-        }) = verdict
-        else {
-            panic!("{verdict:?}");
-        };
-        states.insert(event.repo.clone(), Some(new_state));
-        last_of.insert(event.repo.clone(), event.rev.clone());
+        assert_eq!(accounts[&did], commit.host, "the event is its host's");
+        let key = fleet.hosts[commit.host].pds.signing_key(&did).unwrap();
+        match &event {
+            Frame::Commit(c) => {
+                let verdict = validate_commit(c, &key, states[&did].as_ref(), now, &policy);
+                let Ok(CommitVerdict::Accept {
+                    new_state,
+                    discontinuity: None,
+                    ..
+                }) = verdict
+                else {
+                    panic!("{verdict:?}");
+                };
+                states.insert(did.clone(), Some(new_state));
+                last_of.insert(did, c.rev.clone());
+            }
+            Frame::Sync(s) => {
+                let verdict = validate_sync(s, &key, states[&did].as_ref(), now, &policy);
+                let Ok(SyncVerdict::Accept {
+                    new_state,
+                    rollback: false,
+                }) = verdict
+                else {
+                    panic!("{verdict:?}");
+                };
+                states.insert(did.clone(), Some(new_state));
+                last_of.insert(did, s.rev.clone());
+            }
+            _ => {}
+        }
     }
+    // Mostly commits, and some of the other kinds (2% of 400).
+    assert!(kinds["commit"] > 380, "{kinds:?}");
+    assert!(kinds.len() >= 3, "{kinds:?}");
     // Publishing: the host's next seqs, the bytes otherwise the corpus's.
     let first = &corpus.commits[0];
     let pds = &fleet.hosts[first.host].pds;
     let head = pds.head_seq();
     let seq = pds.publish_resequenced(&first.frame).unwrap();
     assert_eq!(seq, head + 1);
-    let Ok(Frame::Commit(sent)) = decode_frame(&pds.published_frame(seq).unwrap()) else {
-        panic!("not a commit");
-    };
-    assert_eq!(sent.seq, seq as i64);
+    let sent = pds.published_frame(seq).unwrap();
+    let peek = rookery::atproto::frame::peek_event(&sent).unwrap();
+    assert_eq!(peek.seq, Some(seq));
     // The accounts' repos moved to the corpus's ends.
     let (did, rev) = last_of.iter().next().unwrap();
     let pds = &fleet.hosts[accounts[did]].pds;

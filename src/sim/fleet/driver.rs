@@ -3,8 +3,9 @@
 //!
 //! Every tick (10 ms) it owes `rate × elapsed` events (the fraction carries over, so low
 //! rates are exact over time), draws each event's host from the shares (a cumulative table
-//! and a binary search) and an account of that host uniformly, and emits one signed
-//! `#commit` creating a record. A tick emits at most [`MAX_EVENTS_PER_TICK`], so a stalled
+//! and a binary search) and an account of that host uniformly, and emits one valid event:
+//! mostly a signed `#commit` creating a record, and in [`ValidEvent::SHARES`] an `#identity`,
+//! an `#account` (active) or a signed `#sync`. A tick emits at most [`MAX_EVENTS_PER_TICK`], so a stalled
 //! driver catches up in bounded steps instead of a burst. Hosts a relay cannot receive from
 //! (dead, accept-then-drop) get no events; a host that claims to be a relay gets them, and
 //! they are invalid: none may reach the relay's firehose.
@@ -131,6 +132,47 @@ impl EventFaults {
             }
         }
         Ok(())
+    }
+}
+
+/// What a valid event is. Mostly commits, as on the network; now and then an account
+/// announces its identity (`#identity`), its status (`#account`, active) or its whole repo
+/// at a fresh rev (`#sync`), so a relay's handling of each is in every run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidEvent {
+    Commit,
+    Identity,
+    Account,
+    Sync,
+}
+
+impl ValidEvent {
+    /// Shares of the valid events that are not commits.
+    pub const SHARES: [(ValidEvent, f64); 3] = [
+        (ValidEvent::Identity, 0.01),
+        (ValidEvent::Account, 0.005),
+        (ValidEvent::Sync, 0.005),
+    ];
+
+    pub fn draw(rng: &mut impl Rng) -> ValidEvent {
+        let mut u = rng.random_range(0.0..1.0);
+        for (kind, share) in ValidEvent::SHARES {
+            if u < share {
+                return kind;
+            }
+            u -= share;
+        }
+        ValidEvent::Commit
+    }
+
+    /// Publishes one on `pds` for `did` (a commit creates a new record); returns its seq.
+    pub fn publish(self, pds: &SimPds, did: &str) -> Result<u64, crate::sim::SimError> {
+        match self {
+            ValidEvent::Commit => pds.commit(did, &[Change::Create(next_record_path())]),
+            ValidEvent::Identity => pds.identity(did),
+            ValidEvent::Account => pds.set_status(did, true, None),
+            ValidEvent::Sync => pds.sync(did),
+        }
     }
 }
 
@@ -513,7 +555,7 @@ impl Run {
         let did = target.accounts[self.rng.random_range(0..target.accounts.len())].clone();
         let path = next_record_path();
         let published = match kind {
-            EventKind::Valid => target.pds.commit(&did, &[Change::Create(path)]),
+            EventKind::Valid => ValidEvent::draw(&mut self.rng).publish(&target.pds, &did),
             EventKind::BadSignature => target.pds.publish_forged(&did, Forgery::BadSignature, path),
             EventKind::FutureRev => target.pds.publish_forged(&did, Forgery::FutureRev, path),
             EventKind::Oversized => target.pds.publish_forged(&did, Forgery::Oversized, path),
