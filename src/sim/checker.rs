@@ -78,6 +78,17 @@ enum EventKind {
     Account,
 }
 
+impl EventKind {
+    /// What a relay lets through again when a host resends it: `#identity` and `#account`
+    /// (no rev) and `#sync` (one equal to the stored state is forwarded, PROTOCOL.md §10).
+    fn may_repeat(self) -> bool {
+        matches!(
+            self,
+            EventKind::Identity | EventKind::Account | EventKind::Sync
+        )
+    }
+}
+
 /// What a relay frame is to the checker.
 enum Decoded {
     Event {
@@ -241,8 +252,14 @@ pub struct CoverageReport {
     /// Valid events delivered at least once.
     pub delivered: u64,
     pub missing: u64,
-    /// Deliveries of an event beyond its published copies (valid or invalid).
+    /// Deliveries of a `#commit` beyond its published copies (valid or invalid).
     pub duplicated: u64,
+    /// The same for `#identity`, `#account` and `#sync`. Counted apart: a relay resumes a
+    /// host from a cursor written every few seconds, so after a crash the host resends the
+    /// last seconds of events; commits are dropped by rev, these pass again (no rev, or a
+    /// `#sync` equal to the stored state, which is forwarded), which PROTOCOL.md §10 calls
+    /// harmless.
+    pub harmless_repeats: u64,
     /// `seq_regressions + account_order_violations`.
     pub out_of_order: u64,
     pub invalid_delivered: u64,
@@ -375,6 +392,7 @@ pub struct Checker {
     latency: LatencyHistogram,
     delivered: u64,
     duplicated: u64,
+    harmless_repeats: u64,
     invalid_delivered: u64,
     /// Up to ten invalid events delivered, as `host kind did discriminator`.
     invalid_sample: Vec<String>,
@@ -412,6 +430,7 @@ impl Checker {
             latency: LatencyHistogram::new(),
             delivered: 0,
             duplicated: 0,
+            harmless_repeats: 0,
             invalid_delivered: 0,
             invalid_sample: Vec::new(),
             duplicated_sample: Vec::new(),
@@ -643,6 +662,8 @@ impl Checker {
                     key.kind, key.did, key.discriminator
                 ));
             }
+        } else if key.kind.may_repeat() {
+            self.harmless_repeats += 1;
         } else {
             self.duplicated += 1;
             if self.duplicated_sample.len() < MISSING_SAMPLES {
@@ -677,10 +698,12 @@ impl Checker {
         }
         // Deliveries still parked: beyond the copies of a known key they are duplicates,
         // of an unknown key unexpected.
-        let (mut parked_duplicates, mut parked_unknown) = (0, 0);
+        let (mut parked_duplicates, mut parked_repeats, mut parked_unknown) = (0, 0, 0);
         let mut duplicated_sample = self.duplicated_sample.clone();
         for (key, times) in &self.parked {
-            if let Some(slot) = self.expected.slots.get(key) {
+            if self.expected.slots.contains_key(key) && key.kind.may_repeat() {
+                parked_repeats += times.len() as u64;
+            } else if let Some(slot) = self.expected.slots.get(key) {
                 parked_duplicates += times.len() as u64;
                 if duplicated_sample.len() < MISSING_SAMPLES {
                     let host = slot.valid.first().map_or("?", |c| &*c.host);
@@ -702,6 +725,7 @@ impl Checker {
             delivered: self.delivered,
             missing: valid_published.saturating_sub(self.delivered),
             duplicated: self.duplicated + parked_duplicates,
+            harmless_repeats: self.harmless_repeats + parked_repeats,
             out_of_order: self.seq_regressions + self.account_order_violations,
             invalid_delivered: self.invalid_delivered,
             latency_p50_ms: self.latency.quantile_ms(0.5),

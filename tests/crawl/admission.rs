@@ -3,7 +3,6 @@
 //! at once; bodies bounded.
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use rookery::actors::host_supervisor::Phase;
 use rookery::actors::supervision::HostStatus;
@@ -292,7 +291,8 @@ async fn known_idle_and_offline_hosts_are_dialled_again_at_once() {
     );
     let relay = CrawlRelay::start(&seed).await;
     // The offline host's load-time dial fails (nothing listens) and it backs off for the
-    // 30-minute cap; the idle one is not dialled at all.
+    // 30-minute cap; the idle one is dialled at start too (a `FutureCursor` host whose
+    // redial a restart cut short: in-process it would have been redialled).
     let backed_off = eventually(WAIT, || async {
         relay
             .connection(&offline.hostname())
@@ -305,14 +305,12 @@ async fn known_idle_and_offline_hosts_are_dialled_again_at_once() {
         "{:?}",
         relay.connection(&offline.hostname()).await
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        idle.live_connections(),
-        0,
-        "an idle host is not dialled at start"
+    assert!(
+        eventually(WAIT, || async { idle.live_connections() > 0 }).await,
+        "an idle host is dialled at start"
     );
 
-    // requestCrawl brings both back now.
+    // requestCrawl brings the offline one back now (the idle one is connected already).
     offline.restart().expect("restart");
     for host in [&idle, &offline] {
         let body = relay.admin_crawl(&host.hostname()).await.assert_success();
@@ -325,18 +323,16 @@ async fn known_idle_and_offline_hosts_are_dialled_again_at_once() {
             host.hostname()
         );
     }
-    // A known host on the public path: no daily limit, no lookup, dialled now.
+    // A known host on the public path: no daily limit, no lookup, dialled again (it was
+    // dialled at start and failed: the name does not resolve).
     relay
         .post("/admin/subs/setPerDayLimit?limit=0", "")
         .await
         .assert_success();
-    assert_eq!(
-        relay
-            .connection("idle.crawl.example")
-            .await
-            .map(|v| v.dials),
-        Some(0)
-    );
+    let dials_before = relay
+        .connection("idle.crawl.example")
+        .await
+        .map_or(0, |v| v.dials);
     for name in ["idle.crawl.example", "IDLE.crawl.example."] {
         let reply = relay.public_crawl(name).await;
         assert_eq!(reply.status, 200, "{name}: {:?}", reply.body);
@@ -346,7 +342,7 @@ async fn known_idle_and_offline_hosts_are_dialled_again_at_once() {
         relay
             .connection("idle.crawl.example")
             .await
-            .is_some_and(|v| v.dials >= 1)
+            .is_some_and(|v| v.dials > dials_before)
     })
     .await;
     assert!(dialled);

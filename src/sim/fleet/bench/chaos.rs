@@ -96,6 +96,7 @@ impl ChaosResult {
             "delivered": c.delivered,
             "missing": c.missing,
             "duplicated": c.duplicated,
+            "harmless_repeats": c.harmless_repeats,
             "out_of_order": c.out_of_order,
             "invalid_delivered": c.invalid_delivered,
             "invalid_published": c.invalid_published,
@@ -137,7 +138,8 @@ impl ChaosResult {
              valid published            {}\n\
              delivered                  {}\n\
              missing                    {}\n\
-             duplicated                 {}\n\
+             duplicated                 {} (#commit)\n\
+             harmless repeats           {} (#identity, #account, #sync resent after the crash)\n\
              out of order               {}\n\
              invalid delivered          {}\n\
              faults over time           {} flaps, {} host resets, {} host restarts\n\
@@ -157,6 +159,7 @@ impl ChaosResult {
             c.delivered,
             c.missing,
             c.duplicated,
+            c.harmless_repeats,
             c.out_of_order,
             c.invalid_delivered,
             self.flaps,
