@@ -217,6 +217,11 @@ pub struct DialRequest {
     /// The stored cursor (0 for a subscribed host without one: its whole outbox); `None`
     /// dials live only.
     pub cursor: Option<i64>,
+    /// The connection will replay events the relay may have stored already: the host's
+    /// first since this process started (its stored cursor lags the log by up to a
+    /// write-behind interval after a crash) or a `cursor=0` catch-up. See
+    /// [`crate::actors::shard_router::UpstreamFrame::catching_up`].
+    pub catching_up: bool,
     pub no_ssl: bool,
     pub relay_allowed: bool,
     pub epoch: u64,
@@ -739,6 +744,7 @@ impl HostSupervisor {
             host_id: id,
             hostname: Arc::from(h.rec.hostname.as_str()),
             cursor: (cursor > 0 || h.rec.subscribed).then_some(cursor),
+            catching_up: h.dials == 1 || (cursor == 0 && h.rec.subscribed),
             no_ssl: h.rec.no_ssl,
             relay_allowed: h.rec.relay_allowed,
             epoch,

@@ -41,11 +41,13 @@ pub struct UpstreamFrame {
     /// The host is reached over plain `ws://` and `http://` (admin-added test hosts): the
     /// shard asks its `getRepoStatus` the same way.
     pub no_ssl: bool,
-    /// The connection asked for the host's whole retained outbox (`cursor=0`: a host the
-    /// relay was subscribed to without a stored cursor). Its frames are mostly history, so
-    /// a `#sync` below the stored rev is an old one replayed (an account's creation sends
-    /// one), not a rollback: taken as one, it would reset the account's state and let the
-    /// replayed commits after it through again.
+    /// The connection replays events the relay may have stored already: the host's first
+    /// since the process started (after a crash its stored cursor lags the log by up to a
+    /// write-behind interval, so the host resends the last seconds), or a catch-up on the
+    /// host's whole retained outbox (`cursor=0`: a host the relay was subscribed to without
+    /// a stored cursor). A `#sync` below the stored rev on it is an old one replayed (an
+    /// account's creation sends one), not a rollback: taken as one, it would reset the
+    /// account's state and let the replayed commits after it through a second time.
     pub catching_up: bool,
     /// The account: `repo` of a `#commit`, `did` otherwise.
     pub did: String,

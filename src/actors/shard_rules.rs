@@ -549,8 +549,9 @@ pub fn after_commit(
 }
 
 /// After `validate_sync`: a duplicate is forwarded (not a drop), a rollback passed and noted,
-/// except on a connection `catching_up` on a host's whole outbox, where a lower rev is an old
-/// `#sync` replayed and is dropped as stale ([`super::shard_router::UpstreamFrame::catching_up`]).
+/// except on a connection `catching_up` (replaying what may be stored), where a lower rev is
+/// an old `#sync` replayed and is dropped as stale
+/// ([`super::shard_router::UpstreamFrame::catching_up`]).
 pub fn after_sync(
     result: &Result<SyncVerdict, ValidationError>,
     account: &AccountRecord,

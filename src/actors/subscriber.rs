@@ -176,6 +176,7 @@ async fn dial(deps: SubscriberDeps, request: DialRequest) {
         host_id,
         hostname,
         cursor,
+        catching_up,
         no_ssl,
         relay_allowed,
         limits,
@@ -242,7 +243,7 @@ async fn dial(deps: SubscriberDeps, request: DialRequest) {
             obs,
             hostname,
             no_ssl,
-            catching_up: cursor == Some(0),
+            catching_up,
             cursor: HostCursor::new(host_id, cursor.unwrap_or(0), deps.pending.clone()),
             router: deps.router.clone(),
             budget: deps.budget.clone(),
@@ -273,7 +274,7 @@ pub struct Subscriber {
     obs: ActorObs,
     hostname: Arc<str>,
     no_ssl: bool,
-    /// Dialled with `cursor=0` (see [`UpstreamFrame::catching_up`]).
+    /// See [`UpstreamFrame::catching_up`].
     catching_up: bool,
     cursor: HostCursor,
     router: ShardRouter,

@@ -173,6 +173,67 @@ async fn a_subscribed_host_without_a_cursor_is_caught_up_from_its_outbox_once() 
     plc.stop().await;
 }
 
+/// After a crash the stored cursor lags the log, so the host resends its last events. A
+/// `#sync` among them is below the state recovered from the log (a commit followed it): it
+/// is an old one replayed, not a rollback, so the commit after it is not stored again.
+#[actix_rt::test]
+async fn a_sync_resent_after_a_crash_is_not_taken_for_a_rollback() {
+    let plc = SimPlc::start().expect("plc");
+    let pds = SimPds::start(&plc, SimPdsConfig::default()).expect("pds");
+    let fixture = RelayFixture::new(&[&pds]).await;
+    let (db, log, data) = (&fixture.db, fixture.log.clone(), fixture.data.clone());
+    let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
+    wait_until(
+        Duration::from_secs(60),
+        "a live connection",
+        &log,
+        || async { pds.live_connections() > 0 },
+    )
+    .await;
+    let did = pds.create_account().expect("account");
+    pds.commit(&did, &[Change::Create("app.bsky.feed.post/a".into())])
+        .expect("commit");
+    // The cursor the crash leaves behind: everything up to here was written.
+    let lagging = pds.head_seq() as i64;
+    pds.sync(&did).expect("sync");
+    pds.commit(&did, &[Change::Create("app.bsky.feed.post/b".into())])
+        .expect("commit");
+    let head = pds.head_seq() as i64;
+    wait_until(
+        Duration::from_secs(30),
+        "the cursor at the PDS head",
+        &log,
+        || async { host_cursor(db, &pds.hostname()).await >= head },
+    )
+    .await;
+    stop_cleanly(&mut child, &log).await;
+    db.client()
+        .await
+        .expect("client")
+        .execute(
+            "UPDATE hosts SET last_seq = $1 WHERE hostname = $2",
+            &[&lagging, &pds.hostname()],
+        )
+        .await
+        .expect("cursor back");
+
+    let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
+    pds.commit(&did, &[Change::Create("app.bsky.feed.post/c".into())])
+        .expect("commit");
+    let head = pds.head_seq() as i64;
+    wait_until(
+        Duration::from_secs(60),
+        "the cursor at the PDS head again",
+        &log,
+        || async { host_cursor(db, &pds.hostname()).await >= head },
+    )
+    .await;
+    stop_cleanly(&mut child, &log).await;
+    assert_eq!(stored_commits_once(&data).len(), 3, "{}", read(&log));
+    pds.stop().await;
+    plc.stop().await;
+}
+
 #[actix_rt::test]
 async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
     let plc = SimPlc::start().expect("plc");
