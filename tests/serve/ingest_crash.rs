@@ -51,6 +51,25 @@ async fn host_cursor(db: &Db, hostname: &str) -> i64 {
     }
 }
 
+/// Waits for the relay's subscription to `pds`.
+async fn wait_for_live(pds: &SimPds, log: &Path) {
+    wait_until(
+        Duration::from_secs(60),
+        "a live connection",
+        log,
+        || async { pds.live_connections() > 0 },
+    )
+    .await;
+}
+
+/// Waits until the relay's stored cursor for `pds` reaches `seq`.
+async fn wait_for_cursor(db: &Db, pds: &SimPds, seq: i64, what: &str, log: &Path) {
+    wait_until(Duration::from_secs(60), what, log, || async {
+        host_cursor(db, &pds.hostname()).await >= seq
+    })
+    .await;
+}
+
 /// The log's commits as (repo, rev), asserting that seqs run from 1 without a gap and that no
 /// commit is stored twice.
 fn stored_commits_once(data: &Path) -> HashSet<(String, String)> {
@@ -110,13 +129,7 @@ async fn a_subscribed_host_without_a_cursor_is_caught_up_from_its_outbox_once() 
     let fixture = RelayFixture::new(&[&pds]).await;
     let (db, log, data) = (&fixture.db, fixture.log.clone(), fixture.data.clone());
     let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
-    wait_until(
-        Duration::from_secs(60),
-        "a live connection",
-        &log,
-        || async { pds.live_connections() > 0 },
-    )
-    .await;
+    wait_for_live(&pds, &log).await;
     let accounts: Vec<String> = (0..ACCOUNTS)
         .map(|_| pds.create_account().expect("account"))
         .collect();
@@ -131,13 +144,7 @@ async fn a_subscribed_host_without_a_cursor_is_caught_up_from_its_outbox_once() 
     };
     commit_round(0);
     let head = pds.head_seq() as i64;
-    wait_until(
-        Duration::from_secs(30),
-        "the first round's cursor",
-        &log,
-        || async { host_cursor(db, &pds.hostname()).await >= head },
-    )
-    .await;
+    wait_for_cursor(db, &pds, head, "the first round's cursor", &log).await;
     stop_cleanly(&mut child, &log).await;
     // The cursor never stored (a crash before its flush), the subscription known.
     let client = db.client().await.expect("client");
@@ -154,13 +161,7 @@ async fn a_subscribed_host_without_a_cursor_is_caught_up_from_its_outbox_once() 
 
     let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
     let head = pds.head_seq() as i64;
-    wait_until(
-        Duration::from_secs(60),
-        "the cursor at the PDS head",
-        &log,
-        || async { host_cursor(db, &pds.hostname()).await >= head },
-    )
-    .await;
+    wait_for_cursor(db, &pds, head, "the cursor at the PDS head", &log).await;
     stop_cleanly(&mut child, &log).await;
     let commits = stored_commits_once(&data);
     assert_eq!(
@@ -183,13 +184,7 @@ async fn a_sync_resent_after_a_crash_is_not_taken_for_a_rollback() {
     let fixture = RelayFixture::new(&[&pds]).await;
     let (db, log, data) = (&fixture.db, fixture.log.clone(), fixture.data.clone());
     let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
-    wait_until(
-        Duration::from_secs(60),
-        "a live connection",
-        &log,
-        || async { pds.live_connections() > 0 },
-    )
-    .await;
+    wait_for_live(&pds, &log).await;
     let did = pds.create_account().expect("account");
     pds.commit(&did, &[Change::Create("app.bsky.feed.post/a".into())])
         .expect("commit");
@@ -199,13 +194,7 @@ async fn a_sync_resent_after_a_crash_is_not_taken_for_a_rollback() {
     pds.commit(&did, &[Change::Create("app.bsky.feed.post/b".into())])
         .expect("commit");
     let head = pds.head_seq() as i64;
-    wait_until(
-        Duration::from_secs(30),
-        "the cursor at the PDS head",
-        &log,
-        || async { host_cursor(db, &pds.hostname()).await >= head },
-    )
-    .await;
+    wait_for_cursor(db, &pds, head, "the cursor at the PDS head", &log).await;
     stop_cleanly(&mut child, &log).await;
     db.client()
         .await
@@ -221,13 +210,7 @@ async fn a_sync_resent_after_a_crash_is_not_taken_for_a_rollback() {
     pds.commit(&did, &[Change::Create("app.bsky.feed.post/c".into())])
         .expect("commit");
     let head = pds.head_seq() as i64;
-    wait_until(
-        Duration::from_secs(60),
-        "the cursor at the PDS head again",
-        &log,
-        || async { host_cursor(db, &pds.hostname()).await >= head },
-    )
-    .await;
+    wait_for_cursor(db, &pds, head, "the cursor at the PDS head again", &log).await;
     stop_cleanly(&mut child, &log).await;
     assert_eq!(stored_commits_once(&data).len(), 3, "{}", read(&log));
     pds.stop().await;
@@ -241,26 +224,14 @@ async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
     let fixture = RelayFixture::new(&[&pds]).await;
     let (db, log, data) = (&fixture.db, fixture.log.clone(), fixture.data.clone());
     let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
-    wait_until(
-        Duration::from_secs(60),
-        "a live connection",
-        &log,
-        || async { pds.live_connections() > 0 },
-    )
-    .await;
+    wait_for_live(&pds, &log).await;
     let accounts: Vec<String> = (0..ACCOUNTS)
         .map(|_| pds.create_account().expect("account"))
         .collect();
     // Account creation's #sync must be behind the stored cursor before the crash: a resent
     // #sync below the stored rev is a rollback by design (PROTOCOL.md §10).
     let created = pds.head_seq() as i64;
-    wait_until(
-        Duration::from_secs(30),
-        "the creation cursor",
-        &log,
-        || async { host_cursor(db, &pds.hostname()).await >= created },
-    )
-    .await;
+    wait_for_cursor(db, &pds, created, "the creation cursor", &log).await;
 
     let commit_round = |round: usize| {
         for did in &accounts {
@@ -284,13 +255,7 @@ async fn sigkill_during_ingest_reuses_no_seq_and_stores_every_commit_once() {
 
     let mut child = fixture.spawn(&plc.url(), free_port(), free_port());
     let head = pds.head_seq() as i64;
-    wait_until(
-        Duration::from_secs(60),
-        "the cursor at the PDS head",
-        &log,
-        || async { host_cursor(db, &pds.hostname()).await >= head },
-    )
-    .await;
+    wait_for_cursor(db, &pds, head, "the cursor at the PDS head", &log).await;
     stop_cleanly(&mut child, &log).await;
     let commits = stored_commits_once(&data);
     assert_eq!(
